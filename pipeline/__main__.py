@@ -1,0 +1,114 @@
+"""Command line: `python -m pipeline run|status`. User mistakes print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.config import PipelineConfig, load_config, resolve_profile
+from pipeline.errors import UserError
+from pipeline.names import Identity, read_names
+from pipeline.registry import STAGE_NAMES, STAGES, check_contracts, selected
+from pipeline.rundir import RunDir
+
+RUN_INFO = "run.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="Build an ID-centric image dataset.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one stage or all of them (resumes finished work)")
+    run.add_argument("--stage", default="all", choices=("all", *STAGE_NAMES), help="stage to run (default: all)")
+    _config_options(run)
+    run.add_argument("--names", help="names file, one name a line (config run.names)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a config key; repeatable")
+    run.add_argument("--force", action="store_true", help="re-run the selected stages even where done")
+    run.add_argument("--retry-failed", action="store_true", help="re-run only rows that failed transiently")
+    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+
+    status = commands.add_parser("status", help="per stage: tasks done, rows kept and dropped by reason")
+    _config_options(status)
+    return parser
+
+
+def _config_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", help="YAML profile: a path or a name in configs/ (default: default)")
+    command.add_argument("--out", help="run directory or URI (default: runs/<config name>)")
+
+
+def _settings(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
+    profile = resolve_profile(args.config)
+    flags = {"run.names": getattr(args, "names", None), "run.out": args.out, "run.address": getattr(args, "address", None)}
+    overrides = [*getattr(args, "overrides", []), *(f"{key}={value}" for key, value in flags.items() if value)]
+    return load_config(profile, overrides), profile
+
+
+def _run_dir(config: PipelineConfig, profile: Path) -> RunDir:
+    return RunDir(config.run.out or f"runs/{profile.stem}")
+
+
+def _save_run_info(run: RunDir, config: PipelineConfig, profile: Path, identities: list[Identity]) -> None:
+    hashes = {stage.name: config.fingerprint(stage.sections, stage.version) for stage in STAGES}
+    header = f"# resolved from {profile}; stage config hashes: {hashes}\n"
+    run.write_bytes("config.yaml", (header + config.to_yaml()).encode())
+    run.write_json(RUN_INFO, {
+        "profile": str(profile),
+        "stage_hashes": hashes,
+        "identities": [[identity.slug, identity.name] for identity in identities],
+        "updated_at": datetime.now(timezone.utc).isoformat(),
+    })
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from pipeline.driver import console, run_stages
+    from pipeline.stats import counts_table
+
+    config, profile = _settings(args)
+    identities = read_names(config.run.names)
+    chosen = selected(args.stage)
+    for stage in chosen:
+        stage.preflight(config)
+    run = _run_dir(config, profile)
+    _save_run_info(run, config, profile, identities)
+    summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
+    console.print(counts_table(f"run {run.uri}", summaries))
+    failed = sum(summary.tasks_failed for summary in summaries)
+    if failed:
+        console.print(f"[red]{failed} tasks failed[/] (see the log above); run the same command again to retry them")
+    return 1 if failed else 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    from pipeline.driver import console
+    from pipeline.stats import counts_from_markers, counts_table
+
+    config, profile = _settings(args)
+    run = _run_dir(config, profile)
+    if not run.exists(RUN_INFO):
+        raise UserError(f"no run in {run.uri}", "pass --out DIR of a run, or start one with `python -m pipeline run`")
+    info = run.read_json(RUN_INFO)
+    tasks = {slug for slug, _ in info["identities"]}
+    rows = [counts_from_markers(run, stage.name, tasks, info["stage_hashes"].get(stage.name)) for stage in STAGES]
+    console.print(counts_table(f"status of {run.uri}", rows))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    check_contracts()
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": command_run, "status": command_status}[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished tasks are kept; run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Drives a run on Ray: connect, then per stage plan, execute as an actor pool, show progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+import ray.data
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import pipeline
+import stages
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from pipeline.names import Identity
+from pipeline.registry import upstream_of
+from pipeline.runner import Plan, TaskExecutor, plan_stage, result_from_row
+from pipeline.rundir import RunDir
+from pipeline.schema import OK
+from pipeline.stats import StageCounts
+from stages.base import Stage
+
+console = Console(stderr=True)
+if not console.is_terminal:
+    console.width = 160  # logs and CI: room for the reasons column
+
+
+def connect(address: str | None) -> None:
+    """Join `address` (or RAY_ADDRESS), else start a private local instance; once per process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    options = {"include_dashboard": False, "logging_level": logging.ERROR}
+    try:
+        if address:
+            # Cluster nodes get this code with the job, so only the driver needs it installed.
+            ray.init(address=address, runtime_env={"py_modules": [pipeline, stages]}, **options)
+        else:
+            ray.init(address="local", **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: {exc}", "check --address and `ray status`") from exc
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # ours below counts tasks and rows instead
+    context.print_on_execution_start = False
+
+
+def pool_size(stage: type[Stage], config: PipelineConfig, tasks: int) -> int:
+    resources = stage.resources(config)
+    if resources.concurrency:
+        return min(resources.concurrency, tasks)
+    cluster = ray.cluster_resources()
+    if resources.num_gpus:
+        fit = cluster.get("GPU", 0) // resources.num_gpus
+    else:
+        fit = cluster.get("CPU", 1) // resources.num_cpus
+    return max(1, min(int(fit), tasks))
+
+
+def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir, plan: Plan) -> StageCounts:
+    summary = StageCounts(stage.name, tasks_total=len(plan.todo), tasks_skipped=plan.skipped)
+    if not plan.todo:
+        return summary
+    connect(config.run.address)  # only now: a finished run resumes without starting Ray
+    run.remove_temporaries(f"stages/{stage.name}")
+    resources = stage.resources(config)
+    tasks = ray.data.from_items(plan.todo, override_num_blocks=len(plan.todo))
+    results = tasks.map_batches(
+        TaskExecutor,
+        fn_constructor_args=(stage, upstream.name if upstream else None, config, run.uri),
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool_size(stage, config, len(plan.todo))),
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+    )
+    with _progress() as progress:
+        bar = progress.add_task(stage.name, total=len(plan.todo), rows="")
+        for row in results.iter_rows():
+            result = result_from_row(row)
+            if result.error:
+                summary.tasks_failed += 1
+            else:
+                summary.add(result.rows_in, result.statuses, result.reasons)
+            kept, seen = summary.statuses[OK], sum(summary.statuses.values())
+            progress.update(bar, advance=1, rows=f"{kept:,}/{seen:,} rows kept")
+        summary.seconds = progress.tasks[bar].elapsed or 0.0
+    return summary
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tasks"),
+        TextColumn("{task.fields[rows]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def run_stages(
+    selected: tuple[type[Stage], ...],
+    config: PipelineConfig,
+    run: RunDir,
+    identities: list[Identity],
+    force: bool,
+    retry_failed: bool,
+) -> list[StageCounts]:
+    summaries = []
+    for stage in selected:
+        upstream = upstream_of(stage)
+        plan = plan_stage(stage, upstream, config, run, identities, force, retry_failed)
+        if plan.missing and not summaries:
+            _missing_input(stage, upstream, plan, run)
+        summaries.append(execute(stage, upstream, config, run, plan))
+    return summaries
+
+
+def _missing_input(stage: type[Stage], upstream: type[Stage] | None, plan: Plan, run: RunDir) -> None:
+    assert upstream is not None
+    fix = f"run `python -m pipeline run --stage {upstream.name}` (or --stage all) first"
+    if not plan.todo and not plan.skipped:
+        raise UserError(f"no {upstream.name} output in {run.uri} for these names, needed by {stage.name}", fix)
+    console.print(f"[yellow]warning:[/] {len(plan.missing)} identities have no {upstream.name} output yet; {fix}")

@@ -1,0 +1,38 @@
+"""The stages in pipeline order, and the check that each one's input columns exist upstream."""
+
+from __future__ import annotations
+
+from pipeline.errors import UserError
+from pipeline.schema import NAMES, ROW_KEYS
+from stages.base import Stage
+from stages.crawl import CrawlStage
+from stages.filter import FilterStage
+
+STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def check_contracts(stages: tuple[type[Stage], ...] = STAGES) -> None:
+    """Fail before scheduling anything if a stage needs a column no earlier stage produces."""
+    available = set(NAMES.names) | set(ROW_KEYS.names)
+    for stage in stages:
+        missing = set(stage.requires) - available
+        if missing:
+            raise TypeError(f"stage {stage.name} requires {sorted(missing)}, produced by no earlier stage")
+        available |= set(stage.produces.names)
+
+
+def stage_class(name: str) -> type[Stage]:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise UserError(f"unknown stage {name!r}", f"use one of: all, {', '.join(STAGE_NAMES)}")
+
+
+def upstream_of(stage: type[Stage]) -> type[Stage] | None:
+    index = STAGES.index(stage)
+    return STAGES[index - 1] if index else None
+
+
+def selected(stage: str) -> tuple[type[Stage], ...]:
+    return STAGES if stage == "all" else (stage_class(stage),)

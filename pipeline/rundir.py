@@ -1,0 +1,90 @@
+"""The run directory, on a local disk or any pyarrow filesystem (`s3://...` on a cluster).
+
+Everything is written to a temporary name and renamed, so a reader never sees half a file; a
+task's done-marker is written after its part, so listing markers is the whole resume logic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+TMP_MARK = ".tmp-"
+
+
+def _split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri:
+        uri = str(Path(uri).expanduser().resolve())
+    return pafs.FileSystem.from_uri(uri)
+
+
+class RunDir:
+    """Paths and atomic I/O under one run directory; cheap to pickle (by URI) into Ray workers."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri if "://" in uri else str(Path(uri).expanduser().resolve())
+        self.fs, self.root = _split_uri(self.uri)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunDir, (self.uri,))
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        target = self.path(rel)
+        self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex}"
+        with self.fs.open_output_stream(tmp) as stream:
+            stream.write(data)
+        self.fs.move(tmp, target)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as stream:
+            return stream.read()
+
+    def write_table(self, rel: str, table: pa.Table) -> str:
+        """Write a Parquet part atomically; returns the sha256 of its bytes (the part's digest)."""
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        data = buffer.getvalue()
+        self.write_bytes(rel, data)
+        return hashlib.sha256(data).hexdigest()
+
+    def read_table(self, rel: str) -> pa.Table:
+        return pq.read_table(self.path(rel), filesystem=self.fs)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def list_files(self, rel_dir: str, suffix: str = "") -> list[str]:
+        """Base names of the files in a folder (not recursive); temporaries excluded."""
+        selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True)
+        names = (posixpath.basename(info.path) for info in self.fs.get_file_info(selector) if info.is_file)
+        return sorted(name for name in names if name.endswith(suffix) and TMP_MARK not in name)
+
+    def remove_temporaries(self, rel_dir: str) -> None:
+        """Leftovers of writers killed mid-write; nobody reads them, so they can go."""
+        selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True, recursive=True)
+        for info in self.fs.get_file_info(selector):
+            if info.is_file and TMP_MARK in info.base_name:
+                self.fs.delete_file(info.path)
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))

@@ -1,0 +1,132 @@
+"""The runner: plans a stage's tasks from the markers, runs the rest as a Ray Data actor pool.
+
+A task is one identity. Each actor builds its stage once (`setup` loads models) and runs whole
+tasks: read the upstream part, `process`, write the part atomically, then the done-marker. The
+driver only sees one small result row per task, so its memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import PipelineConfig
+from pipeline.markers import Marker, count_outcomes, part_path, read_markers, write_marker
+from pipeline.names import Identity
+from pipeline.rundir import RunDir
+from pipeline.schema import NAMES, OK
+from stages.base import Stage
+
+log = logging.getLogger(__name__)
+
+RUN, RETRY = "run", "retry"
+
+
+@dataclass
+class Plan:
+    todo: list[dict[str, str]] = field(default_factory=list)
+    skipped: int = 0
+    missing: list[str] = field(default_factory=list)  # identities without upstream output
+
+
+@dataclass
+class TaskResult:
+    task: str
+    error: str | None = None
+    rows_in: int = 0
+    rows_out: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def name_digest(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()
+
+
+def plan_stage(
+    stage: type[Stage],
+    upstream: type[Stage] | None,
+    config: PipelineConfig,
+    run: RunDir,
+    identities: list[Identity],
+    force: bool = False,
+    retry_failed: bool = False,
+) -> Plan:
+    """Which tasks to run: those without a marker matching today's config and today's input."""
+    config_hash = config.fingerprint(stage.sections, stage.version)
+    done = read_markers(run, stage.name)
+    inputs = read_markers(run, upstream.name) if upstream else {}
+    plan = Plan()
+    for identity in identities:
+        if upstream and identity.slug not in inputs:
+            plan.missing.append(identity.slug)
+            continue
+        digest = inputs[identity.slug].output_digest if upstream else name_digest(identity.name)
+        spec = {"task": identity.slug, "name": identity.name, "input_digest": digest, "mode": RUN}
+        marker = done.get(identity.slug)
+        if force or marker is None or not marker.matches(config_hash, digest):
+            plan.todo.append(spec)
+        elif retry_failed and marker.failed:
+            plan.todo.append({**spec, "mode": RETRY})
+        else:
+            plan.skipped += 1
+    return plan
+
+
+class TaskExecutor:
+    """One per Ray actor: builds the stage once, then runs one task per call."""
+
+    def __init__(self, stage: type[Stage], upstream: str | None, config: PipelineConfig, run_uri: str) -> None:
+        self.run = RunDir(run_uri)
+        self.stage = stage(config, self.run)
+        self.stage.setup()
+        self.upstream = upstream
+        self.config_hash = config.fingerprint(stage.sections, stage.version)
+
+    def __call__(self, batch: pa.Table) -> dict[str, list[str]]:
+        """Ray Data batch in (task specs), one JSON result per task out."""
+        return {"result": [json.dumps(asdict(self.execute(spec))) for spec in batch.to_pylist()]}
+
+    def execute(self, spec: dict[str, str]) -> TaskResult:
+        started = time.monotonic()
+        try:
+            result = self._execute(spec)
+        except Exception as exc:  # recorded and reported; no marker, so the next run retries it
+            log.error("task %s of %s failed:\n%s", spec["task"], self.stage.name, traceback.format_exc())
+            result = TaskResult(spec["task"], error=f"{type(exc).__name__}: {exc}")
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _execute(self, spec: dict[str, str]) -> TaskResult:
+        task, name = spec["task"], self.stage.name
+        rows = self._input(spec)
+        if spec["mode"] == RETRY:
+            output = self.stage.retry(self.run.read_table(part_path(name, task)))
+        else:
+            output = self.stage.process(rows)
+            if self.stage.one_to_one and output.num_rows != rows.num_rows:
+                raise RuntimeError(f"stage {name} returned {output.num_rows} rows for {rows.num_rows}")
+        digest = self.run.write_table(part_path(name, task), output)
+        statuses, reasons = count_outcomes(output)
+        marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows, statuses, reasons)
+        write_marker(self.run, marker)
+        return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons)
+
+    def _input(self, spec: dict[str, str]) -> pa.Table:
+        if self.upstream is None:
+            return pa.Table.from_pylist([{"identity": spec["task"], "name": spec["name"]}], schema=NAMES)
+        table = self.run.read_table(part_path(self.upstream, spec["task"]))
+        return table.filter(pc.equal(table["status"], OK))
+
+
+def result_from_row(row: dict[str, Any]) -> TaskResult:
+    return TaskResult(**json.loads(row["result"]))

@@ -1,0 +1,74 @@
+"""Counts per stage, from a run's results or from its markers, rendered as tables."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from rich.table import Table
+
+from pipeline.markers import read_markers
+from pipeline.rundir import RunDir
+from pipeline.schema import DROPPED, FAILED, OK
+
+TOP_REASONS = 4
+
+
+@dataclass
+class StageCounts:
+    stage: str
+    tasks_done: int = 0
+    tasks_total: int = 0
+    tasks_failed: int = 0
+    tasks_skipped: int = 0  # already done by an earlier run
+    rows_in: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def add(self, rows_in: int, statuses: dict[str, int], reasons: dict[str, int]) -> None:
+        self.tasks_done += 1
+        self.rows_in += rows_in
+        self.statuses.update(statuses)
+        self.reasons.update(reasons)
+
+
+def _reasons(counts: Counter[str]) -> str:
+    shown = ", ".join(f"{reason} {count:,}" for reason, count in counts.most_common(TOP_REASONS))
+    more = len(counts) - TOP_REASONS
+    return f"{shown}, +{more} more" if more > 0 else shown
+
+
+def counts_table(title: str, rows: Iterable[StageCounts]) -> Table:
+    table = Table(title=title)
+    for column in ("stage", "tasks", "rows in", "kept", "dropped", "failed"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    table.add_column("not kept, by reason", min_width=24, ratio=1)
+    table.add_column("seconds", justify="right")
+    for row in rows:
+        tasks = f"{row.tasks_done:,}/{row.tasks_total:,}"
+        if row.tasks_failed:
+            tasks += f" ({row.tasks_failed} failed)"
+        if row.tasks_skipped:
+            tasks = f"+{row.tasks_skipped:,} done" if not row.tasks_total else f"{tasks} +{row.tasks_skipped:,} done"
+        table.add_row(
+            row.stage,
+            tasks,
+            f"{row.rows_in:,}",
+            f"{row.statuses[OK]:,}",
+            f"{row.statuses[DROPPED]:,}",
+            f"{row.statuses[FAILED]:,}",
+            _reasons(row.reasons),
+            f"{row.seconds:.1f}" if row.seconds else "",
+        )
+    return table
+
+
+def counts_from_markers(run: RunDir, stage: str, tasks: set[str], config_hash: str | None) -> StageCounts:
+    """What the run directory holds for one stage; markers of another config are not counted."""
+    counts = StageCounts(stage, tasks_total=len(tasks))
+    for task, marker in read_markers(run, stage).items():
+        if task in tasks and (config_hash is None or marker.config_hash == config_hash):
+            counts.add(marker.rows_in, marker.statuses, marker.reasons)
+    return counts

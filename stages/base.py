@@ -1,0 +1,85 @@
+"""The stage contract: a small transformation over one task's rows, with declared columns.
+
+Stages never call Ray; the runner (`pipeline.runner`) turns them into Ray Data actor pools. A stage
+gets its task's `ok` rows from the previous stage as a `pyarrow.Table` and returns every one of
+them again (or, for a source, the rows it found), each with `status` and `reason` set: drops are
+values, never silence.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.config import PipelineConfig, Resources
+from pipeline.rundir import RunDir
+from pipeline.schema import DROPPED, FAILED, OK, extend
+
+Row = dict[str, Any]
+
+
+def keep(**columns: Any) -> Row:
+    return {"status": OK, "reason": None, "detail": None, **columns}
+
+
+def drop(reason: str, detail: str | None = None, **columns: Any) -> Row:
+    return {"status": DROPPED, "reason": reason, "detail": detail, **columns}
+
+
+def fail(reason: str, detail: str | None = None, **columns: Any) -> Row:
+    """A transient failure: `--retry-failed` runs the row again."""
+    return {"status": FAILED, "reason": reason, "detail": detail, **columns}
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]]  # config sections the stage reads: its fingerprint
+    requires: ClassVar[tuple[str, ...]]  # input columns
+    produces: ClassVar[pa.Schema]  # columns it adds
+    version: ClassVar[int] = 1  # bump when the logic changes what the stage outputs
+    one_to_one: ClassVar[bool] = True  # one output row per input row (sources expand)
+
+    def __init__(self, config: PipelineConfig, run: RunDir) -> None:
+        self.config = config
+        self.run = run
+
+    @classmethod
+    def resources(cls, config: PipelineConfig) -> Resources:
+        return getattr(config, cls.name).resources
+
+    @classmethod
+    def preflight(cls, config: PipelineConfig) -> None:
+        """Checks on the driver before any task is scheduled; raise UserError for a user mistake."""
+
+    def setup(self) -> None:
+        """Load models once per worker; called before the first task."""
+
+    @abstractmethod
+    def process(self, rows: pa.Table) -> pa.Table:
+        """Turn one task's input rows into output rows."""
+
+    def retry(self, previous: pa.Table) -> pa.Table:
+        """A task's output with its transiently failed rows run again, every other row kept."""
+        failed = pc.equal(previous["status"], FAILED)
+        ours = [field.name for field in self.produces if field.name in previous.schema.names]
+        again = self.process(previous.filter(failed).drop_columns(ours))
+        return pa.concat_tables([previous.filter(pc.invert(failed)), again.cast(previous.schema)])
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        return extend(input_schema, self.produces)
+
+    def to_table(self, rows: list[Row], input_schema: pa.Schema) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=self.output_schema(input_schema))
+
+
+class RowStage(Stage):
+    """A stage deciding row by row: `process_row` returns the new columns via keep/drop/fail."""
+
+    @abstractmethod
+    def process_row(self, row: Row) -> Row: ...
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return self.to_table([{**row, **self.process_row(row)} for row in rows.to_pylist()], rows.schema)

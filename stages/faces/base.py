@@ -1,0 +1,144 @@
+"""The face-backend interface: detect faces, embed them, and say which models did it.
+
+Backends import their heavy libraries (dlib, insightface, onnxruntime) in their constructors, so
+importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+# Order of `Face.landmarks`, in image coordinates: "left" is the image's left (the person's right).
+# It is the ArcFace alignment template's order, so any backend's landmarks can feed `norm_crop`.
+LANDMARK_ORDER = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+class ModelNotFound(FileNotFoundError):
+    """A model file or pack is missing; the message says what, where it looked, and how to get it."""
+
+    def __init__(self, missing: str, looked_in: Sequence[str], fix: str) -> None:
+        self.missing = missing
+        self.looked_in = list(looked_in)
+        self.fix = fix
+        super().__init__(f"{missing} not found; looked in: {', '.join(self.looked_in)}. Fix: {fix}")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make field-wise equality ambiguous
+class Face:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the given image, clipped to it
+    landmarks: np.ndarray  # (5, 2) float32 (x, y), in LANDMARK_ORDER
+    score: float  # detector confidence, on the detector's own scale (SCRFD: 0..1, dlib HOG: SVM margin)
+    embedding: np.ndarray | None = None  # L2-normalised float32 vector, None before embed()
+
+    def __post_init__(self) -> None:
+        if self.landmarks.shape != (5, 2):
+            raise ValueError(f"landmarks must have shape (5, 2), got {self.landmarks.shape}")
+
+    def with_embedding(self, embedding: np.ndarray) -> Face:
+        return replace(self, embedding=embedding)
+
+
+class FaceBackend(ABC):
+    name: str
+    embedding_dim: int
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Package versions and model files (name and sha256) that produced this backend's output."""
+
+    @abstractmethod
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Faces in each image (HxWx3 uint8 RGB), without embeddings."""
+
+    @abstractmethod
+    def embed(self, images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> list[list[Face]]:
+        """The given faces of each image, with `embedding` set."""
+
+    def analyze(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        return self.embed(images, self.detect(images))
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """The image as a C-contiguous HxWx3 uint8 array (what dlib and OpenCV require)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} array of shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def clip_box(box: Sequence[float], image: np.ndarray) -> tuple[float, float, float, float]:
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height))
+
+
+def has_area(box: tuple[float, float, float, float]) -> bool:
+    return box[2] > box[0] and box[3] > box[1]
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32 (a zero row stays zero rather than becoming NaN)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def attach_embeddings(faces: Sequence[Sequence[Face]], vectors: np.ndarray) -> list[list[Face]]:
+    """Give each face, in reading order, the next row of `vectors` (L2-normalised)."""
+    vectors = l2_normalize(vectors)
+    out, start = [], 0
+    for image_faces in faces:
+        out.append([face.with_embedding(vectors[start + k]) for k, face in enumerate(image_faces)])
+        start += len(image_faces)
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+BACKENDS = ("dlib", "insightface")
+
+
+def load_face_backend(
+    backend: str,
+    model: str | None = None,
+    *,
+    device: str = "auto",
+    det_size: int = 640,
+    det_threshold: float = 0.5,
+    model_root: str | None = None,
+    dlib_detector: str = "hog",
+    upsample: int = 1,
+    dlib_threshold: float = 0.0,
+    dlib_model_dir: str | None = None,
+) -> FaceBackend:
+    """Build a backend by name; the options a backend does not use are ignored.
+
+    insightface: `model` is a pack name under `<model_root>/models/` (default root `~/.insightface`,
+    default pack `buffalo_l`) or a directory of ONNX files; `device` is auto | cpu | cuda | cuda:N;
+    `det_size` is SCRFD's square input side; `det_threshold` its score cut (0..1).
+    dlib: `dlib_detector` is hog | cnn, `upsample` how often the image is doubled before detecting,
+    `dlib_threshold` the detector's score offset (dlib's `adjust_threshold`), `dlib_model_dir` a folder
+    of the .dat files (default: the face-recognition-models package). dlib runs on the CPU.
+    """
+    if backend == "dlib":
+        from .dlib_backend import DlibBackend
+
+        return DlibBackend(model_dir=dlib_model_dir, detector=dlib_detector, upsample=upsample, threshold=dlib_threshold)
+    if backend == "insightface":
+        from .insightface_backend import InsightFaceBackend
+
+        return InsightFaceBackend(
+            model, root=model_root, device=device, det_size=det_size, det_threshold=det_threshold
+        )
+    raise ValueError(f"unknown face backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

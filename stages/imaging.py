@@ -1,0 +1,76 @@
+"""Image bytes: format sniffing, header probing and safe decoding, shared by the stages (Pillow)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image
+
+# Pillow's bomb check reads a process-wide limit; ours is per config and checked on the header
+# before every decode (`probe`), which is also safe when download threads share the process.
+Image.MAX_IMAGE_PIXELS = None
+
+EXIF_ORIENTATION = 0x0112
+ROTATED_ORIENTATIONS = {5, 6, 7, 8}  # width and height swap once the photo is shown upright
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+class ImageRejected(Exception):
+    """An image that a stage must drop; `reason` is the row's reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int  # as shown upright, after EXIF orientation
+    height: int
+    orientation: int
+
+
+def _open(data: bytes) -> Image.Image:
+    """Open lazily: Pillow reads the header only until pixels are asked for."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Exception as exc:  # Pillow raises many types for hostile bytes; all mean the same here
+        raise ImageRejected("not_an_image", f"{type(exc).__name__}: {exc}") from exc
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format read from the bytes themselves, or None when they are not an image."""
+    try:
+        with _open(data) as image:
+            return image.format
+    except ImageRejected:
+        return None
+
+
+def probe(data: bytes, max_pixels: int) -> ImageHeader:
+    """Size and orientation from the header, without decoding the pixels."""
+    with _open(data) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageRejected("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
+        try:
+            orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
+        except Exception:  # a broken EXIF block is no reason to lose the photo
+            orientation = 1
+        if orientation in ROTATED_ORIENTATIONS:
+            width, height = height, width
+        return ImageHeader(image.format or "UNKNOWN", width, height, orientation)
+
+
+def check_decodes(data: bytes, max_pixels: int) -> None:
+    """Decode fully (at reduced scale where the codec allows) to catch truncated or corrupt files."""
+    probe(data, max_pixels)
+    with _open(data) as image:
+        try:
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+        except Exception as exc:
+            raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,54 @@
+"""The `local` source: `crawl.local_root/<name>/` holds one person's images (a team's own crawl)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from slugify import slugify
+
+from pipeline.config import CrawlSection
+from pipeline.errors import UserError
+from pipeline.names import MAX_BASE_LENGTH, identity_slug
+from pipeline.schema import DROPPED, FAILED
+from stages.sources.base import Fetched, Source
+
+
+class LocalSource(Source):
+    name = "local"
+
+    @classmethod
+    def preflight(cls, settings: CrawlSection) -> None:
+        if settings.local_root is None or not settings.local_root.is_dir():
+            raise UserError(
+                f"crawl.local_root is not a folder: {settings.local_root}",
+                "set crawl.local_root to a folder holding one sub-folder of images per name",
+            )
+
+    def folder_for(self, name: str) -> Path | None:
+        """The exact name, its slug, or its readable slug base (`Angelina Jolie` -> angelina_jolie)."""
+        root = self.settings.local_root
+        assert root is not None
+        base = slugify(name, separator="_", max_length=MAX_BASE_LENGTH, word_boundary=True)
+        for candidate in (name, identity_slug(name), base):
+            if candidate and candidate not in (".", "..") and "/" not in candidate and (root / candidate).is_dir():
+                return root / candidate
+        return None
+
+    def fetch(self, name: str) -> Iterator[Fetched]:
+        folder = self.folder_for(name)
+        if folder is None:
+            yield Fetched(url="", status=DROPPED, reason="no_source_folder", detail=f"no folder for {name!r}")
+            return
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        yield from self.refetch((path.as_uri(), None, None) for path in files[: self.settings.max_per_name])
+
+    def refetch(self, urls: Iterable[tuple[str, str | None, str | None]]) -> Iterator[Fetched]:
+        for url, page_url, license_ in urls:
+            try:
+                data = Path(unquote(urlparse(url).path)).read_bytes()
+            except OSError as exc:  # a flaky mount is worth a retry
+                yield Fetched(url=url, status=FAILED, reason="read_error", detail=str(exc))
+                continue
+            yield Fetched(url=url, data=data, page_url=page_url, license=license_)
