@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,11 +64,28 @@ def _save_run_info(run: RunDir, config: PipelineConfig, profile: Path, identitie
     })
 
 
+def _ray_environment(config: PipelineConfig) -> None:
+    """Settings Ray reads once, at import, so they are made before it is imported.
+
+    A private run: Ray binds even a one-machine instance to the network address unless told it
+    is no cluster (a flag named for Windows/macOS, honoured everywhere); ours listens on loopback.
+    Joining a cluster: Ray enables token auth for clusters it starts, but a joining driver sends
+    the token only when told to; present it whenever one is available.
+    """
+    if not (config.run.address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if "RAY_AUTH_TOKEN" in os.environ or token_file.is_file():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def command_run(args: argparse.Namespace) -> int:
+    config, profile = _settings(args)
+    _ray_environment(config)
     from pipeline.driver import console, run_stages
     from pipeline.stats import counts_table
 
-    config, profile = _settings(args)
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
     for stage in chosen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 import ray.data
@@ -35,6 +36,7 @@ def connect(address: str | None) -> None:
     options = {"include_dashboard": False, "logging_level": logging.ERROR}
     try:
         if address:
+            _check_reachable(address)
             # Cluster nodes get this code with the job, so only the driver needs it installed.
             ray.init(address=address, runtime_env={"py_modules": [pipeline, stages]}, **options)
         else:
@@ -45,6 +47,17 @@ def connect(address: str | None) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours below counts tasks and rows instead
     context.print_on_execution_start = False
+
+
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable head for minutes; a plain TCP connect answers at once."""
+    if "://" in address:
+        return  # ray:// client addresses go through Ray's own handshake
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: {exc}", "check --address and `ray status`") from exc
 
 
 def pool_size(stage: type[Stage], config: PipelineConfig, tasks: int) -> int:

@@ -6,7 +6,6 @@ task's done-marker is written after its part, so listing markers is the whole re
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import posixpath
@@ -55,13 +54,11 @@ class RunDir:
         with self.fs.open_input_stream(self.path(rel)) as stream:
             return stream.read()
 
-    def write_table(self, rel: str, table: pa.Table) -> str:
-        """Write a Parquet part atomically; returns the sha256 of its bytes (the part's digest)."""
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Write a Parquet part atomically."""
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        data = buffer.getvalue()
-        self.write_bytes(rel, data)
-        return hashlib.sha256(data).hexdigest()
+        self.write_bytes(rel, buffer.getvalue())
 
     def read_table(self, rel: str) -> pa.Table:
         return pq.read_table(self.path(rel), filesystem=self.fs)

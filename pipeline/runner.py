@@ -52,6 +52,14 @@ def name_digest(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8")).hexdigest()
 
 
+def content_digest(table: pa.Table) -> str:
+    """What downstream tasks consumed: equal content means nothing to redo downstream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
 def plan_stage(
     stage: type[Stage],
     upstream: type[Stage] | None,
@@ -115,7 +123,8 @@ class TaskExecutor:
             output = self.stage.process(rows)
             if self.stage.one_to_one and output.num_rows != rows.num_rows:
                 raise RuntimeError(f"stage {name} returned {output.num_rows} rows for {rows.num_rows}")
-        digest = self.run.write_table(part_path(name, task), output)
+        self.run.write_table(part_path(name, task), output)
+        digest = content_digest(output.drop_columns(list(self.stage.volatile)))
         statuses, reasons = count_outcomes(output)
         marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows, statuses, reasons)
         write_marker(self.run, marker)

@@ -41,6 +41,7 @@ class Stage(ABC):
     produces: ClassVar[pa.Schema]  # columns it adds
     version: ClassVar[int] = 1  # bump when the logic changes what the stage outputs
     one_to_one: ClassVar[bool] = True  # one output row per input row (sources expand)
+    volatile: ClassVar[tuple[str, ...]] = ()  # columns that differ between identical re-runs
 
     def __init__(self, config: PipelineConfig, run: RunDir) -> None:
         self.config = config

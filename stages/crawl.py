@@ -21,6 +21,7 @@ class CrawlStage(Stage):
     requires = ("identity", "name")
     produces = PROVENANCE
     one_to_one = False
+    volatile = ("fetched_at",)
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
@@ -41,9 +42,10 @@ class CrawlStage(Stage):
         kept, failed = previous.filter(pc.invert(failed_mask)), previous.filter(failed_mask)
         seen = set(kept.filter(pc.equal(kept["status"], OK))["image_id"].to_pylist())
         out: list[Row] = []
-        for row in failed.to_pylist():
-            person = {"identity": row["identity"], "name": row["name"]}
-            again = self.source.refetch([(row["url"], row["page_url"], row["license"])])
+        rows = failed.to_pylist()
+        if rows:  # a task is one identity: its failed URLs go to the source together, fetched concurrently
+            person = {"identity": rows[0]["identity"], "name": rows[0]["name"]}
+            again = self.source.refetch([(row["url"], row["page_url"], row["license"]) for row in rows])
             out.extend(self._rows(person, again, seen))
         return pa.concat_tables([kept, self.to_table(out, previous.schema)])
 

@@ -71,6 +71,11 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def check_pairing(images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> None:
+    if len(images) != len(faces):
+        raise ValueError(f"{len(images)} images but {len(faces)} face lists")
+
+
 def clip_box(box: Sequence[float], image: np.ndarray) -> tuple[float, float, float, float]:
     height, width = image.shape[:2]
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -134,11 +139,11 @@ def load_face_backend(
     if backend == "dlib":
         from .dlib_backend import DlibBackend
 
-        return DlibBackend(model_dir=dlib_model_dir, detector=dlib_detector, upsample=upsample, threshold=dlib_threshold)
+        return DlibBackend(
+            model_dir=dlib_model_dir, detector=dlib_detector, upsample=upsample, threshold=dlib_threshold
+        )
     if backend == "insightface":
         from .insightface_backend import InsightFaceBackend
 
-        return InsightFaceBackend(
-            model, root=model_root, device=device, det_size=det_size, det_threshold=det_threshold
-        )
+        return InsightFaceBackend(model, root=model_root, device=device, det_size=det_size, det_threshold=det_threshold)
     raise ValueError(f"unknown face backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

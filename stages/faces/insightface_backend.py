@@ -1,0 +1,180 @@
+"""insightface on onnxruntime: SCRFD detection + ArcFace recognition from a model pack.
+
+The pack's ONNX files go through insightface's own model router (`model_zoo.get_model`), which
+recognises detector and recogniser by their input/output shapes. Nothing is ever downloaded: a
+missing pack is an error that says where it was looked for and how to put it there.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .base import (
+    Face,
+    FaceBackend,
+    ModelNotFound,
+    attach_embeddings,
+    check_image,
+    check_pairing,
+    clip_box,
+    file_sha256,
+    has_area,
+)
+
+DEFAULT_PACK = "buffalo_l"
+DEFAULT_ROOT = "~/.insightface"  # insightface's own default root; 2.x reads no environment variable for it
+MAX_RECOGNITION_BATCH = 256  # aligned 112x112 crops per onnxruntime call, bounds GPU memory on crowded batches
+
+logger = logging.getLogger(__name__)
+
+
+def pack_dir(model: str | None, root: str | None) -> Path:
+    """An existing directory as given, else the pack `<root>/models/<model>`."""
+    name = model or DEFAULT_PACK
+    direct = Path(name).expanduser()
+    if direct.is_dir():
+        return direct
+    return Path(root or DEFAULT_ROOT).expanduser() / "models" / name
+
+
+def onnx_files(folder: Path) -> list[Path]:
+    """The pack's ONNX files; some packs (antelopev2) unzip into a folder of the same name inside."""
+    return sorted(folder.glob("*.onnx")) or sorted(folder.glob("*/*.onnx"))
+
+
+def missing_pack(model: str | None, folder: Path, what: str) -> ModelNotFound:
+    name = model or DEFAULT_PACK
+    fix = (
+        f"on a machine with internet, get insightface's {name}.zip and unzip it so that {folder}/*.onnx exist "
+        "(or set face.model to a directory of ONNX files with an SCRFD detector and an ArcFace recogniser)"
+    )
+    return ModelNotFound(f"insightface {what} for model {name!r}", [str(folder)], fix)
+
+
+def providers_for(device: str) -> list:
+    """onnxruntime providers: CUDA (then CPU) when asked or auto and available, else CPU."""
+    import onnxruntime
+
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    available = onnxruntime.get_available_providers()
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        options = {"device_id": int(device.split(":", 1)[1])} if ":" in device else {}
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        logger.warning("device %s asked for, but onnxruntime offers only %s; running on the CPU", device, available)
+    return ["CPUExecutionProvider"]
+
+
+def route_models(files: list[Path], providers: list) -> dict[str, object]:
+    """The first detection and first recognition model among `files`, by insightface's router."""
+    from insightface.model_zoo import get_model
+
+    found: dict[str, object] = {}
+    for path in files:
+        model = get_model(str(path), providers=providers)
+        task = getattr(model, "taskname", None)
+        if task in ("detection", "recognition") and task not in found:
+            found[task] = model
+        if len(found) == 2:
+            break  # packs also hold landmark and attribute models: no need to load those
+    return found
+
+
+def aligned_crop(image_bgr: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+    from insightface.utils.face_align import norm_crop
+
+    with warnings.catch_warnings():
+        # insightface calls scikit-image's deprecated SimilarityTransform.estimate; nothing to act on here
+        warnings.filterwarnings("ignore", message=".*estimate.*deprecated", category=FutureWarning)
+        return norm_crop(image_bgr, landmark=landmarks, image_size=size)
+
+
+class InsightFaceBackend(FaceBackend):
+    name = "insightface"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        root: str | None = None,
+        device: str = "auto",
+        det_size: int = 640,
+        det_threshold: float = 0.5,
+    ) -> None:
+        folder = pack_dir(model, root)
+        files = onnx_files(folder)
+        if not files:
+            raise missing_pack(model, folder, "model pack")
+        self._pack = model or DEFAULT_PACK
+        self._det_size = det_size
+        found = route_models(files, providers_for(device))
+        for task in ("detection", "recognition"):
+            if task not in found:
+                raise missing_pack(model, folder, f"{task} model (none of {[f.name for f in files]} is one)")
+        self._detector, self._recognizer = found["detection"], found["recognition"]
+        if not self._detector.use_kps:
+            raise ValueError(f"{self._detector.model_file}: SCRFD without keypoints cannot align faces for ArcFace")
+        self._detector.prepare(0, input_size=(det_size, det_size), det_thresh=det_threshold)
+        self.embedding_dim = int(self._recognizer.output_shape[-1])
+        self._versions = self._describe()
+
+    def versions(self) -> dict[str, str]:
+        return dict(self._versions)
+
+    def _describe(self) -> dict[str, str]:
+        import insightface
+        import onnxruntime
+
+        out = {
+            "backend": self.name,
+            "insightface": insightface.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "providers": ",".join(self._detector.session.get_providers()),
+            "pack": self._pack,
+            "det_size": str(self._det_size),
+        }
+        for role, model in (("detector", self._detector), ("recognizer", self._recognizer)):
+            out[f"{role}_model"] = Path(model.model_file).name
+            out[f"{role}_sha256"] = file_sha256(Path(model.model_file))
+        return out
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        return [self._detect_one(check_image(image)) for image in images]
+
+    def embed(self, images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> list[list[Face]]:
+        check_pairing(images, faces)
+        size = int(self._recognizer.input_size[0])
+        crops = []
+        for image, image_faces in zip(images, faces, strict=True):
+            bgr = _bgr(check_image(image))
+            crops.extend(aligned_crop(bgr, face.landmarks, size) for face in image_faces)
+        return attach_embeddings(faces, self._features(crops))
+
+    def _detect_one(self, image: np.ndarray) -> list[Face]:
+        boxes, keypoints = self._detector.detect(_bgr(image), max_num=0)
+        faces = []
+        for row, points in zip(boxes, keypoints, strict=True):
+            box = clip_box(row[:4], image)
+            if has_area(box):  # boxes wholly in the detector's padding fall outside the image
+                faces.append(Face(box=box, landmarks=points.astype(np.float32), score=float(row[4])))
+        return faces
+
+    def _features(self, crops: list[np.ndarray]) -> np.ndarray:
+        """ArcFace features of BGR crops, in batches (one at a time for a model with a fixed batch of 1)."""
+        if not crops:
+            return np.empty((0, self.embedding_dim), dtype=np.float32)
+        fixed_batch = isinstance(self._recognizer.input_shape[0], int)
+        step = 1 if fixed_batch else MAX_RECOGNITION_BATCH
+        chunks = [self._recognizer.get_feat(crops[i : i + step]) for i in range(0, len(crops), step)]
+        return np.concatenate(chunks).astype(np.float32)
+
+
+def _bgr(image_rgb: np.ndarray) -> np.ndarray:
+    """insightface's models take OpenCV's BGR order (they swap to RGB inside)."""
+    return np.ascontiguousarray(image_rgb[..., ::-1])

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real labelled faces in ../shared, a CLI runner, generated images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+FACES = REPO.parent / "shared" / "data" / "faces"
+
+
+@pytest.fixture(scope="session")
+def faces() -> dict:
+    """identities.json of the shared face corpus, with `images` pointing at the photo folder."""
+    labels = json.loads((FACES / "identities.json").read_text())
+    return {**labels, "images": FACES / "images"}
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m pipeline ...` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stage_rows(out: Path, stage: str) -> list[dict]:
+    """Every row of a stage's parts (those with a done-marker), as dicts."""
+    rows = []
+    for marker in sorted((out / "stages" / stage / "_done").glob("*.json")):
+        rows += pq.read_table(out / "stages" / stage / f"part-{marker.stem}.parquet").to_pylist()
+    return rows
+
+
+def image_bytes(size: tuple[int, int], fmt: str = "JPEG", mode: str = "RGB", **save: object) -> bytes:
+    """A real encoded image of the given size (a gradient, so encoders do real work)."""
+    width, height = size
+    image = Image.linear_gradient("L").resize((width, height)).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()

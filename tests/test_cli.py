@@ -1,0 +1,134 @@
+"""The CLI end to end on a local tree of real photos and generated bad files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from tests.conftest import run_cli, stage_rows
+from tests.local_tree import build_tree
+
+IDENTITIES = ["angelina_jolie", "katy_perry", "jack_dorsey", "jeff_bezos"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, faces) -> dict:
+    root = tmp_path_factory.mktemp("local")
+    expected = build_tree(root / "photos", faces, IDENTITIES)
+    names = root / "names.txt"
+    names.write_text("# test names\n" + "\n".join(IDENTITIES) + "\nNobody Without Photos\n")
+    return {"root": root, "expected": expected, "names": names}
+
+
+def args(tree: dict, out: Path, *extra: str) -> list[str]:
+    return [
+        "--config", "cpu", "--names", str(tree["names"]), "--out", str(out),
+        "--set", "crawl.source=local", "--set", f"crawl.local_root={tree['root'] / 'photos'}", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    for stage in ("crawl", "filter"):
+        result = run_cli("run", "--stage", stage, *args(tree, out))
+        assert result.returncode == 0, result.stderr
+    return out
+
+
+def outcomes(rows: list[dict]) -> dict[tuple[str, str], str]:
+    """(identity, file name) -> `ok` or the drop reason."""
+    return {
+        (row["identity"], PurePosixPath(unquote(urlparse(row["url"]).path)).name): row["reason"] or row["status"]
+        for row in rows
+        if row["url"]
+    }
+
+
+@pytest.mark.slow
+def test_every_file_ends_kept_or_dropped_with_its_reason(tree, finished) -> None:
+    crawl, filtered = stage_rows(finished, "crawl"), stage_rows(finished, "filter")
+    got = {**outcomes(crawl), **{key: value for key, value in outcomes(filtered).items()}}
+    expected = {(identity, name): outcome for identity, files in tree["expected"].items() for name, outcome in files.items()}
+    assert got == expected
+    nobody = [row for row in crawl if row["name"] == "Nobody Without Photos"]
+    assert [(row["status"], row["reason"]) for row in nobody] == [("dropped", "no_source_folder")]
+    rotated = next(row for row in filtered if row["url"].endswith("rotated.jpg"))
+    assert (rotated["width"], rotated["height"]) == (600, 1000)
+
+
+@pytest.mark.slow
+def test_provenance_and_content_addressed_raw_files(finished) -> None:
+    for row in stage_rows(finished, "crawl"):
+        if row["status"] == "ok":
+            assert row["source"] == "local" and row["url"].startswith("file://")
+            assert row["raw_path"] == f"raw/{row['identity']}/{row['image_id']}.{row['raw_path'].rsplit('.', 1)[1]}"
+            assert (finished / row["raw_path"]).is_file() and row["fetched_at"] is not None
+
+
+@pytest.mark.slow
+def test_a_second_run_does_no_work(tree, finished) -> None:
+    parts = {path: path.stat().st_mtime_ns for path in (finished / "stages").rglob("*.parquet")}
+    result = run_cli("run", "--stage", "all", *args(tree, finished))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(f"+{len(IDENTITIES) + 1} done") == 2
+    assert {path: path.stat().st_mtime_ns for path in parts} == parts
+
+
+@pytest.mark.slow
+def test_a_new_filter_threshold_reruns_filter_only(tree, finished, tmp_path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    crawl_files = {path: path.stat().st_mtime_ns for path in (out / "stages" / "crawl").rglob("*") if path.is_file()}
+    result = run_cli("run", "--stage", "all", *args(tree, out, "--set", "filter.min_short_side=256"))
+    assert result.returncode == 0, result.stderr
+    assert {path: path.stat().st_mtime_ns for path in crawl_files} == crawl_files
+    before = outcomes(stage_rows(finished, "filter"))
+    after = outcomes(stage_rows(out, "filter"))
+    was_low = {key for key, reason in before.items() if reason == "low_resolution"}
+    assert {key for key in was_low if after[key] == "ok"}, "some photos between 256 and 512 px come back"
+    assert all(after[(identity, "tiny.jpg")] == "low_resolution" for identity in IDENTITIES)
+    assert all(after[key] == before[key] for key in before.keys() - was_low)
+
+
+@pytest.mark.slow
+def test_status_counts_what_the_run_holds(tree, finished) -> None:
+    result = run_cli("status", "--config", "cpu", "--out", str(finished))
+    assert result.returncode == 0, result.stderr
+    crawl_line = next(line for line in result.stderr.splitlines() if line.startswith("│ crawl"))
+    kept = sum(row["status"] == "ok" for row in stage_rows(finished, "crawl"))
+    assert f"{len(IDENTITIES) + 1}/{len(IDENTITIES) + 1}" in crawl_line and f" {kept} " in crawl_line
+    assert "decompression_bomb" in result.stderr or "low_resolution" in result.stderr
+
+
+def test_filter_without_crawl_output_says_what_to_run(tree, tmp_path) -> None:
+    result = run_cli("run", "--stage", "filter", *args(tree, tmp_path / "empty"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no crawl output")
+    assert "--stage crawl" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--names", "/nonexistent/names.txt"], "error: names file not found"),
+        (["--set", "filter.min_short_sid=3"], "error: unknown config key 'filter.min_short_sid'"),
+        (["--set", "filter.min_short_side=big"], "error: bad value for 'filter.min_short_side'"),
+        (["--config", "no-such-profile"], "error: config file not found"),
+        (["--set", "crawl.local_root=/nonexistent"], "error: crawl.local_root is not a folder"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_2(tree, tmp_path, extra: list[str], message: str) -> None:
+    result = run_cli("run", *args(tree, tmp_path / "run"), *extra)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_every_command_has_help() -> None:
+    for command in ([], ["run"], ["status"]):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout

@@ -1,0 +1,75 @@
+"""Typed configs: profiles, overrides, errors naming the full key, stage fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import CONFIG_DIR, PipelineConfig, load_config, resolve_profile
+from pipeline.errors import UserError
+
+
+@pytest.mark.parametrize("profile", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_profile_validates(profile) -> None:
+    assert isinstance(load_config(profile), PipelineConfig)
+
+
+def test_defaults_are_the_papers_values() -> None:
+    config = load_config(resolve_profile(None))
+    assert config.filter.min_short_side == 512
+    assert config.crawl.allow_private_addresses is False
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    config = load_config(
+        resolve_profile("cpu"),
+        ["filter.min_short_side=256", "crawl.allow_private_addresses=true", "filter.resources.concurrency=3"],
+    )
+    assert config.filter.min_short_side == 256
+    assert config.crawl.allow_private_addresses is True
+    assert config.filter.resources.concurrency == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("filter.min_short_sid=3", "unknown config key 'filter.min_short_sid'"),
+        ("filter.resources.concurency=3", "unknown config key 'filter.resources.concurency'"),
+        ("nonsense.key=1", "unknown config key 'nonsense'"),
+        ("filter.min_short_side=abc", "bad value for 'filter.min_short_side'"),
+        ("crawl.source=altavista", "bad value for 'crawl.source'"),
+        ("filter.min_short_side", "bad --set"),
+        ("filter=3", "bad --set"),
+    ],
+)
+def test_mistakes_name_the_full_key(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        load_config(resolve_profile("cpu"), [override])
+
+
+def test_unknown_key_lists_the_valid_ones() -> None:
+    with pytest.raises(UserError) as error:
+        load_config(resolve_profile("cpu"), ["filter.min_short_sid=3"])
+    assert "min_short_side" in error.value.fix
+
+
+def test_unknown_profile_lists_the_shipped_ones() -> None:
+    with pytest.raises(UserError, match="config file not found") as error:
+        resolve_profile("nope")
+    assert "cpu" in error.value.fix
+
+
+def test_invalid_yaml_is_a_user_error(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("filter: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_fingerprint_follows_the_stage_sections_but_not_resources() -> None:
+    base = load_config(resolve_profile("cpu"))
+    stricter = load_config(resolve_profile("cpu"), ["filter.min_short_side=1024"])
+    busier = load_config(resolve_profile("cpu"), ["filter.resources.concurrency=8"])
+    assert base.fingerprint(("filter",), 1) != stricter.fingerprint(("filter",), 1)
+    assert base.fingerprint(("crawl",), 1) == stricter.fingerprint(("crawl",), 1)
+    assert base.fingerprint(("filter",), 1) == busier.fingerprint(("filter",), 1)
+    assert base.fingerprint(("filter",), 1) != base.fingerprint(("filter",), 2)
