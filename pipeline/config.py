@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
 
 from pipeline.errors import UserError
 
@@ -37,26 +37,110 @@ class RunSection(Section):
     address: str | None = Field(None, description="Ray cluster to join; default a local instance")
 
 
+class DownloadSettings(Section):
+    """How the web sources download: speed and politeness, not which bytes are kept."""
+
+    user_agent: str = Field(
+        "id-dataset-pipeline/0.1 (research face-dataset crawler; honours X-Robots-Tag noai)",
+        description="sent with every request; name your project and a contact",
+    )
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection")
+    read_timeout: float = Field(20.0, gt=0, description="seconds of silence tolerated while reading")
+    deadline: float = Field(60.0, gt=0, description="seconds for one download, redirects included")
+    retries: int = Field(2, ge=0, description="extra attempts after transient failures (timeouts, 429, 5xx)")
+    backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles each time")
+    max_concurrency: int = Field(16, ge=1, description="downloads in flight per crawl worker")
+    per_host_concurrency: int = Field(4, ge=1, description="downloads in flight per host, per crawl worker")
+
+
 class CrawlSection(Section):
     source: Literal["bing", "baidu", "google", "flickr", "urls", "local"] = "bing"
     urls_file: Path | None = None
     local_root: Path | None = None
     max_per_name: int = Field(100, ge=1)
     allow_private_addresses: bool = False
+    allowed_networks: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="networks reachable even when private (e.g. an internal mirror)"
+    )
+    search_terms: list[str] = Field(["portrait", "photo"], description="added to each name to build the query")
+    search_base_url: str | None = Field(None, description="the search engine's address; default its public one")
+    max_bytes: int = Field(25_000_000, ge=1, description="largest download kept, after decompression")
+    max_redirects: int = Field(5, ge=0)
+    respect_noai: bool = Field(True, description="drop responses marked X-Robots-Tag: noai / noimageai")
+    download: DownloadSettings = DownloadSettings()
     resources: Resources = Resources()
 
 
 class FilterSection(Section):
     min_short_side: int = Field(512, ge=1, description="the paper's value")
+    min_face_size: int = Field(256, ge=1, description="px, the face box's longer side (the paper's value)")
     max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb limit (Pillow's default)")
     max_aspect_ratio: float = Field(3.0, ge=1.0, description="long side / short side")
     resources: Resources = Resources()
+
+
+class FaceSection(Section):
+    """The face backend the filter stage detects and embeds with (evidence verify decides from)."""
+
+    backend: Literal["insightface", "dlib"] = "insightface"
+    model: str = Field("buffalo_l", description="insightface pack name or directory of ONNX files")
+    model_root: Path | None = Field(None, description="insightface root holding models/<pack>; default ~/.insightface")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (insightface; dlib runs on the CPU)")
+    det_size: int = Field(640, ge=32, description="SCRFD input side")
+    det_threshold: float = Field(0.5, ge=0, le=1, description="SCRFD score cut")
+    dlib_detector: Literal["hog", "cnn"] = "hog"
+    upsample: int = Field(0, ge=0, le=2, description="dlib: times the image is doubled before detecting")
+    max_side: int = Field(1280, ge=256, description="images are shrunk to this long side before detection")
+
+
+# Verify thresholds left null take these, by the rows' `face_backend`. Changing a value changes verify's output
+# without changing its config fingerprint: bump VerifyStage.version with it.
+VERIFY_BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
+    # Measured on ../shared/data/faces (dlib 128-d, L2-normalised): leave-one-out centroid similarity of an
+    # identity's own photos >= 0.952, of the nearest other identity <= 0.937; pairs: deepface's dlib cut (cosine
+    # distance 0.07); copies (resized, re-encoded, cropped, mirrored) >= 0.990, distinct photos <= 0.986.
+    "dlib": {"threshold": 0.945, "cluster_threshold": 0.93, "dup_similarity": 0.99},
+    # ArcFace (insightface buffalo_l), from the literature, not measured here: deepface's ArcFace pair cut is
+    # cosine 0.32 (distance 0.68); a centroid of several photos lifts same-person similarity above pair level.
+    "insightface": {"threshold": 0.40, "cluster_threshold": 0.32, "dup_similarity": 0.90},
+}
+VERIFY_BACKEND_KEYS = ("threshold", "cluster_threshold", "dup_similarity")
+
+
+class VerifySection(Section):
+    """Identity verification, on cosine similarities of L2-normalised face embeddings (null = backend default)."""
+
+    threshold: float | None = Field(None, ge=-1, le=1, description="face-to-identity-centroid cosine to keep an image")
+    cluster_threshold: float | None = Field(
+        None, ge=-1, le=1, description="average-linkage cosine at which faces join one cluster"
+    )
+    min_images: int = Field(3, ge=1, description="distinct kept photos (duplicate groups) an identity needs")
+    competing_ratio: float = Field(
+        0.5, gt=0, le=1, description="a second cluster this large, relative to the dominant one, flags the identity"
+    )
+    dup_hamming: int = Field(10, ge=0, le=64, description="phash bits in which two near-duplicate images may differ")
+    dup_similarity: float | None = Field(
+        None, ge=-1, le=1, description="target-face cosine at which two images count as the same photo"
+    )
+    resources: Resources = Resources()
+
+    def resolved(self, backend: str) -> dict[str, float]:
+        """The backend-dependent thresholds, nulls filled from VERIFY_BACKEND_DEFAULTS."""
+        explicit = {key: getattr(self, key) for key in VERIFY_BACKEND_KEYS if getattr(self, key) is not None}
+        if len(explicit) == len(VERIFY_BACKEND_KEYS):
+            return explicit
+        if backend not in VERIFY_BACKEND_DEFAULTS:
+            keys = ", ".join(f"verify.{key}" for key in VERIFY_BACKEND_KEYS)
+            raise ValueError(f"no verify defaults for face backend {backend!r}: set {keys}")
+        return {**VERIFY_BACKEND_DEFAULTS[backend], **explicit}
 
 
 class PipelineConfig(Section):
     run: RunSection = RunSection()
     crawl: CrawlSection = CrawlSection()
     filter: FilterSection = FilterSection()
+    verify: VerifySection = VerifySection()
+    face: FaceSection = FaceSection()
 
     def fingerprint(self, sections: tuple[str, ...], version: int) -> str:
         """Hash of the config sections a stage reads (scheduling resources excluded)."""

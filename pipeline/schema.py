@@ -53,3 +53,36 @@ def extend(base: pa.Schema, *more: pa.Schema) -> pa.Schema:
         for field in schema:
             fields.setdefault(field.name, field)
     return pa.schema(list(fields.values()))
+
+# One detected face. Boxes and landmarks are in pixels of the image as shown upright (EXIF applied).
+FACE = pa.struct(
+    [
+        pa.field("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1
+        pa.field("landmarks", pa.list_(pa.float32(), 10)),  # 5 (x, y) points: eyes, nose, mouth corners
+        pa.field("score", pa.float32()),  # on the detector's own scale
+        pa.field("embedding", pa.list_(pa.float32())),  # L2-normalised; 128-d (dlib) or 512-d (ArcFace)
+    ]
+)
+
+FACE_EVIDENCE = pa.schema(
+    [
+        pa.field("faces", pa.list_(FACE)),  # every face whose box reaches filter.min_face_size
+        pa.field("num_detected", pa.int32()),  # all detections, too-small ones included
+        pa.field("phash", pa.string()),  # 64-bit perceptual hash (hex) of the upright image
+        pa.field("face_backend", pa.string()),
+        pa.field("face_models", pa.string()),  # JSON: package versions, model files and their sha256
+    ]
+)
+
+VERIFICATION = pa.schema(
+    [
+        pa.field("target_face", pa.int32()),  # index into `faces` of the person this identity is about
+        pa.field("sim_to_centroid", pa.float32()),  # cosine of the target face to the identity centroid
+        pa.field("runner_up_sim", pa.float32()),  # the next face of the same image, null when alone
+        pa.field("cluster_size", pa.int32()),  # images in the identity's dominant cluster
+        pa.field("identity_purity", pa.float32()),  # dominant cluster's share of the images with faces
+        pa.field("identity_competing", pa.bool_()),  # a second large cluster: namesakes or mixed results
+        pa.field("identity_kept", pa.int32()),  # images of this identity that verification kept
+        pa.field("dup_group", pa.string()),  # near-duplicates (same photo resized/re-encoded) share it
+    ]
+)

@@ -1,33 +1,116 @@
-"""Filter stage, resolution half: cheap header checks first, then a decode check for survivors."""
+"""Filter stage: resolution from the header first (cheap), then faces on the decoded survivors.
+
+Every face whose box reaches `filter.min_face_size` is kept in the row with its embedding, so
+verify can re-decide with new thresholds without running a model again.
+"""
 
 from __future__ import annotations
 
-from pipeline.schema import IMAGE_SIZE
-from stages.base import Row, RowStage, drop, keep
-from stages.imaging import ImageRejected, check_decodes, probe
+import json
+from dataclasses import dataclass
+import imagehash
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from pipeline.schema import FACE_EVIDENCE, IMAGE_SIZE
+from stages.base import Row, Stage, drop, keep
+from stages.faces import Face, ModelNotFound, open_backend
+from stages.imaging import ImageRejected, decode_upright, probe, shrink
 
 
-class FilterStage(RowStage):
+@dataclass
+class Candidate:
+    """One row on its way through the checks: a verdict already, or an image to detect on."""
+
+    row: Row
+    verdict: Row | None = None
+    image: Image.Image | None = None  # shrunk for detection
+    scale: float = 1.0  # from the shrunk image back to full size
+    columns: Row | None = None
+
+
+class FilterStage(Stage):
     name = "filter"
-    sections = ("filter",)
+    sections = ("filter", "face")
     requires = ("raw_path",)
-    produces = IMAGE_SIZE
+    produces = pa.schema([*IMAGE_SIZE, *FACE_EVIDENCE])
 
-    def process_row(self, row: Row) -> Row:
-        settings = self.config.filter
+    @classmethod
+    def preflight(cls, config: PipelineConfig) -> None:
+        try:
+            open_backend(config.face, device="cpu")
+        except ModelNotFound as missing:
+            raise UserError(f"face model for face.backend={config.face.backend}: {missing}", missing.fix) from missing
+
+    def setup(self) -> None:
+        self.backend = open_backend(self.config.face)
+        self.models = json.dumps(self.backend.versions(), sort_keys=True)
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        out: list[Row] = []
+        size = self.resources(self.config).batch_size
+        for start in range(0, rows.num_rows, size):  # bounded memory: a batch of decoded images at a time
+            candidates = [self._check_image(row) for row in rows.slice(start, size).to_pylist()]
+            self._detect([c for c in candidates if c.verdict is None])
+            out.extend({**c.row, **c.verdict} for c in candidates if c.verdict is not None)
+        return self.to_table(out, rows.schema)
+
+    def _check_image(self, row: Row) -> Candidate:
+        settings, candidate = self.config.filter, Candidate(row)
         data = self.run.read_bytes(row["raw_path"])
         try:
             header = probe(data, settings.max_pixels)
         except ImageRejected as rejected:
-            return drop(rejected.reason, rejected.detail)
+            candidate.verdict = drop(rejected.reason, rejected.detail)
+            return candidate
         size = {"width": header.width, "height": header.height, "exif_orientation": header.orientation}
         short, long = sorted((header.width, header.height))
         if short < settings.min_short_side:
-            return drop("low_resolution", f"short side {short} < {settings.min_short_side}", **size)
-        if long > settings.max_aspect_ratio * short:
-            return drop("extreme_aspect_ratio", f"{header.width}x{header.height}", **size)
-        try:
-            check_decodes(data, settings.max_pixels)
-        except ImageRejected as rejected:
-            return drop(rejected.reason, rejected.detail, **size)
-        return keep(**size)
+            candidate.verdict = drop("low_resolution", f"short side {short} < {settings.min_short_side}", **size)
+        elif long > settings.max_aspect_ratio * short:
+            candidate.verdict = drop("extreme_aspect_ratio", f"{header.width}x{header.height}", **size)
+        else:
+            try:
+                upright = decode_upright(data, settings.max_pixels)
+            except ImageRejected as rejected:
+                candidate.verdict = drop(rejected.reason, rejected.detail, **size)
+                return candidate
+            candidate.image, candidate.scale = shrink(upright, self.config.face.max_side)
+            candidate.columns = {**size, "phash": str(imagehash.phash(upright))}
+        return candidate
+
+    def _detect(self, candidates: list[Candidate]) -> None:
+        if not candidates:
+            return
+        found = self.backend.analyze([np.asarray(c.image) for c in candidates])
+        for candidate, faces in zip(candidates, found):
+            candidate.verdict = self._judge(faces, candidate.scale, candidate.columns or {})
+
+    def _judge(self, faces: list[Face], scale: float, columns: Row) -> Row:
+        evidence = {**columns, "num_detected": len(faces), "face_backend": self.backend.name, "face_models": self.models}
+        if not faces:
+            return drop("no_face", "the detector found no face", **evidence)
+        records = [face_record(face, scale) for face in faces]
+        large = [record for record in records if box_side(record["box"]) >= self.config.filter.min_face_size]
+        if not large:
+            biggest = max(box_side(record["box"]) for record in records)
+            return drop("face_too_small", f"largest face {biggest:.0f} px < {self.config.filter.min_face_size}", **evidence)
+        return keep(**evidence, faces=large)
+
+
+def face_record(face: Face, scale: float) -> Row:
+    """A face as stored: box and landmarks back in full-size upright pixels."""
+    assert face.embedding is not None
+    return {
+        "box": [float(v) * scale for v in face.box],
+        "landmarks": (face.landmarks.reshape(-1) * scale).tolist(),
+        "score": float(face.score),
+        "embedding": face.embedding.astype(np.float32).tolist(),
+    }
+
+
+def box_side(box: list[float]) -> float:
+    return max(box[2] - box[0], box[3] - box[1])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Pillow's bomb check reads a process-wide limit; ours is per config and checked on the header
 # before every decode (`probe`), which is also safe when download threads share the process.
@@ -74,3 +74,26 @@ def check_decodes(data: bytes, max_pixels: int) -> None:
             image.load()
         except Exception as exc:
             raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def decode_upright(data: bytes, max_pixels: int) -> Image.Image:
+    """Full decode in RGB whatever the source mode (CMYK, 16-bit, palette, alpha), EXIF applied."""
+    probe(data, max_pixels)
+    with _open(data) as image:
+        try:
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greys: scale, don't clip
+                upright = upright.point(lambda value: value / 256).convert("L")
+            return upright.convert("RGB")
+        except Exception as exc:
+            raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
+    """The image with its long side at most `max_side`, and the factor back to full size."""
+    scale = max(image.size) / max_side
+    if scale <= 1:
+        return image, 1.0
+    size = (max(1, round(image.width / scale)), max(1, round(image.height / scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0), scale

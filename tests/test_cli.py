@@ -26,7 +26,8 @@ def tree(tmp_path_factory, faces) -> dict:
 def args(tree: dict, out: Path, *extra: str) -> list[str]:
     return [
         "--config", "cpu", "--names", str(tree["names"]), "--out", str(out),
-        "--set", "crawl.source=local", "--set", f"crawl.local_root={tree['root'] / 'photos'}", *extra,
+        "--set", "crawl.source=local", "--set", f"crawl.local_root={tree['root'] / 'photos'}",
+        "--set", "filter.min_face_size=80", *extra,
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,12 +15,12 @@ import pytest
 
 from tests.conftest import REPO, run_cli, stage_rows
 
-IDENTITIES = 30  # enough tasks, run one at a time, to land a kill in the middle of a stage
+IDENTITIES = 12  # enough tasks, run one at a time, to land a kill in the middle of a stage
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory, faces) -> dict:
-    """30 identities, each a folder of links to one labelled person's real photos."""
+    """Identities, each a folder of links to one labelled person's real photos."""
     root = tmp_path_factory.mktemp("many")
     people = sorted(faces["identities"])
     names = []
@@ -84,7 +85,10 @@ def test_killed_stage_resumes_without_loss_or_duplicates(tree, reference, tmp_pa
 
     result = run_cli("run", "--stage", "all", *args(tree, out))
     assert result.returncode == 0, result.stderr
-    assert f"+{finished_at_kill} done" in result.stderr, "finished tasks are not redone"
+    line = next(line for line in result.stderr.splitlines() if line.startswith(f"│ {stage} "))
+    skipped = int(re.search(r"\+(\d+) done", line).group(1))
+    # workers may still finish a task while the kill lands; none of the finished ones is redone
+    assert finished_at_kill <= skipped < IDENTITIES, line
     for name in ("crawl", "filter"):
         assert image_ids(out, name) == image_ids(reference, name)
     leftovers = [path for path in (out / "stages").rglob("*") if ".tmp-" in path.name]
