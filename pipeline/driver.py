@@ -9,7 +9,17 @@ import socket
 import ray
 import ray.data
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 import pipeline
 import stages
@@ -17,8 +27,8 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.names import Identity
 from pipeline.registry import upstream_of
-from pipeline.runner import Plan, TaskExecutor, plan_stage, result_from_row
 from pipeline.rundir import RunDir
+from pipeline.runner import Plan, TaskExecutor, plan_stage, result_from_row
 from pipeline.schema import OK
 from pipeline.stats import StageCounts
 from stages.base import Stage
@@ -103,6 +113,14 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
     return summary
 
 
+class TaskRate(ProgressColumn):
+    """Tasks per second over the whole stage (rich's own speed columns count bytes)."""
+
+    def render(self, task: Task) -> Text:
+        rate = task.completed / task.elapsed if task.elapsed else 0.0
+        return Text(f"{rate:.2f} tasks/s", style="progress.data.speed")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description:<8}"),
@@ -110,6 +128,7 @@ def _progress() -> Progress:
         MofNCompleteColumn(),
         TextColumn("tasks"),
         TextColumn("{task.fields[rows]}"),
+        TaskRate(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

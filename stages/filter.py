@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+
 import imagehash
 import numpy as np
 import pyarrow as pa

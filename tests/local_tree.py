@@ -64,7 +64,7 @@ def build_tree(root: Path, faces: dict, identities: list[str]) -> dict[str, dict
         whole = (folder / big).read_bytes()
         (folder / "truncated.jpg").write_bytes(whole[: len(whole) * 2 // 3])
         (folder / "notes.jpg").write_text("<html>not an image</html>")
-        shutil.copy(folder / sorted(photos)[0], folder / "zz-copy-of-first.jpg")
+        shutil.copy(folder / min(photos), folder / "zz-copy-of-first.jpg")
         (folder / "rotated.jpg").write_bytes(rotated_jpeg())
         outcomes.update({name: reason for name, (_, reason) in BAD_FILES.items()}, **{"rotated.jpg": "no_face"})
         expected[identity] = outcomes
