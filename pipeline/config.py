@@ -22,8 +22,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Resources(Section):
-    """How a stage is scheduled. Never part of a stage's fingerprint: it changes speed, not rows."""
+class Tuning(Section):
+    """Settings that change speed, never rows: left out of every stage's fingerprint."""
+
+
+class Resources(Tuning):
+    """How a stage is scheduled."""
 
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -37,7 +41,7 @@ class RunSection(Section):
     address: str | None = Field(None, description="Ray cluster to join; default a local instance")
 
 
-class DownloadSettings(Section):
+class DownloadSettings(Tuning):
     """How the web sources download: speed and politeness, not which bytes are kept."""
 
     user_agent: str = Field(
@@ -144,12 +148,17 @@ class PipelineConfig(Section):
 
     def fingerprint(self, sections: tuple[str, ...], version: int) -> str:
         """Hash of the config sections a stage reads (scheduling resources excluded)."""
-        payload = {name: getattr(self, name).model_dump(mode="json", exclude={"resources"}) for name in sections}
+        payload = {name: _without_tuning(getattr(self, name)) for name in sections}
         text = json.dumps({"sections": payload, "version": version}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _without_tuning(section: Section) -> dict[str, Any]:
+    tuning = {name for name, value in section if isinstance(value, Tuning)}
+    return section.model_dump(mode="json", exclude=tuning)
 
 
 def resolve_profile(config: str | None) -> Path:

@@ -73,3 +73,9 @@ def test_fingerprint_follows_the_stage_sections_but_not_resources() -> None:
     assert base.fingerprint(("crawl",), 1) == stricter.fingerprint(("crawl",), 1)
     assert base.fingerprint(("filter",), 1) == busier.fingerprint(("filter",), 1)
     assert base.fingerprint(("filter",), 1) != base.fingerprint(("filter",), 2)
+
+
+def test_download_politeness_is_not_part_of_the_crawl_fingerprint() -> None:
+    base = load_config(resolve_profile("cpu"))
+    polite = load_config(resolve_profile("cpu"), ["crawl.download.user_agent=me", "crawl.download.retries=5"])
+    assert base.fingerprint(("crawl",), 1) == polite.fingerprint(("crawl",), 1)

@@ -6,8 +6,14 @@ from pipeline.config import CrawlSection
 from pipeline.errors import UserError
 from stages.sources.base import Fetched, Source
 from stages.sources.local import LocalSource
+from stages.sources.search import ENGINES, SearchSource
+from stages.sources.urls import UrlsSource
 
-SOURCES: dict[str, type[Source]] = {"local": LocalSource}
+SOURCES: dict[str, type[Source]] = {
+    "local": LocalSource,
+    "urls": UrlsSource,
+    **{engine: SearchSource for engine in ENGINES},
+}
 
 
 def source_class(settings: CrawlSection) -> type[Source]:

@@ -1,0 +1,269 @@
+"""The safe downloader shared by the web sources (URL lists and search engines).
+
+Hosts and their answers are untrusted. Every download: only http(s); the address checked on the
+connected socket (`addresses`), redirects followed by hand and each hop checked again; a connect
+and a read timeout plus a deadline for the whole download; the size capped while streaming, after
+gzip/deflate decoding too (no bomb gets past the cap); `X-Robots-Tag: noai` honoured; bounded
+retries with exponential backoff for transient failures only; a global and a per-host limit on
+downloads in flight. What the bytes are is decided later from the bytes, never from a header.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import certifi
+from urllib3 import BaseHTTPResponse, HTTPHeaderDict, Timeout
+from urllib3.exceptions import HTTPError, LocationParseError, NewConnectionError, ProtocolError, SSLError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+from pipeline.config import CrawlSection
+from pipeline.schema import DROPPED, FAILED
+from stages.sources.addresses import AddressPolicy, AddressRefused, GuardedPoolManager
+from stages.sources.base import Fetched, Source
+
+REDIRECTS = {301, 302, 303, 307, 308}
+NOAI = {"noai", "noimageai"}
+CHUNK = 64 * 1024
+ACCEPT_IMAGES = "image/avif,image/webp,image/jpeg,image/png,image/*;q=0.8,*/*;q=0.5"
+
+UrlTriple = tuple[str, str | None, str | None]  # url, page_url, license
+
+
+class DownloadError(Exception):
+    """A download that produced no bytes; `reason` is the row's reason code."""
+
+    def __init__(self, reason: str, detail: str, transient: bool = False, http_status: int | None = None) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.transient, self.http_status = reason, detail, transient, http_status
+
+
+@dataclass
+class Response:
+    url: str  # after redirects
+    status: int
+    headers: HTTPHeaderDict
+    body: bytes
+
+
+class CappedBody:
+    """Collects a body, decoding gzip/deflate with its output bounded, and refuses past `limit` bytes."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        encoding = encoding.strip().lower()
+        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+            raise DownloadError("not_an_image", f"unsupported Content-Encoding {encoding!r}")
+        # wbits 32+: zlib or gzip header, detected from the bytes.
+        self.inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding not in ("", "identity") else None
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = self.wire_size = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.wire_size += len(chunk)
+        if self.wire_size > self.limit:
+            raise DownloadError("too_large", f"more than {self.limit} bytes on the wire")
+        self._add(self._inflate(chunk) if self.inflate else chunk)
+
+    def finish(self) -> bytes:
+        if self.inflate:
+            self._add(self.inflate.flush(self.limit - self.size + 1))
+        return b"".join(self.parts)
+
+    def _inflate(self, chunk: bytes) -> bytes:
+        assert self.inflate is not None
+        try:  # at most one byte past the cap is ever produced, whatever the ratio
+            return self.inflate.decompress(chunk, self.limit - self.size + 1)
+        except zlib.error as exc:
+            raise DownloadError("not_an_image", f"corrupt compressed body: {exc}") from exc
+
+    def _add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise DownloadError("too_large", f"more than {self.limit} bytes")
+        self.parts.append(data)
+
+
+def check_url(url: str) -> str:
+    """The host of an http(s) URL, or DownloadError(bad_url)."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a bad port
+    except ValueError as exc:
+        raise DownloadError("bad_url", f"{url!r}: {exc}") from exc
+    if parts.scheme not in ("http", "https") or not host:
+        raise DownloadError("bad_url", f"only http(s) URLs with a host are fetched: {url!r}")
+    return host
+
+
+def robots_noai(headers: HTTPHeaderDict) -> bool:
+    """X-Robots-Tag carries noai / noimageai, for any user agent (the conservative reading)."""
+    words = {word for value in headers.getlist("X-Robots-Tag") for word in re.findall(r"[a-z]+", value.lower())}
+    return bool(words & NOAI)
+
+
+class Downloader:
+    def __init__(self, settings: CrawlSection) -> None:
+        self.settings = settings
+        self.options = settings.download
+        policy = AddressPolicy(settings.allow_private_addresses, tuple(settings.allowed_networks))
+        self.http = GuardedPoolManager(
+            policy,
+            num_pools=64,
+            maxsize=self.options.per_host_concurrency,
+            headers={"User-Agent": self.options.user_agent, "Accept-Encoding": "gzip, deflate"},
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+        )
+        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+        self._hosts_lock = threading.Lock()
+
+    def fetch_all(self, items: Iterable[UrlTriple]) -> Iterator[Fetched]:
+        """Download concurrently (at most `max_concurrency` at once); results in input order."""
+        with ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="download") as pool:
+            yield from pool.map(lambda item: self.fetch_image(*item), items)
+
+    def fetch_image(self, url: str, page_url: str | None = None, license_: str | None = None) -> Fetched:
+        try:
+            response = self.fetch(url, accept=ACCEPT_IMAGES, respect_noai=self.settings.respect_noai)
+        except DownloadError as error:
+            status = FAILED if error.transient else DROPPED
+            return Fetched(url, None, page_url, license_, error.http_status, status, error.reason, error.detail)
+        return Fetched(url, response.body, page_url, license_, response.status)
+
+    def fetch(self, url: str, accept: str = "*/*", respect_noai: bool = False) -> Response:
+        """GET with retries and exponential backoff for transient failures only."""
+        attempt = 0
+        while True:
+            try:
+                return self.get(url, accept, respect_noai)
+            except DownloadError as error:
+                if not error.transient or attempt >= self.options.retries:
+                    raise
+            time.sleep(self.options.backoff * 2**attempt)
+            attempt += 1
+
+    def get(self, url: str, accept: str = "*/*", respect_noai: bool = False, deadline: float | None = None) -> Response:
+        """One attempt: follow up to `max_redirects` redirects, each hop checked like the first."""
+        deadline = deadline or self.options.deadline
+        ends_at = time.monotonic() + deadline
+        for _ in range(self.settings.max_redirects + 1):
+            response = self._hop(url, accept, ends_at)
+            location = response.headers.get("Location")
+            if response.status not in REDIRECTS or not location:
+                return self._accept(response, respect_noai)
+            url = urljoin(url, location)
+        raise DownloadError("too_many_redirects", f"more than {self.settings.max_redirects} redirects, last to {url}")
+
+    def _accept(self, response: Response, respect_noai: bool) -> Response:
+        status = response.status
+        if status == 429 or status >= 500:
+            raise DownloadError(
+                f"http_{status}", f"{response.url} answered {status}", transient=True, http_status=status
+            )
+        if status != 200:
+            raise DownloadError(f"http_{status}", f"{response.url} answered {status}", http_status=status)
+        if respect_noai and robots_noai(response.headers):
+            detail = f"X-Robots-Tag: {', '.join(response.headers.getlist('X-Robots-Tag'))}"
+            raise DownloadError("robots_noai", detail, http_status=status)
+        return response
+
+    def _hop(self, url: str, accept: str, ends_at: float) -> Response:
+        host = check_url(url)
+        with self._host_slot(host), _transport_errors(url):
+            raw = self.http.request(
+                "GET",
+                url,
+                headers={**self.http.headers, "Accept": accept},
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=self._timeout(ends_at),
+            )
+            complete = False
+            try:
+                body = self._read(raw, ends_at) if raw.status == 200 else b""
+                complete = raw.status == 200
+            except DownloadError as error:
+                error.http_status = raw.status
+                raise
+            finally:
+                if not complete:  # unread bytes would poison the next request on this connection
+                    raw.close()
+                raw.release_conn()
+        return Response(url, raw.status, raw.headers, body)
+
+    def _read(self, raw: BaseHTTPResponse, ends_at: float) -> bytes:
+        declared = raw.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.settings.max_bytes:
+            raise DownloadError("too_large", f"Content-Length {declared} > {self.settings.max_bytes}")
+        body = CappedBody(raw.headers.get("Content-Encoding", ""), self.settings.max_bytes)
+        sock = getattr(raw.connection, "sock", None)
+        while chunk := self._read_chunk(raw, sock, ends_at):
+            body.feed(chunk)
+        return body.finish()
+
+    def _read_chunk(self, raw: BaseHTTPResponse, sock: object, ends_at: float) -> bytes:
+        left = ends_at - time.monotonic()
+        if left <= 0:
+            raise DownloadError("timeout", "the download's deadline passed while reading", transient=True)
+        if sock is not None:  # a slow drip of bytes must not outlive the deadline
+            sock.settimeout(min(self.options.read_timeout, left))  # type: ignore[attr-defined]
+        return raw.read1(CHUNK, decode_content=False)
+
+    def _timeout(self, ends_at: float) -> Timeout:
+        left = ends_at - time.monotonic()
+        if left <= 0:
+            raise DownloadError("timeout", "the download's deadline passed", transient=True)
+        return Timeout(connect=min(self.options.connect_timeout, left), read=min(self.options.read_timeout, left))
+
+    @contextmanager
+    def _host_slot(self, host: str) -> Iterator[None]:
+        with self._hosts_lock:
+            slot = self._hosts.setdefault(host, threading.BoundedSemaphore(self.options.per_host_concurrency))
+        with slot:
+            yield
+
+
+@contextmanager
+def _transport_errors(url: str) -> Iterator[None]:
+    """urllib3's and the address guard's exceptions as reasons: transient ones are retried."""
+    try:
+        yield
+    except AddressRefused as exc:
+        raise DownloadError("private_address", f"{url}: {exc}") from exc
+    except NewConnectionError as exc:  # before the timeouts: urllib3 makes it a ConnectTimeoutError subclass
+        raise DownloadError("connection_error", _describe(url, exc), transient=True) from exc
+    except Urllib3Timeout as exc:
+        raise DownloadError("timeout", _describe(url, exc), transient=True) from exc
+    except SSLError as exc:
+        raise DownloadError("tls_error", _describe(url, exc)) from exc
+    except LocationParseError as exc:
+        raise DownloadError("bad_url", _describe(url, exc)) from exc
+    except (ProtocolError, HTTPError, OSError) as exc:  # refused, reset, truncated body, DNS failure
+        raise DownloadError("connection_error", _describe(url, exc), transient=True) from exc
+
+
+def _describe(url: str, exc: Exception) -> str:
+    """The exception's message without urllib3's pool repr ("HTTPConnectionPool(host=...): ")."""
+    return f"{url}: {str(exc).split('): ', 1)[-1]}"
+
+
+class HttpSource(Source):
+    """A source whose candidates are URLs, all downloaded by the one safe `Downloader`."""
+
+    def __init__(self, settings: CrawlSection) -> None:
+        super().__init__(settings)
+        self.downloader = Downloader(settings)
+
+    def refetch(self, urls: Iterable[UrlTriple]) -> Iterator[Fetched]:
+        return self.downloader.fetch_all(urls)

@@ -1,0 +1,318 @@
+"""A real threaded HTTP server on 127.0.0.1 for the crawl tests: photos, search pages, bad hosts.
+
+Photos come from ../shared/data/faces/images. Search-result pages are written in the formats the
+installed icrawler parsers read (Bing, Baidu, Google, Flickr's API), listing `search_results`.
+Every other route misbehaves in one way. `requests` logs every request line the server received,
+so a test can assert what was (or was never) fetched.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import json
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.conftest import FACES
+
+BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)  # 64 MiB of zeros in ~64 KiB
+DRIP_SECONDS = 0.5  # between the bytes of /drip
+DRIP_MAX = 60  # bytes; bounds the handler thread if a client never hangs up
+# A self-signed certificate for 127.0.0.1 (valid to 2126): no CA the crawler trusts signed it.
+SELF_SIGNED = """\
+-----BEGIN CERTIFICATE-----
+MIIBmzCCAUGgAwIBAgIUQCPbzVeejmmBmisDJrd3gvxP2dswCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyNTAxMzczNFoYDzIxMjYxMTAx
+MDEzNzM0WjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAAT/mbnUa5Iqr1MumPVk+yWS2kyOXunH0xEzl3ndi/R5mrKYF0+XRRNu
+YXFwbSjsP9CUwPxF3vu2Vfotd256tmVYo28wbTAdBgNVHQ4EFgQUrXyvda1vW3Rm
+xwEv60vSmmNRCeYwHwYDVR0jBBgwFoAUrXyvda1vW3RmxwEv60vSmmNRCeYwDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARhwR/AAABgglsb2NhbGhvc3QwCgYIKoZI
+zj0EAwIDSAAwRQIgLthvg17t1tjsA7EPUJH+OJbRTgZYZ0at3bQrvUmbT3sCIQCk
+omLotDinGE05EP+AINi/YFH6gW+dIKTvwI+dJnl7yA==
+-----END CERTIFICATE-----
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgIDEN756QVmBND73F
+dsd+t/PKa4moRGBOKh1YmCZxUqGhRANCAAT/mbnUa5Iqr1MumPVk+yWS2kyOXunH
+0xEzl3ndi/R5mrKYF0+XRRNuYXFwbSjsP9CUwPxF3vu2Vfotd256tmVY
+-----END PRIVATE KEY-----
+"""
+
+
+def baidu_encode(url: str) -> str:
+    """The inverse of icrawler's BaiduParser._decode_url, as Baidu's objURL field is written."""
+    from icrawler.builtin.baidu import BaiduParser
+
+    cipher_to_plain = {"w": "a", "k": "b", "v": "c", "1": "d", "j": "e", "u": "f", "2": "g", "i": "h", "t": "i",
+                       "3": "j", "h": "k", "s": "l", "4": "m", "g": "n", "5": "o", "r": "p", "q": "q", "6": "r",
+                       "f": "s", "p": "t", "7": "u", "e": "v", "o": "w", "8": "1", "d": "2", "n": "3", "9": "4",
+                       "c": "5", "m": "6", "0": "7", "b": "8", "l": "9", "a": "0"}  # fmt: skip
+    inverse = {plain: cipher for cipher, plain in cipher_to_plain.items()}
+    text = "".join(inverse.get(ch, ch) for ch in url)
+    encoded = text.replace(":", "_z2C$q").replace(".", "_z&e3B").replace("/", "AzdH3F")
+    assert BaiduParser._decode_url(None, encoded) == url, url  # type: ignore[arg-type]
+    return encoded
+
+
+class LocalServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, images: Path) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.images = images
+        self.requests: list[str] = []  # request targets (path + query), in arrival order
+        self.user_agents: set[str] = set()
+        self.search_results: dict[str, list[tuple[str, str]]] = {}  # name -> [(image url, page url)]
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0  # requests being answered at once, and the peak
+        self.scheme = "http"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return self.origin + path
+
+    def hits(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.requests)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up mid-body is what /endless, /drip and the limits expect: not an error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError):
+            super().handle_error(request, client_address)
+
+    def count_in_flight(self, change: int) -> None:
+        with self.lock:
+            self.in_flight += change
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def log_request_target(self, target: str) -> int:
+        """Record a request; returns how many times this exact target was asked for before."""
+        with self.lock:
+            before = self.requests.count(target)
+            self.requests.append(target)
+            return before
+
+    def results_for(self, query: str) -> list[tuple[int, str, str]]:
+        """(number, image url, page url) of every name contained in the query (name + search terms)."""
+        numbered = enumerate((name, *hit) for name, hits in self.search_results.items() for hit in hits)
+        return [(i, image, page) for i, (name, image, page) in numbered if name.lower() in query.lower()]
+
+    def result_number(self, number: int) -> str:
+        return [image for hits in self.search_results.values() for image, _ in hits][number]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: LocalServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:
+        self.seen_before = self.server.log_request_target(self.path)
+        self.server.user_agents.add(self.headers.get("User-Agent", ""))
+        parts = urlsplit(self.path)
+        self.query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        route, _, self.rest = parts.path.lstrip("/").partition("/")
+        handler = getattr(self, f"route_{route.replace('-', '_')}", None) if route else self.route_root
+        self.server.count_in_flight(+1)
+        try:
+            (handler or self.route_missing)()
+        finally:
+            self.server.count_in_flight(-1)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def send(self, status: int, body: bytes, content_type: str = "image/jpeg", **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", headers.pop("content_length", str(len(body))))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def photo(self, name: str) -> bytes:
+        path = self.server.images / Path(name).name
+        return path.read_bytes()
+
+    def redirect(self, location: str) -> None:
+        self.send(302, b"", "text/plain", Location=location)
+
+    # -- well-behaved ----------------------------------------------------------------------------
+    def route_root(self) -> None:
+        self.send(200, b"ok", "text/plain")
+
+    def route_missing(self) -> None:
+        self.send(404, b"no such route", "text/plain")
+
+    def route_img(self) -> None:
+        self.send(200, self.photo(self.rest))
+
+    def route_gzip(self) -> None:
+        self.send(200, gzip.compress(self.photo(self.rest)), Content_Encoding="gzip")
+
+    def route_redirect(self) -> None:
+        hops, _, name = self.rest.partition("/")
+        self.redirect(f"/redirect/{int(hops) - 1}/{name}" if int(hops) > 1 else f"/img/{name}")
+
+    # -- misbehaving -----------------------------------------------------------------------------
+    def route_status(self) -> None:
+        code = self.rest.split("/")[0].split(".")[0]  # /status/404.jpg, /status/503/images/async
+        self.send(int(code), b"error page", "text/html")
+
+    def route_flaky(self) -> None:
+        """/flaky/<n>/<photo>: 500 for the first n requests, then the photo."""
+        failures, _, name = self.rest.partition("/")
+        if self.seen_before < int(failures):
+            self.send(500, b"try again", "text/html")
+        else:
+            self.send(200, self.photo(name))
+
+    def route_slow_headers(self) -> None:
+        seconds, _, name = self.rest.partition("/")
+        time.sleep(float(seconds))
+        self.send(200, self.photo(name))
+
+    def route_drip(self) -> None:
+        """Announces the whole photo, then sends one byte every DRIP_SECONDS: only a deadline stops it."""
+        data = self.photo(self.rest)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for byte in data[:DRIP_MAX]:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(DRIP_SECONDS)
+        self.close_connection = True
+
+    def route_loop(self) -> None:
+        self.redirect("/loop")
+
+    def route_to(self) -> None:
+        """/to?url=...: a redirect to anywhere (private addresses, other schemes)."""
+        self.redirect(self.query["url"])
+
+    def route_truncated(self) -> None:
+        """Announces the whole photo, sends half of it, hangs up."""
+        data = self.photo(self.rest)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+
+    def route_short_cl(self) -> None:
+        """/short-cl/<n>/<photo>: a Content-Length of n, then the whole photo (a lie the other way)."""
+        size, _, name = self.rest.partition("/")
+        self.send(200, self.photo(name), content_length=size, Connection="close")
+        self.close_connection = True
+
+    def route_html_as_jpeg(self) -> None:
+        self.send(200, b"<!doctype html><html><body>not a photo</body></html>", "image/jpeg")
+
+    def route_huge_cl(self) -> None:
+        self.send(200, b"x" * 1024, content_length=str(10**12), Connection="close")
+        self.close_connection = True
+
+    def route_endless(self) -> None:
+        """No Content-Length, body until the client hangs up (bounded at 1 GiB)."""
+        self.send_response(200)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self._stream_zeros(lambda chunk: self.wfile.write(chunk))
+
+    def route_endless_chunked(self) -> None:
+        """Claims 1000 bytes in Content-Length but streams endless chunks: the cap must still hold."""
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.close_connection = True
+        self._stream_zeros(lambda chunk: self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk)))
+
+    def _stream_zeros(self, write: Any) -> None:
+        chunk = b"\0" * (64 << 10)
+        for _ in range(16384):
+            write(chunk)
+
+    def route_gzip_bomb(self) -> None:
+        self.send(200, BOMB, Content_Encoding="gzip")
+
+    def route_noai(self) -> None:
+        self.send(200, self.photo(self.rest), X_Robots_Tag="noai")
+
+    def route_noimageai(self) -> None:
+        self.send(200, self.photo(self.rest), X_Robots_Tag="otherbot: noindex, noimageai")
+
+    # -- search engines, in the formats icrawler's parsers read -------------------------------------
+    def route_bing(self) -> None:
+        """/bing/images/async?q=...&first=N: Bing's result fragment (div.imgpt > a.iusc[m])."""
+        hits = self.server.results_for(self.query.get("q", "")) if self.query.get("first") == "0" else []
+        items = []
+        for number, image_url, page_url in hits:  # the field order and compact JSON of Bing's pages
+            meta = {"cid": str(number), "purl": page_url, "murl": image_url, "turl": "t", "t": f"photo {number}.jpg"}
+            meta = json.dumps(meta, separators=(",", ":"))
+            items.append(f'<div class="imgpt"><a class="iusc" m="{html.escape(meta)}" href="#"><img src="t"></a></div>')
+        self.send(200, f"<html><body>{''.join(items)}</body></html>".encode(), "text/html; charset=utf-8")
+
+    def route_baidu(self) -> None:
+        """/baidu/search/acjson?...&word=...&pn=N: Baidu's JSON with encoded objURL/fromURL."""
+        hits = self.server.results_for(self.query.get("word", "")) if self.query.get("pn") == "0" else []
+        data = [{"objURL": baidu_encode(image), "fromURL": baidu_encode(page)} for _, image, page in hits] + [{}]
+        self.send(200, json.dumps({"data": data}).encode(), "application/json")
+
+    def route_google(self) -> None:
+        """/google/search?q=...: image URLs inside a script, as GoogleParser's regex expects."""
+        hits = self.server.results_for(self.query.get("q", "")) if self.query.get("start") == "0" else []
+        data = json.dumps([[1, [0, "id", [url, 800, 600]]] for _, url, _ in hits])
+        page = f"<html><script>AF_initDataCallback({{key: 'ds:1', data:{data}}});</script></html>"
+        self.send(200, page.encode(), "text/html")
+
+    def route_flickr(self) -> None:
+        """/flickr/services/rest/?method=...: flickr.photos.search and flickr.photos.getSizes."""
+        if "method" not in self.query:
+            return self.route_root()
+        if self.query["method"] == "flickr.photos.search":
+            hits = self.server.results_for(self.query["text"]) if self.query.get("page") == "1" else []
+            photos = [{"id": str(i), "owner": f"owner{i}", "license": "4"} for i, _, _ in hits]
+            body: dict[str, Any] = {"stat": "ok", "photos": {"page": 1, "pages": 1, "photo": photos}}
+        else:
+            image_url = self.server.result_number(int(self.query["photo_id"]))
+            body = {"stat": "ok", "sizes": {"size": [{"label": "Large", "source": image_url}]}}
+        self.send(200, json.dumps(body).encode(), "application/json")
+
+
+@contextmanager
+def serving(images: Path = FACES / "images", tls: bool = False) -> Iterator[LocalServer]:
+    """The server on a free port of 127.0.0.1, in a daemon thread; `tls` serves https (self-signed)."""
+    server = LocalServer(images)
+    if tls:
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as pem:
+            pem.write(SELF_SIGNED)
+            pem.flush()
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(pem.name)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.scheme = "https"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
