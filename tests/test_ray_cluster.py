@@ -73,6 +73,7 @@ def test_run_joins_an_existing_cluster(ray_head, faces, tmp_path) -> None:
     result = run_cli(
         "run", "--config", "cpu", "--names", str(tmp_path / "names.txt"), "--out", str(out),
         "--set", "crawl.source=local", "--set", f"crawl.local_root={tmp_path / 'photos'}", "--address", ray_head["address"],
+        "--set", "filter.min_face_size=80",
         env=LOOPBACK_ONLY,
     )
     assert result.returncode == 0, result.stderr
