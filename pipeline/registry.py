@@ -7,8 +7,9 @@ from pipeline.schema import NAMES, ROW_KEYS
 from stages.base import Stage
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage
+from stages.verify import VerifyStage
 
-STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage)
+STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage, VerifyStage)
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 

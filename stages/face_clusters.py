@@ -1,0 +1,172 @@
+"""The identity decision behind the verify stage, in numpy/scipy over stored embeddings and hashes.
+
+See `stages/verify.py` for the rule and why; nothing here decodes an image or runs a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipeline.config import VerifySection
+from stages.base import Row
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The verify section with the backend's defaults filled in."""
+
+    threshold: float
+    cluster_threshold: float
+    dup_similarity: float
+    dup_hamming: int
+    min_images: int
+    competing_ratio: float
+
+    @classmethod
+    def of(cls, section: VerifySection, backend: str) -> Settings:
+        return cls(
+            **section.resolved(backend),
+            dup_hamming=section.dup_hamming,
+            min_images=section.min_images,
+            competing_ratio=section.competing_ratio,
+        )
+
+
+@dataclass(frozen=True)
+class Folder:
+    """Every face of one identity's images, flattened: face k belongs to image `owner[k]`."""
+
+    image_ids: list[str]
+    phashes: list[str | None]
+    vectors: np.ndarray  # (faces, dim) float64, L2-normalised
+    owner: np.ndarray  # (faces,) image index
+
+    @classmethod
+    def of(cls, rows: list[Row]) -> Folder:
+        embeddings = [face["embedding"] for row in rows for face in row["faces"]]
+        owner = [index for index, row in enumerate(rows) for _ in row["faces"]]
+        vectors = np.asarray(embeddings, dtype=np.float64)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        return cls([row["image_id"] for row in rows], [row["phash"] for row in rows], vectors, np.asarray(owner))
+
+    @property
+    def num_images(self) -> int:
+        return len(self.image_ids)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Per-image evidence (arrays indexed by image) and the identity-level figures."""
+
+    target: np.ndarray  # face index (into the folder's faces) of each image's target
+    sim: np.ndarray
+    runner_up: np.ndarray  # NaN where the image has one face
+    passed: np.ndarray  # the target face reaches the threshold
+    cluster_size: int
+    competing: bool
+
+
+def cluster_labels(vectors: np.ndarray, cluster_threshold: float) -> np.ndarray:
+    if len(vectors) == 1:
+        return np.ones(1, dtype=int)
+    tree = linkage(vectors, method="average", metric="cosine")
+    return fcluster(tree, t=1.0 - cluster_threshold, criterion="distance")
+
+
+def cluster_images(labels: np.ndarray, owner: np.ndarray) -> dict[int, np.ndarray]:
+    """Cluster label -> the distinct images it covers."""
+    return {int(label): np.unique(owner[labels == label]) for label in np.unique(labels)}
+
+
+def dominant_label(labels: np.ndarray, folder: Folder, sims: np.ndarray) -> int:
+    """Most images; ties: the higher mean similarity inside the cluster, then the smallest image_id."""
+
+    def rank(label: int) -> tuple[int, float, int]:
+        members = labels == label
+        images = np.unique(folder.owner[members])
+        return len(images), float(sims[np.ix_(members, members)].mean()), -int(images.min())
+
+    return max(np.unique(labels).tolist(), key=rank)
+
+
+def representatives(members: np.ndarray, folder: Folder, sims: np.ndarray) -> np.ndarray:
+    """Per image, its dominant-cluster face closest to the rest of the cluster; -1 where it has none."""
+    closeness = np.where(members, sims[:, members].sum(axis=1), -np.inf)
+    chosen = np.full(folder.num_images, -1)
+    for face in np.flatnonzero(members):
+        image = folder.owner[face]
+        if chosen[image] < 0 or closeness[face] > closeness[chosen[image]]:
+            chosen[image] = face
+    return chosen
+
+
+def leave_one_out_sims(folder: Folder, chosen: np.ndarray) -> np.ndarray:
+    """Cosine of each face to the centroid of the dominant cluster without the face's own image."""
+    in_cluster = chosen >= 0
+    own = np.zeros((folder.num_images, folder.vectors.shape[1]))
+    own[in_cluster] = folder.vectors[chosen[in_cluster]]
+    total = own.sum(axis=0)
+    # a one-image cluster has no "others": its face is the centroid
+    centroids = total - own if in_cluster.sum() > 1 else np.broadcast_to(total, own.shape)
+    centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    return np.einsum("fd,fd->f", folder.vectors, centroids[folder.owner])
+
+
+def best_two(sims: np.ndarray, folder: Folder) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the best-scoring face (first on ties) and the runner-up's score (NaN if alone)."""
+    target = np.full(folder.num_images, -1)
+    runner_up = np.full(folder.num_images, np.nan)
+    for face in range(len(sims)):  # faces are grouped by image, in order
+        image = folder.owner[face]
+        best = target[image]
+        if best < 0 or sims[face] > sims[best]:
+            runner_up[image] = sims[best] if best >= 0 else np.nan
+            target[image] = face
+        elif np.isnan(runner_up[image]) or sims[face] > runner_up[image]:
+            runner_up[image] = sims[face]
+    return target, runner_up
+
+
+def decide(folder: Folder, settings: Settings) -> Decision:
+    sims = folder.vectors @ folder.vectors.T
+    labels = cluster_labels(folder.vectors, settings.cluster_threshold)
+    dominant = dominant_label(labels, folder, sims)
+    chosen = representatives(labels == dominant, folder, sims)
+    face_sims = leave_one_out_sims(folder, chosen)
+    target, runner_up = best_two(face_sims, folder)
+    passed = face_sims[target] >= settings.threshold
+    competing = is_competing(cluster_images(labels, folder.owner), dominant, passed, settings)
+    return Decision(target, face_sims[target], runner_up, passed, int((chosen >= 0).sum()), competing)
+
+
+def is_competing(clusters: dict[int, np.ndarray], dominant: int, passed: np.ndarray, settings: Settings) -> bool:
+    """Another cluster covers, among the images where the identity was not found, at least `min_images`
+    and `competing_ratio` of the dominant cluster's images. A co-star beside the identity is no rival."""
+    size = len(clusters[dominant])
+    rival = max((int((~passed[images]).sum()) for label, images in clusters.items() if label != dominant), default=0)
+    return rival >= max(settings.min_images, settings.competing_ratio * size)
+
+
+def hamming_matrix(phashes: list[str | None]) -> np.ndarray:
+    """Pairwise bit differences of 64-bit hex hashes; 65 (beyond any threshold) where one is missing."""
+    values = np.array([int(h, 16) if h else 0 for h in phashes], dtype=np.uint64)
+    xor = values[:, None] ^ values[None, :]
+    bits = np.unpackbits(xor.view(np.uint8).reshape(len(values), len(values), 8), axis=-1).sum(axis=-1)
+    missing = np.array([not h for h in phashes])
+    return np.where(missing[:, None] | missing[None, :], 65, bits)
+
+
+def dup_groups(folder: Folder, target: np.ndarray, settings: Settings) -> list[str]:
+    """Near-duplicate groups, each named by its smallest image_id."""
+    faces = folder.vectors[target]
+    linked = (faces @ faces.T >= settings.dup_similarity) | (hamming_matrix(folder.phashes) <= settings.dup_hamming)
+    _, component = connected_components(csr_matrix(linked), directed=False)
+    names = {}
+    for image in np.argsort(folder.image_ids):  # smallest image_id first names its group
+        names.setdefault(component[image], folder.image_ids[image])
+    return [names[c] for c in component]

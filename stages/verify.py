@@ -1,0 +1,97 @@
+"""Verify stage: keep the images whose faces agree with the dominant identity of the folder.
+
+One task is one identity's folder (its `ok` filter rows). The stage reads only stored evidence
+(embeddings, phash): it never decodes an image or runs a face model, so new thresholds are cheap.
+
+The rule, and why:
+1. Cluster every face of the folder by average-linkage agglomerative clustering of cosine
+   similarity, cut at `cluster_threshold`. It needs no number of clusters, is deterministic for a
+   given input order (rows are sorted by `image_id` first), and, unlike single linkage, does not
+   chain two people together through one ambiguous face. A summed-similarity score (the paper's)
+   ranks faces but needs a second, data-dependent cut and says nothing about a competing cluster;
+   the clusters give cluster size, purity and the competing flag directly.
+2. The dominant cluster covers the most images (ties: the tighter one, then the smallest image_id).
+   Its centroid is the mean of one face per image (the face closest to the rest of the cluster).
+3. Each face is scored against the centroid of the dominant cluster's *other* images (leave one
+   image out), so an image never vouches for itself and members and outsiders share one scale.
+   An image's target face is its best-scoring face; below `threshold` the image is dropped
+   (`not_target_identity`). This also picks the right person in group photos.
+4. Near-duplicates (the same photo resized, re-encoded, cropped or mirrored) share a `dup_group`:
+   connected components of "phash within `dup_hamming` bits, or target faces at least
+   `dup_similarity` alike"; the group is named by its smallest image_id.
+5. An identity needs `min_images` distinct kept photos (duplicate groups), since training takes
+   reference and target from different photos; otherwise its kept rows drop as `too_few_images`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.schema import VERIFICATION
+from stages.base import Row, Stage, drop, keep
+from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
+
+
+def image_columns(decision: Decision, image: int, first_face: int, group: str) -> Row:
+    runner_up = decision.runner_up[image]
+    return {
+        "target_face": int(decision.target[image] - first_face),  # index within the image's own faces
+        "sim_to_centroid": float(decision.sim[image]),
+        "runner_up_sim": None if np.isnan(runner_up) else float(runner_up),
+        "dup_group": group,
+    }
+
+
+def outcome(columns: Row, passed: bool, distinct: int, settings: Settings) -> Row:
+    if not passed:
+        detail = f"best face {columns['sim_to_centroid']:.3f} < {settings.threshold}"
+        return drop("not_target_identity", detail, **columns)
+    if distinct < settings.min_images:
+        return drop("too_few_images", f"{distinct} distinct photos kept < {settings.min_images}", **columns)
+    return keep(**columns)
+
+
+class VerifyStage(Stage):
+    name = "verify"
+    sections = ("verify",)
+    requires = ("faces", "phash", "face_backend")
+    produces = VERIFICATION
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        records = rows.to_pylist()
+        with_faces = sorted((r for r in records if r["faces"]), key=lambda r: r["image_id"])
+        verdicts = self.verify(with_faces) if with_faces else {}
+        no_face = drop("no_face", "no face reached verify")  # the filter drops these; never lose a row
+        return self.to_table([{**r, **verdicts.get(r["image_id"], no_face)} for r in records], rows.schema)
+
+    def verify(self, rows: list[Row]) -> dict[str, Row]:
+        """image_id -> the verify columns, for rows that all have faces, sorted by image_id."""
+        settings = Settings.of(self.config.verify, backend_of(rows))
+        folder = Folder.of(rows)
+        decision = decide(folder, settings)
+        groups = dup_groups(folder, decision.target, settings)
+        distinct = len({groups[i] for i in np.flatnonzero(decision.passed)})
+        identity = {
+            "cluster_size": decision.cluster_size,
+            "identity_purity": decision.cluster_size / folder.num_images,
+            "identity_competing": decision.competing,
+            "identity_kept": int(decision.passed.sum()) if distinct >= settings.min_images else 0,
+        }
+        first_face = np.searchsorted(folder.owner, np.arange(folder.num_images))
+        return {
+            image_id: outcome(
+                {**identity, **image_columns(decision, i, first_face[i], groups[i])},
+                bool(decision.passed[i]),
+                distinct,
+                settings,
+            )
+            for i, image_id in enumerate(folder.image_ids)
+        }
+
+
+def backend_of(rows: list[Row]) -> str:
+    backends = {row["face_backend"] for row in rows}
+    if len(backends) != 1:
+        raise ValueError(f"one identity's faces come from several backends {sorted(map(str, backends))}; re-run filter")
+    return backends.pop()
