@@ -19,7 +19,7 @@ from pipeline.errors import UserError
 from pipeline.schema import FACE_EVIDENCE, IMAGE_SIZE
 from stages.base import Row, Stage, drop, keep
 from stages.faces import Face, ModelNotFound, open_backend
-from stages.imaging import ImageRejected, decode_upright, probe, shrink
+from stages.imaging import ImageRejected, decode_for_detection, probe
 
 
 @dataclass
@@ -75,12 +75,11 @@ class FilterStage(Stage):
             candidate.verdict = drop("extreme_aspect_ratio", f"{header.width}x{header.height}", **size)
         else:
             try:
-                upright = decode_upright(data, settings.max_pixels)
+                candidate.image, candidate.scale = decode_for_detection(data, settings.max_pixels, self.config.face.max_side)
             except ImageRejected as rejected:
                 candidate.verdict = drop(rejected.reason, rejected.detail, **size)
                 return candidate
-            candidate.image, candidate.scale = shrink(upright, self.config.face.max_side)
-            candidate.columns = {**size, "phash": str(imagehash.phash(upright))}
+            candidate.columns = {**size, "phash": str(imagehash.phash(candidate.image))}
         return candidate
 
     def _detect(self, candidates: list[Candidate]) -> None:

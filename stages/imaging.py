@@ -76,11 +76,17 @@ def check_decodes(data: bytes, max_pixels: int) -> None:
             raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
 
 
-def decode_upright(data: bytes, max_pixels: int) -> Image.Image:
-    """Full decode in RGB whatever the source mode (CMYK, 16-bit, palette, alpha), EXIF applied."""
+def decode_upright(data: bytes, max_pixels: int, at_least: int | None = None) -> Image.Image:
+    """Full decode in RGB whatever the source mode (CMYK, 16-bit, palette, alpha), EXIF applied.
+
+    With `at_least`, a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale whose sides stay at
+    least that large (libjpeg scales while decoding: several times faster on big photos).
+    """
     probe(data, max_pixels)
     with _open(data) as image:
         try:
+            if at_least:
+                image.draft("RGB", (at_least, at_least))
             image.load()
             upright = ImageOps.exif_transpose(image)
             if upright.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greys: scale, don't clip
@@ -97,3 +103,10 @@ def shrink(image: Image.Image, max_side: int) -> tuple[Image.Image, float]:
         return image, 1.0
     size = (max(1, round(image.width / scale)), max(1, round(image.height / scale)))
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0), scale
+
+
+def decode_for_detection(data: bytes, max_pixels: int, max_side: int) -> tuple[Image.Image, float]:
+    """The upright image with its long side at most `max_side`, and the factor back to full size."""
+    header = probe(data, max_pixels)
+    small, _ = shrink(decode_upright(data, max_pixels, at_least=max_side), max_side)
+    return small, header.width / small.width

@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_config, resolve_profile
+from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from pipeline.schema import NAMES, PROVENANCE, extend
 from stages.filter import FilterStage
 from tests.conftest import image_bytes
 from tests.local_tree import png_declaring, rotated_jpeg
+from tests.tiny_onnx import write_pack
 
 
 def filter_many(tmp_path, blobs: list[bytes], *overrides: str) -> list[dict]:
@@ -111,3 +113,25 @@ def test_exif_rotated_photo_is_detected_upright(tmp_path, faces) -> None:
                                     "filter.min_face_size=100", "filter.min_short_side=256")
     assert sideways["status"] == "ok" and (sideways["width"], sideways["height"]) == (upright["width"], upright["height"])
     assert np.allclose(sideways["faces"][0]["box"], upright["faces"][0]["box"], atol=12)
+
+
+def test_insightface_backend_runs_through_the_stage(tmp_path, faces) -> None:
+    """A pack of tiny random-weight models (the real SCRFD/ArcFace signatures) goes through the
+    same path as buffalo_l: plumbing only, never quality."""
+    pack = write_pack(tmp_path / "models" / "tinypack", score_bias=20.0)  # fires everywhere
+    rows = filter_many(
+        tmp_path, [real_photo(faces, "img38.jpg")], "face.backend=insightface", f"face.model={pack}",
+        "filter.min_face_size=1", "filter.min_short_side=256",
+    )
+    (row,) = rows
+    assert row["face_backend"] == "insightface" and row["status"] == "ok"
+    assert row["num_detected"] >= 1 and all(len(face["embedding"]) == 512 for face in row["faces"])
+    models = json.loads(row["face_models"])
+    assert models["detector_model"] == "det_tiny.onnx" and len(models["recognizer_sha256"]) == 64
+
+
+def test_a_missing_insightface_pack_is_a_user_error(tmp_path) -> None:
+    config = load_config(resolve_profile("default"), [f"face.model_root={tmp_path}"])
+    with pytest.raises(UserError, match="buffalo_l") as error:
+        FilterStage.preflight(config)
+    assert str(tmp_path) in str(error.value)
