@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeline.config import PipelineConfig, load_config, resolve_profile
 from pipeline.errors import UserError
 from pipeline.names import Identity, read_names
-from pipeline.registry import STAGE_NAMES, STAGES, check_contracts, selected
+from pipeline.registry import SHARD, STAGE_NAMES, STAGES, check_contracts, selected
 from pipeline.rundir import RunDir
 
 RUN_INFO = "run.json"
@@ -83,7 +83,7 @@ def _ray_environment(config: PipelineConfig) -> None:
 def command_run(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     _ray_environment(config)
-    from pipeline.driver import console, run_stages
+    from pipeline.driver import console, run_stages, write_dataset
     from pipeline.stats import counts_table
 
     identities = read_names(config.run.names)
@@ -93,6 +93,8 @@ def command_run(args: argparse.Namespace) -> int:
     run = _run_dir(config, profile)
     _save_run_info(run, config, profile, identities)
     summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
+    if args.stage in ("all", SHARD):
+        summaries.append(write_dataset(config, run, identities, args.force))
     console.print(counts_table(f"run {run.uri}", summaries))
     failed = sum(summary.tasks_failed for summary in summaries)
     if failed:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import socket
 
+import pyarrow as pa
 import ray
 import ray.data
 from rich.console import Console
@@ -19,18 +22,21 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 import pipeline
 import stages
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
+from pipeline.markers import read_markers
 from pipeline.names import Identity
-from pipeline.registry import upstream_of
+from pipeline.registry import STAGES, upstream_of
 from pipeline.rundir import RunDir
 from pipeline.runner import Plan, TaskExecutor, plan_stage, result_from_row
 from pipeline.schema import OK
-from pipeline.stats import StageCounts
+from pipeline.shards import dataset_card, finish, is_current, plan_shards, write_shard
+from pipeline.stats import StageCounts, counts_from_markers, counts_table
 from stages.base import Stage
 
 console = Console(stderr=True)
@@ -159,3 +165,43 @@ def _missing_input(stage: type[Stage], upstream: type[Stage] | None, plan: Plan,
     if not plan.todo and not plan.skipped:
         raise UserError(f"no {upstream.name} output in {run.uri} for these names, needed by {stage.name}", fix)
     console.print(f"[yellow]warning:[/] {len(plan.missing)} identities have no {upstream.name} output yet; {fix}")
+
+
+def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity], force: bool) -> StageCounts:
+    """The shard step: Ray tasks write the shards, then the driver writes the index and the card."""
+    last = STAGES[-1]
+    markers = read_markers(run, last.name)
+    if not markers:
+        raise UserError(f"no {last.name} output in {run.uri} to shard", f"run `python -m pipeline run --stage {last.name}` first")
+    plan = plan_shards(config, identities, markers)
+    if is_current(run, plan) and not force:
+        return StageCounts("shard", tasks_skipped=len(plan.shards))
+    connect(config.run.address)
+    specs = [{"target": plan.file(i), "identities": ids} for i, ids in enumerate(plan.shards)]
+    shards = ray.data.from_items(specs, override_num_blocks=max(1, len(specs))).map_batches(
+        _write_shards,
+        fn_kwargs={"run_uri": run.uri, "upstream": last.name, "row_group_rows": config.shard.row_group_rows},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=config.shard.resources.num_cpus,
+    )
+    results = [json.loads(row["result"]) for row in shards.iter_rows()]
+    funnel = [counts_from_markers(run, stage.name, {i.slug for i in identities}, None) for stage in STAGES]
+    finish(run, plan, results, dataset_card(config, _plain(counts_table("funnel", funnel)), results))
+    written = sum(row["num_rows"] for result in results for row in result["index"])
+    counts = StageCounts("shard", tasks_total=len(plan.shards))
+    counts.add(written, {OK: written}, {})
+    counts.tasks_done = len(results)
+    return counts
+
+
+def _write_shards(batch: pa.Table, run_uri: str, upstream: str, row_group_rows: int) -> dict[str, list[str]]:
+    run = RunDir(run_uri)
+    results = [write_shard(run, upstream, spec["target"], spec["identities"], row_group_rows) for spec in batch.to_pylist()]
+    return {"result": [json.dumps(result) for result in results]}
+
+
+def _plain(table: Table) -> str:
+    capture = Console(width=120, record=True, file=io.StringIO())
+    capture.print(table)
+    return capture.export_text()

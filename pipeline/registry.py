@@ -10,7 +10,8 @@ from stages.filter import FilterStage
 from stages.verify import VerifyStage
 
 STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage, VerifyStage)
-STAGE_NAMES = tuple(stage.name for stage in STAGES)
+SHARD = "shard"  # the final step: not a per-identity stage, it packs identities into shards
+STAGE_NAMES = (*(stage.name for stage in STAGES), SHARD)
 
 
 def check_contracts(stages: tuple[type[Stage], ...] = STAGES) -> None:
@@ -36,4 +37,7 @@ def upstream_of(stage: type[Stage]) -> type[Stage] | None:
 
 
 def selected(stage: str) -> tuple[type[Stage], ...]:
+    """The per-identity stages `--stage` names (none for `shard` alone)."""
+    if stage == SHARD:
+        return ()
     return STAGES if stage == "all" else (stage_class(stage),)

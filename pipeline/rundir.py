@@ -10,6 +10,8 @@ import io
 import json
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,22 @@ class RunDir:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
     def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.open_atomic(rel) as stream:
+            stream.write(data)
+
+    @contextmanager
+    def open_atomic(self, rel: str) -> Iterator[pa.NativeFile]:
+        """A stream to a temporary name, renamed to `rel` only once it closed without error."""
         target = self.path(rel)
         self.fs.create_dir(posixpath.dirname(target), recursive=True)
         tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex}"
-        with self.fs.open_output_stream(tmp) as stream:
-            stream.write(data)
+        try:
+            with self.fs.open_output_stream(tmp) as stream:
+                yield stream
+        except BaseException:
+            with suppress(OSError):  # a failed write leaves nothing behind, not even the temporary
+                self.fs.delete_file(tmp)
+            raise
         self.fs.move(tmp, target)
 
     def read_bytes(self, rel: str) -> bytes:

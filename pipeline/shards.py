@@ -1,0 +1,148 @@
+"""The final dataset: Parquet shards of the last stage's `ok` rows, each identity whole in one shard.
+
+Shards are planned from the done-markers alone (kept rows per identity, in names-list order), so
+planning reads no data; each shard is then written by a Ray task, streamed one identity at a time
+into row groups, to a temporary name. `_index.parquet` (identity -> shard, first row, rows) is
+written after every shard, then shards of an older plan are removed: a reader that follows the
+index never sees a half-written or stale shard. A plan whose inputs are unchanged is not redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import PipelineConfig
+from pipeline.markers import Marker, part_path
+from pipeline.names import Identity
+from pipeline.rundir import RunDir
+from pipeline.schema import OK
+
+SHARDS = "shards"
+INDEX = f"{SHARDS}/_index.parquet"
+DONE = f"{SHARDS}/_done.json"
+ROW_STATUS = ["status", "reason", "detail"]  # every shard row is `ok`: these say nothing there
+PROVENANCE_COUNTS = ("source", "license")
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which identities go in which shard, and the fingerprint of everything that decides it."""
+
+    shards: list[list[str]]
+    fingerprint: str
+
+    def file(self, index: int) -> str:
+        return f"{SHARDS}/train-{index:05d}-of-{len(self.shards):05d}.parquet"
+
+
+def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dict[str, Marker]) -> ShardPlan:
+    """Greedy packing in names-list order: a shard closes before the identity that would overflow it."""
+    shards: list[list[str]] = []
+    rows_in_last = 0
+    digests = []
+    for identity in identities:
+        marker = markers.get(identity.slug)
+        if marker is None or not marker.kept:
+            continue
+        if not shards or rows_in_last + marker.kept > config.shard.max_rows:
+            shards.append([])
+            rows_in_last = 0
+        shards[-1].append(identity.slug)
+        rows_in_last += marker.kept
+        digests.append((identity.slug, marker.output_digest))
+    text = json.dumps({"shard": config.shard.model_dump(mode="json", exclude={"resources"}), "inputs": digests})
+    return ShardPlan(shards, hashlib.sha256(text.encode()).hexdigest()[:16])
+
+
+def is_current(run: RunDir, plan: ShardPlan) -> bool:
+    return run.exists(DONE) and run.read_json(DONE).get("fingerprint") == plan.fingerprint
+
+
+def write_shard(run: RunDir, upstream: str, target: str, identities: list[str], row_group_rows: int) -> dict:
+    """One shard, streamed identity by identity; returns its index rows and provenance counts."""
+    index, counts, first_row = [], {key: Counter() for key in PROVENANCE_COUNTS}, 0
+    writer: pq.ParquetWriter | None = None
+    with run.open_atomic(target) as stream:
+        for identity in identities:
+            table = run.read_table(part_path(upstream, identity))
+            table = table.filter(pc.equal(table["status"], OK)).drop_columns(ROW_STATUS)
+            if writer is None:
+                writer = pq.ParquetWriter(stream, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema), row_group_size=row_group_rows)
+            index.append({"identity": identity, "shard": target.rsplit("/", 1)[1], "row_start": first_row,
+                          "num_rows": table.num_rows})
+            first_row += table.num_rows
+            for key in PROVENANCE_COUNTS:
+                counts[key].update(str(value) for value in table[key].to_pylist())
+        if writer is not None:
+            writer.close()
+    return {"index": index, "counts": {key: dict(counter) for key, counter in counts.items()}}
+
+
+def finish(run: RunDir, plan: ShardPlan, results: list[dict], card: str) -> None:
+    """Index, dataset card and marker after every shard; then the shards no index names are removed."""
+    rows = sorted((row for result in results for row in result["index"]), key=lambda r: (r["shard"], r["row_start"]))
+    run.write_table(INDEX, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
+    run.write_bytes(f"{SHARDS}/README.md", card.encode())
+    run.write_json(DONE, {"fingerprint": plan.fingerprint, "shards": len(plan.shards), "rows": sum(r["num_rows"] for r in rows)})
+    current = {plan.file(i).rsplit("/", 1)[1] for i in range(len(plan.shards))}
+    for name in run.list_files(SHARDS, ".parquet"):
+        if name.startswith("train-") and name not in current:
+            run.delete(f"{SHARDS}/{name}")
+
+
+INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("identity", pa.string()),
+        pa.field("shard", pa.string()),  # file name under shards/
+        pa.field("row_start", pa.int64()),  # the identity's first row in that shard
+        pa.field("num_rows", pa.int64()),
+    ]
+)
+
+
+def dataset_card(config: PipelineConfig, funnel: str, results: list[dict]) -> str:
+    """shards/README.md: what is in the dataset, how it was made, and where it came from."""
+    rows = [row for result in results for row in result["index"]]
+    provenance = {key: Counter() for key in PROVENANCE_COUNTS}
+    for result in results:
+        for key, counts in result["counts"].items():
+            provenance[key].update(counts)
+    lines = [
+        "# Dataset card",
+        "",
+        (
+            f"{len(rows):,} identities, {sum(r['num_rows'] for r in rows):,} images, "
+            f"{len({r['shard'] for r in rows})} shards (`train-*.parquet`); `_index.parquet` maps identity -> rows."
+        ),
+        (
+            "Each row is one verified photo of its identity; the columns are documented in the pipeline's "
+            "README. Every image keeps its source URL and page: check each source's terms before use."
+        ),
+        "",
+        "## Funnel (rows per stage)",
+        "",
+        "```",
+        funnel,
+        "```",
+        "",
+        "## Provenance",
+        "",
+        *(f"- {key}: " + ", ".join(f"{value} {count:,}" for value, count in counts.most_common(20))
+          for key, counts in provenance.items()),
+        "",
+        "## Config",
+        "",
+        "```yaml",
+        config.to_yaml().rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
