@@ -5,11 +5,14 @@ from __future__ import annotations
 from pipeline.errors import UserError
 from pipeline.schema import NAMES, ROW_KEYS
 from stages.base import Stage
+from stages.caption import CaptionStage
 from stages.crawl import CrawlStage
+from stages.crop import CropStage
 from stages.filter import FilterStage
+from stages.segment import SegmentStage
 from stages.verify import VerifyStage
 
-STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage, VerifyStage)
+STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage, VerifyStage, CropStage, SegmentStage, CaptionStage)
 SHARD = "shard"  # the final step: not a per-identity stage, it packs identities into shards
 STAGE_NAMES = (*(stage.name for stage in STAGES), SHARD)
 

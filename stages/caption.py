@@ -1,0 +1,162 @@
+"""Caption stage: a caption per crop, holding the identity's class word at a marked place.
+
+One task is one identity, so its class word is decided here: the majority of the class words its
+captions use (captions of several people do not vote), or, where they name none (and always for the
+template backend), of a gender/age model's estimates; `person` when nothing decides. A caption that
+lacks the word is sampled again up to `caption.resample_attempts` times, then rewritten to hold it.
+Nothing is dropped for its caption: several people and a gender model's disagreement are flags.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from pipeline.schema import CAPTION
+from stages import class_words as cw
+from stages.base import Row, Stage, drop, keep
+from stages.captioners import Estimate, ModelNotFound, check_captioner, check_estimator, load_captioner, load_estimator
+from stages.captioners.template import SOURCE as TEMPLATE
+from stages.captioners.template import template_caption
+from stages.clip_tokens import clip_tokenizer, token_positions
+
+
+@dataclass
+class Draft:
+    """One row on its way: the captioner's text, the estimate, and once found, the final caption."""
+
+    row: Row
+    raw: str | None = None
+    estimate: Estimate | None = None
+    caption: str | None = None
+    span: tuple[int, int] | None = None
+    source: str | None = None
+    verdict: Row | None = None  # a drop (an unreadable crop)
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image.convert("RGB"))  # writable: torch warns about read-only arrays
+
+
+def target_box(row: Row) -> list[float]:
+    return row["crop_faces"][row["target_face"]]["box"]
+
+
+class CaptionStage(Stage):
+    name = "caption"
+    sections = ("caption", "face")  # face: `gender_model=auto` follows face.backend
+    requires = ("crop_image", "crop_faces", "target_face")
+    produces = CAPTION
+
+    @classmethod
+    def preflight(cls, config: PipelineConfig) -> None:
+        settings = config.caption
+        try:
+            check_captioner(settings)
+            check_estimator(config)
+        except ModelNotFound as missing:
+            raise UserError(f"caption (backend={settings.backend}, gender_model={settings.gender_model}): {missing}",
+                            missing.fix) from missing
+
+    def setup(self) -> None:
+        self.captioner = load_captioner(self.config.caption)
+        self.estimator = load_estimator(self.config)
+        versions = {"captioner": self.captioner.versions() if self.captioner else {"captioner": TEMPLATE},
+                    "estimator": self.estimator.versions() if self.estimator else None}
+        self.models = json.dumps(versions, sort_keys=True)
+        clip_tokenizer()  # built once per worker
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        drafts = [Draft(row) for row in rows.to_pylist()]
+        self._describe(drafts)
+        live = [d for d in drafts if d.verdict is None]
+        word = self._decide(live)
+        for draft in live:
+            self._place(draft, word)
+        self._resample([d for d in live if d.caption is None], word)
+        return self.to_table([{**d.row, **(d.verdict or self._finish(d, word))} for d in drafts], rows.schema)
+
+    def _batches(self, drafts: list[Draft]) -> Iterator[tuple[list[Draft], list[np.ndarray]]]:
+        """(drafts, decoded crops) a batch at a time: bounded memory; unreadable crops become drops."""
+        size = self.resources(self.config).batch_size
+        for start in range(0, len(drafts), size):
+            batch, images = [], []
+            for draft in drafts[start : start + size]:
+                try:
+                    images.append(decode_rgb(draft.row["crop_image"]))
+                    batch.append(draft)
+                except (OSError, UnidentifiedImageError) as exc:
+                    draft.verdict = drop("crop_unreadable", f"{type(exc).__name__}: {exc}")
+            yield batch, images
+
+    def _describe(self, drafts: list[Draft]) -> None:
+        for batch, images in self._batches(drafts):
+            if self.captioner:
+                for draft, text in zip(batch, self.captioner.caption(images), strict=True):
+                    draft.raw = text
+            if self.estimator:
+                found = self.estimator.estimate(images, [target_box(d.row) for d in batch])
+                for draft, estimate in zip(batch, found, strict=True):
+                    draft.estimate = estimate
+
+    def _confident(self, draft: Draft) -> Estimate | None:
+        estimate, least = draft.estimate, self.config.caption.min_gender_confidence
+        return estimate if estimate and (estimate.confidence is None or estimate.confidence >= least) else None
+
+    def _decide(self, drafts: list[Draft]) -> str:
+        """The identity's class word: captions' majority, the gender model breaking ties or filling in."""
+        child_age = self.config.caption.child_age
+        votes = [cw.first_class_word(d.raw) if d.raw and not cw.many_people(d.raw) else None for d in drafts]
+        estimates = [e.class_word(child_age) if (e := self._confident(d)) else None for d in drafts]
+        return cw.majority(votes, estimates)
+
+    def _place(self, draft: Draft, word: str, text: str | None = None, source: str = "caption") -> None:
+        """Take `text` (default: the first caption) if it holds `word`; a synonym becomes the canonical word."""
+        text = draft.raw if text is None else text
+        mention = cw.find(text, word) if text is not None else None
+        if mention is not None:
+            draft.caption, draft.span = cw.put(text, word, mention)
+            draft.source = source
+
+    def _resample(self, drafts: list[Draft], word: str) -> None:
+        settings = self.config.caption
+        for attempt in range(settings.resample_attempts if self.captioner else 0):
+            missing = [d for d in drafts if d.caption is None]
+            for batch, images in self._batches(missing):
+                texts = self.captioner.caption(images, seed=settings.seed + attempt)
+                for draft, text in zip(batch, texts, strict=True):
+                    self._place(draft, word, text, "resampled")
+
+    def _finish(self, draft: Draft, word: str) -> Row:
+        if self.captioner is None:
+            draft.caption, draft.span = template_caption(word)
+            draft.raw, draft.source = draft.caption, TEMPLATE
+        elif draft.caption is None:
+            draft.caption, draft.span = cw.rewrite(draft.raw, word)
+            draft.source = "rewritten"
+        estimate, sure = draft.estimate, self._confident(draft)
+        disagrees = None if estimate is None else bool(sure and word in cw.GENDER and cw.GENDER[word] != sure.gender)
+        return keep(
+            caption=draft.caption,
+            caption_raw=draft.raw,
+            caption_source=self.captioner.source if self.captioner else TEMPLATE,
+            class_word=word,
+            class_word_source=draft.source,
+            class_word_span=list(draft.span),
+            class_word_tokens=token_positions(draft.caption, draft.span),
+            caption_many_people=cw.many_people(draft.raw) or cw.many_people(draft.caption),
+            estimated_gender=estimate.gender if estimate else None,
+            estimated_gender_confidence=estimate.confidence if estimate else None,
+            estimated_age=estimate.age if estimate else None,
+            class_word_disagrees=disagrees,
+            caption_models=self.models,
+        )

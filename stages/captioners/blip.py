@@ -1,0 +1,91 @@
+"""BLIP image captioning through transformers (default `Salesforce/blip-image-captioning-large`).
+
+The model is a local directory or a hub id; a hub id is looked up in the Hugging Face cache and
+downloaded there only where the hub can be reached (never with HF_HUB_OFFLINE=1). The prompt
+prefix conditions the decoder ("a picture of" is the prefix BLIP was fine-tuned for captioning
+with) and starts every caption.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from stages.faces import ModelNotFound
+
+from .base import Captioner
+
+HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # config, processor, tokenizer, weights
+
+
+def has_weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(
+        any(folder.glob(pattern)) for pattern in ("*.safetensors", "pytorch_model*.bin")
+    )
+
+
+def resolve_model(name: str) -> Path:
+    """The folder holding the model `name` (a directory or a hub id); ModelNotFound says where it looked."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not has_weights(folder):
+            raise ModelNotFound(f"BLIP model files (config.json and weights) in {folder}", [str(folder)],
+                                "save a BLIP model there with save_pretrained(), or set caption.model to another one")
+        return folder
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except Exception as exc:  # offline, unknown repo, invalid id or path: all mean "not here"
+        fix = (f"on a machine that reaches the hub run `hf download {name}` and copy {constants.HF_HUB_CACHE}, "
+               "or set caption.model to a local directory of a BLIP captioning model")
+        raise ModelNotFound(f"BLIP model {name!r} ({type(exc).__name__})",
+                            [str(folder.resolve()), constants.HF_HUB_CACHE], fix) from exc
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if device == "cuda" else device
+
+
+class BlipCaptioner(Captioner):
+    def __init__(self, model: str, *, device: str = "auto", prompt: str = "", num_beams: int = 3,
+                 max_new_tokens: int = 30, top_p: float = 0.9) -> None:
+        import torch
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        self._torch = torch
+        self.folder = resolve_model(model)
+        self.device = resolve_device(device)
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32  # halves GPU memory and time
+        self.processor = BlipProcessor.from_pretrained(self.folder)
+        self.model = BlipForConditionalGeneration.from_pretrained(self.folder, dtype=self.dtype).to(self.device).eval()
+        self.prompt, self.num_beams, self.max_new_tokens, self.top_p = prompt.strip(), num_beams, max_new_tokens, top_p
+        self.source = f"blip:{model}"
+        self.model_name = model
+
+    def caption(self, images: Sequence[np.ndarray], seed: int | None = None) -> list[str]:
+        if not images:
+            return []
+        text = [self.prompt] * len(images) if self.prompt else None
+        inputs = self.processor(images=list(images), text=text, return_tensors="pt").to(self.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        if seed is None:
+            options = {"num_beams": self.num_beams, "do_sample": False}
+        else:
+            self._torch.manual_seed(seed)  # the same seed gives the same samples on a re-run (on one device)
+            options = {"num_beams": 1, "do_sample": True, "top_p": self.top_p}
+        with self._torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **options)
+        return [" ".join(text.split()) for text in self.processor.batch_decode(out, skip_special_tokens=True)]
+
+    def versions(self) -> dict[str, str]:
+        revision = self.folder.name if "snapshots" in self.folder.parts else "local"
+        return {"captioner": "blip", "model": self.model_name, "revision": revision,
+                "transformers": importlib.metadata.version("transformers"), "torch": self._torch.__version__}

@@ -1,0 +1,107 @@
+"""Segment stage: the mask of the identity's person in each crop (the ID region training uses).
+
+The backend (`segment.backend`) sees a batch of crops and each one's target face box, and returns
+the person around that face. The stage keeps the evidence (mask area, share of the face box inside
+the mask) and drops `no_person_mask` where no mask covers enough of the face. Masks are 1-bit PNGs of
+the crop's size; padding a crop got at the image border is never part of the person.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import UserError
+from pipeline.schema import MASK
+from stages.base import Row, Stage, drop, keep
+from stages.segmenters import (
+    ModelNotFound,
+    PersonMask,
+    Prompt,
+    check_backend,
+    encode_mask,
+    face_coverage,
+    load_segmenter,
+)
+
+
+class SegmentStage(Stage):
+    name = "segment"
+    sections = ("segment",)
+    requires = ("crop_image", "crop_size", "crop_box", "crop_faces", "crop_padding", "target_face", "width", "height")
+    produces = MASK
+
+    @classmethod
+    def preflight(cls, config: PipelineConfig) -> None:
+        try:
+            check_backend(config.segment)
+        except ModelNotFound as missing:
+            where = ", ".join(missing.looked_in)
+            problem = f"segment.backend={config.segment.backend} needs {missing.missing}, not found in {where}"
+            raise UserError(problem, missing.fix) from missing
+
+    def setup(self) -> None:
+        self.segmenter = load_segmenter(self.config.segment)
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        out: list[Row] = []
+        size = self.resources(self.config).batch_size
+        for start in range(0, rows.num_rows, size):  # bounded memory: one batch of decoded crops at a time
+            batch = rows.slice(start, size).to_pylist()
+            images = [decode_rgb(row["crop_image"]) for row in batch]
+            found = self.segmenter.segment(images, [prompt(row) for row in batch])
+            out.extend({**row, **self._judge(row, person)} for row, person in zip(batch, found))
+        return self.to_table(out, rows.schema)
+
+    def _judge(self, row: Row, person: PersonMask | None) -> Row:
+        source = self.segmenter.source
+        if person is None:
+            return drop("no_person_mask", f"{source}: no person found around the target face", mask_source=source)
+        mask = person.mask & source_region(row)
+        coverage = face_coverage(mask, target_box(row))
+        evidence = {
+            "mask": encode_mask(mask),
+            "mask_source": source,
+            "mask_area": float(mask.mean()),
+            "mask_face_coverage": coverage,
+            "person_box": list(person.box),
+        }
+        least = self.config.segment.min_face_coverage
+        if not mask.any():
+            return drop("no_person_mask", f"{source}: the mask is empty", **evidence)
+        if coverage < least:
+            return drop("no_person_mask", f"mask covers {coverage:.0%} of the face box (< {least:.0%})", **evidence)
+        return keep(**evidence)
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def target_box(row: Row) -> list[float]:
+    return row["crop_faces"][row["target_face"]]["box"]
+
+
+def prompt(row: Row) -> Prompt:
+    boxes = [face["box"] for face in row["crop_faces"]]
+    return Prompt(boxes[row["target_face"]], tuple(box for k, box in enumerate(boxes) if k != row["target_face"]))
+
+
+def source_region(row: Row) -> np.ndarray:
+    """True on the crop's pixels that came from the photo, False on its padding."""
+    size = row["crop_size"]
+    inside = np.ones((size, size), dtype=bool)
+    if not row["crop_padding"]:
+        return inside
+    x0, y0, x1, _ = row["crop_box"]
+    factor = size / (x1 - x0)
+    left, top = round(-x0 * factor), round(-y0 * factor)
+    right, bottom = round((row["width"] - x0) * factor), round((row["height"] - y0) * factor)
+    inside[:, : max(left, 0)] = inside[:, max(right, 0) :] = False
+    inside[: max(top, 0), :] = inside[max(bottom, 0) :, :] = False
+    return inside

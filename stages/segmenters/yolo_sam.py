@@ -1,0 +1,132 @@
+"""Default backend (GPU machines): an ultralytics YOLO person box around the target face, then a
+segment-anything mask prompted by that box; of SAM's three candidate masks, the one covering the face.
+
+Both load from local files only (`YOLO_OFFLINE=1`: ultralytics never reaches for its hub). The SAM image
+encoder, the costly part, runs on the whole batch at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .base import Box, PersonMask, Prompt, Segmenter, face_pixels, near_best
+
+PERSON = 0  # COCO class id
+MIN_FACE_HELD = 0.5  # a person box holds at least half of the face box, or it is someone else's
+HELD_TOLERANCE = 0.1  # person boxes holding the face about equally: the one centred on the face wins
+COVERAGE_TOLERANCE = 0.05  # masks covering the face about equally: SAM's own quality estimate decides
+
+
+def held_share(face: Box, boxes: np.ndarray) -> np.ndarray:
+    """For each (n, 4) box, the share of the face box's area inside it."""
+    x0, y0 = np.maximum(boxes[:, 0], face[0]), np.maximum(boxes[:, 1], face[1])
+    x1, y1 = np.minimum(boxes[:, 2], face[2]), np.minimum(boxes[:, 3], face[3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    return inter / max((face[2] - face[0]) * (face[3] - face[1]), 1e-6)
+
+
+def pick_person(face: Box, boxes: np.ndarray) -> int | None:
+    """The person box holding the face best; among near-equals (people overlapping in depth), the one
+    whose horizontal centre is nearest the face's, as a body sits below its own head."""
+    if len(boxes) == 0:
+        return None
+    held = held_share(face, boxes)
+    if held.max() < MIN_FACE_HELD:
+        return None
+    centre = (face[0] + face[2]) / 2
+    offset = np.abs((boxes[:, 0] + boxes[:, 2]) / 2 - centre) / np.maximum(boxes[:, 2] - boxes[:, 0], 1)
+    return near_best(held, HELD_TOLERANCE, -offset)
+
+
+def pick_mask(face: Box, masks: np.ndarray, scores: np.ndarray) -> int:
+    """Of (C, H, W) candidate masks, the one covering the face box best (SAM's score breaks near-ties)."""
+    rows, cols = face_pixels(face, masks.shape[1:])
+    region = masks[:, rows, cols].reshape(len(masks), -1)
+    coverage = region.mean(axis=1) if region.shape[1] else np.zeros(len(masks))
+    return near_best(coverage, COVERAGE_TOLERANCE, scores)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if device == "cuda" else device
+
+
+class YoloSamSegmenter(Segmenter):
+    def __init__(
+        self, yolo_weights: Path, sam_model: str, sam_checkpoint: Path, device: str = "auto", person_conf: float = 0.25
+    ) -> None:
+        os.environ["YOLO_OFFLINE"] = "1"  # before the import: no hub checks, no asset downloads
+        from segment_anything import sam_model_registry
+        from segment_anything.utils.transforms import ResizeLongestSide
+        from ultralytics import YOLO
+
+        self.device = resolve_device(device)
+        self.detector = YOLO(str(yolo_weights), task="detect")
+        self.sam = sam_model_registry[sam_model](checkpoint=str(sam_checkpoint)).to(self.device).eval()
+        self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
+        self.person_conf = person_conf
+        self.source = f"yolo+sam:{sam_model}"
+
+    def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Prompt]) -> list[PersonMask | None]:
+        found = self.person_boxes(images)
+        picks = [pick_person(prompt.face, boxes) for prompt, boxes in zip(prompts, found)]
+        todo = [k for k, pick in enumerate(picks) if pick is not None]
+        boxes = [found[k][picks[k]] for k in todo]
+        candidates = self.sam_masks([images[k] for k in todo], boxes, [prompts[k].others for k in todo])
+        out: list[PersonMask | None] = [None] * len(images)
+        for k, box, (masks, scores) in zip(todo, boxes, candidates):
+            out[k] = PersonMask(masks[pick_mask(prompts[k].face, masks, scores)], tuple(float(v) for v in box))
+        return out
+
+    def person_boxes(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """(n, 4) float32 person boxes per image, in its pixels."""
+        bgr = [np.ascontiguousarray(image[..., ::-1]) for image in images]  # ultralytics reads arrays as OpenCV BGR
+        results = self.detector.predict(
+            bgr, classes=[PERSON], conf=self.person_conf, device=self.device, verbose=False
+        )
+        return [result.boxes.xyxy.cpu().numpy().astype(np.float32) for result in results]
+
+    def sam_masks(
+        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], others: Sequence[Sequence[Box]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image: (3, H, W) bool candidate masks for its box prompt, and SAM's (3,) quality estimates."""
+        if not images:
+            return []
+        import torch
+
+        batch = [self._prompt(*args) for args in zip(images, boxes, others)]
+        with torch.inference_mode():
+            outputs = self.sam(batch, multimask_output=True)
+        return [(out["masks"][0].cpu().numpy(), out["iou_predictions"][0].float().cpu().numpy()) for out in outputs]
+
+    def _prompt(self, image: np.ndarray, box: np.ndarray, others: Sequence[Box]) -> dict:
+        """One image and its prompts in the model's input frame (long side = the encoder's input side):
+        the person box, and a negative point on every other face inside it (someone in front or behind)."""
+        import torch
+
+        size = image.shape[:2]
+        prompt = {
+            "image": torch.as_tensor(self.transform.apply_image(image), device=self.device).permute(2, 0, 1),
+            "original_size": size,
+            "boxes": torch.as_tensor(self.transform.apply_boxes(box[None, :], size), device=self.device).float(),
+        }
+        points = negative_points(box, others)
+        if len(points):
+            coords = self.transform.apply_coords(points, size)[None]
+            prompt["point_coords"] = torch.as_tensor(coords, device=self.device).float()
+            prompt["point_labels"] = torch.zeros(coords.shape[:2], device=self.device)
+        return prompt
+
+
+def negative_points(box: np.ndarray, others: Sequence[Box]) -> np.ndarray:
+    """(n, 2) centres of the other faces that lie inside the person box."""
+    centres = np.array([((o[0] + o[2]) / 2, (o[1] + o[3]) / 2) for o in others], dtype=np.float32).reshape(-1, 2)
+    inside_x = (centres[:, 0] >= box[0]) & (centres[:, 0] <= box[2])
+    return centres[inside_x & (centres[:, 1] >= box[1]) & (centres[:, 1] <= box[3])]

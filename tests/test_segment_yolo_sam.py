@@ -1,0 +1,91 @@
+"""The yolo_sam backend with random-weight YOLOv8n and SAM vit_b, loaded from files like real checkpoints.
+
+Random weights say nothing about quality: these tests check loading, shapes, batching and that the
+selection logic is wired to the model outputs. Person boxes are controlled where a test needs them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config, resolve_profile
+from pipeline.rundir import RunDir
+from stages.crop import CropStage
+from stages.segment import SegmentStage, prompt
+from stages.segmenters import decode_mask, face_coverage
+from stages.segmenters.yolo_sam import YoloSamSegmenter, negative_points, pick_mask
+from tests.tiny_segmenters import YOLO_FILE, build_weights
+from tests.verified_rows import verified_table
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return build_weights(tmp_path_factory.mktemp("weights"))
+
+
+def config(weights, *overrides: str):
+    settings = ["segment.backend=yolo_sam", f"segment.weights_dir={weights}", f"segment.yolo_weights={YOLO_FILE}",
+                "segment.sam_model=vit_b", "segment.device=auto", "crop.size=512", *overrides]
+    return load_config(resolve_profile("cpu"), settings)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory, faces, weights):
+    """Crops of a single portrait and of a couple (the other face inside the crop)."""
+    run = RunDir(str(tmp_path_factory.mktemp("run")))
+    table = verified_table(run, [faces["images"] / "img38.jpg", faces["images"] / "couple.jpg"])
+    return run, CropStage(config(weights), run).process(table)
+
+
+@pytest.mark.slow
+def test_checkpoints_load_through_the_configured_paths(weights, crops) -> None:
+    SegmentStage.preflight(config(weights))  # the vit_b file is found under its official name
+    stage = SegmentStage(config(weights, "segment.person_conf=0"), crops[0])
+    stage.setup()
+    segmenter = stage.segmenter
+    assert isinstance(segmenter, YoloSamSegmenter) and segmenter.source == "yolo+sam:vit_b"
+    assert segmenter.device == "cpu" and segmenter.sam.image_encoder.img_size == 1024
+    images = [np.zeros((300, 200, 3), np.uint8), np.full((256, 384, 3), 90, np.uint8)]
+    boxes = segmenter.person_boxes(images)
+    assert len(boxes) == 2 and all(b.dtype == np.float32 and b.ndim == 2 and b.shape[1] == 4 for b in boxes)
+    assert sum(len(b) for b in boxes) > 0  # a zero score cut lets random boxes through
+    for found, image in zip(boxes, images):
+        assert (found[:, :2] >= 0).all() and (found[:, 2] <= image.shape[1]).all() and (found[:, 3] <= image.shape[0]).all()
+
+
+class Spy:
+    """Wraps a method, remembering each call's arguments and result."""
+
+    def __init__(self, method) -> None:
+        self.method, self.calls = method, []
+
+    def __call__(self, *args):
+        result = self.method(*args)
+        self.calls.append((args, result))
+        return result
+
+
+@pytest.mark.slow
+def test_one_batched_sam_call_and_the_selection_wired_to_it(weights, crops) -> None:
+    run, table = crops
+    stage = SegmentStage(config(weights, "segment.min_face_coverage=0"), run)
+    stage.setup()
+    rows = table.to_pylist()
+    person = [float(v) for v in (0, 0, 512, 512)]
+    decoy = [0.0, 0.0, 40.0, 40.0]  # far from every face: must never be picked
+    stage.segmenter.person_boxes = lambda images: [np.array([decoy, person], np.float32) for _ in images]
+    spy = stage.segmenter.sam_masks = Spy(stage.segmenter.sam_masks)
+    out = stage.process(table).to_pylist()
+
+    ((images, boxes, others), candidates) = spy.calls[0]
+    assert len(spy.calls) == 1 and len(images) == 2  # both crops through one encoder batch
+    assert [b.tolist() for b in boxes] == [person, person]
+    assert len(negative_points(boxes[1], others[1])) == 1  # the couple's other face says "not this one"
+    for row, source, (masks, scores) in zip(out, rows, candidates):
+        assert masks.shape == (3, 512, 512) and masks.dtype == bool and scores.shape == (3,)
+        assert row["mask_source"] == "yolo+sam:vit_b" and row["person_box"] == person
+        mask = decode_mask(row["mask"])
+        assert np.array_equal(mask, masks[pick_mask(prompt(source).face, masks, scores)])
+        assert row["mask_face_coverage"] == pytest.approx(face_coverage(mask, prompt(source).face))
+        assert row["status"] == ("ok" if mask.any() else "dropped")
