@@ -104,6 +104,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_status(args: argparse.Namespace) -> int:
     from pipeline.driver import console
+    from pipeline.shards import shard_counts
     from pipeline.stats import counts_from_markers, counts_table
 
     config, profile = _settings(args)
@@ -113,7 +114,7 @@ def command_status(args: argparse.Namespace) -> int:
     info = run.read_json(RUN_INFO)
     tasks = {slug for slug, _ in info["identities"]}
     rows = [counts_from_markers(run, stage.name, tasks, info["stage_hashes"].get(stage.name)) for stage in STAGES]
-    console.print(counts_table(f"status of {run.uri}", rows))
+    console.print(counts_table(f"status of {run.uri}", [*rows, shard_counts(run)]))
     return 0
 
 

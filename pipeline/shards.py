@@ -23,6 +23,7 @@ from pipeline.markers import Marker, part_path
 from pipeline.names import Identity
 from pipeline.rundir import RunDir
 from pipeline.schema import OK
+from pipeline.stats import StageCounts
 
 SHARDS = "shards"
 INDEX = f"{SHARDS}/_index.parquet"
@@ -106,6 +107,16 @@ INDEX_SCHEMA = pa.schema(
         pa.field("num_rows", pa.int64()),
     ]
 )
+
+
+def shard_counts(run: RunDir) -> StageCounts:
+    """What `status` shows for the shard step: shards written and the rows they hold."""
+    counts = StageCounts("shard")
+    if run.exists(DONE):
+        done = run.read_json(DONE)
+        counts.add(done["rows"], {OK: done["rows"]}, {})
+        counts.tasks_done = counts.tasks_total = done["shards"]
+    return counts
 
 
 def dataset_card(config: PipelineConfig, funnel: str, results: list[dict]) -> str:
