@@ -32,7 +32,7 @@ class LocalSource(Source):
         assert root is not None
         base = slugify(name, separator="_", max_length=MAX_BASE_LENGTH, word_boundary=True)
         for candidate in (name, identity_slug(name), base):
-            if candidate and candidate not in (".", "..") and "/" not in candidate and (root / candidate).is_dir():
+            if candidate and candidate not in (".", "..") and "/" not in candidate and _is_folder(root / candidate):
                 return root / candidate
         return None
 
@@ -52,3 +52,11 @@ class LocalSource(Source):
                 yield Fetched(url=url, status=FAILED, reason="read_error", detail=str(exc))
                 continue
             yield Fetched(url=url, data=data, page_url=page_url, license=license_)
+
+
+def _is_folder(path: Path) -> bool:
+    """A name can be no valid file name at all (too long, odd bytes): then it names no folder."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
