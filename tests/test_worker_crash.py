@@ -1,0 +1,56 @@
+"""A Ray worker killed in the middle of a task: the task is retried and the run still completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, stage_rows
+from tests.test_resume import args, image_ids, reference, tree  # noqa: F401  (module fixtures, reused)
+
+
+def stage_workers() -> list[int]:
+    """Pids of Ray actor processes running our task executor."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                command = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "TaskExecutor" in command and "MapWorker" in command:
+                pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_and_its_task_retried(tree, reference, tmp_path) -> None:  # noqa: F811
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--stage", "all", *args(tree, out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline, killed = time.monotonic() + 120, None
+        while killed is None and time.monotonic() < deadline and process.poll() is None:
+            done = out / "stages" / "filter" / "_done"
+            workers = stage_workers()
+            if done.is_dir() and any(done.iterdir()) and workers:
+                killed = workers[0]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert killed is not None, "a filter worker was found and killed mid-stage"
+    assert process.returncode == 0, output[-3000:]
+    for stage in ("crawl", "filter", "verify"):
+        assert image_ids(out, stage) == image_ids(reference, stage)
+    assert stage_rows(out, "filter")
