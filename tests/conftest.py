@@ -51,3 +51,24 @@ def image_bytes(size: tuple[int, int], fmt: str = "JPEG", mode: str = "RGB", **s
     buffer = io.BytesIO()
     image.save(buffer, fmt, **save)
     return buffer.getvalue()
+
+
+def labelled_tree(root: Path, faces: dict, identities: list[str]) -> Path:
+    """`root/photos/<identity>/` with each identity's labelled photos, and `root/names.txt`."""
+    for identity in identities:
+        folder = root / "photos" / identity
+        folder.mkdir(parents=True)
+        for photo in faces["identities"][identity]:
+            (folder / photo).write_bytes((faces["images"] / photo).read_bytes())
+    (root / "names.txt").write_text("\n".join(identities) + "\n")
+    return root / "names.txt"
+
+
+def cpu_run_args(names: Path, out: Path | str, photos: Path, *extra: str) -> list[str]:
+    """CLI options for a cpu-profile run over local folders; the face limit is below every
+    labelled face (each labelled photo shows one clear face of at least ~90 px)."""
+    return [
+        "--config", "cpu", "--names", str(names), "--out", str(out),
+        "--set", "crawl.source=local", "--set", f"crawl.local_root={photos}",
+        "--set", "filter.min_face_size=80", *extra,
+    ]

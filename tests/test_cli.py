@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from pipeline.registry import STAGES
-from tests.conftest import run_cli, stage_rows
+from tests.conftest import cpu_run_args, run_cli, stage_rows
 from tests.local_tree import build_tree
 
 IDENTITIES = ["angelina_jolie", "katy_perry", "jack_dorsey", "jeff_bezos"]
@@ -25,11 +25,7 @@ def tree(tmp_path_factory, faces) -> dict:
 
 
 def args(tree: dict, out: Path, *extra: str) -> list[str]:
-    return [
-        "--config", "cpu", "--names", str(tree["names"]), "--out", str(out),
-        "--set", "crawl.source=local", "--set", f"crawl.local_root={tree['root'] / 'photos'}",
-        "--set", "filter.min_face_size=80", *extra,
-    ]
+    return cpu_run_args(tree["names"], out, tree["root"] / "photos", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pyarrow.fs as pafs
 import pytest
 from moto.server import ThreadedMotoServer
 
 from pipeline.markers import read_markers
 from pipeline.rundir import RunDir
-from tests.conftest import run_cli
+from tests.conftest import cpu_run_args, labelled_tree, run_cli
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -32,15 +30,9 @@ def bucket(monkeypatch):
 
 @pytest.mark.slow
 def test_a_run_writes_and_resumes_on_an_object_store(bucket, faces, tmp_path) -> None:
-    photos = tmp_path / "photos" / "matt_damon"
-    photos.mkdir(parents=True)
-    for photo in faces["identities"]["matt_damon"]:
-        shutil.copy(faces["images"] / photo, photos)
-    (tmp_path / "names.txt").write_text("matt_damon\n")
+    names = labelled_tree(tmp_path, faces, ["matt_damon"])
     out = f"s3://run-bucket/runs/one?{bucket}"
-    args = ["--config", "cpu", "--names", str(tmp_path / "names.txt"), "--out", out,
-            "--set", "crawl.source=local", "--set", f"crawl.local_root={tmp_path / 'photos'}",
-            "--set", "filter.min_face_size=80"]
+    args = cpu_run_args(names, out, tmp_path / "photos")
 
     first = run_cli("run", *args, env=CREDENTIALS)
     assert first.returncode == 0, first.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, stage_rows
+from tests.conftest import cpu_run_args, labelled_tree, run_cli, stage_rows
 
 # Ray maps 127.0.0.1 to the machine's network address unless told it is no multi-node cluster;
 # both the head and the driver get this so every connection stays on loopback.
@@ -64,18 +64,10 @@ def ray_head():
 
 @pytest.mark.slow
 def test_run_joins_an_existing_cluster(ray_head, faces, tmp_path) -> None:
-    photos = tmp_path / "photos" / "matt_damon"
-    photos.mkdir(parents=True)
-    for photo in faces["identities"]["matt_damon"]:
-        shutil.copy(faces["images"] / photo, photos)
-    (tmp_path / "names.txt").write_text("matt_damon\n")
+    names = labelled_tree(tmp_path, faces, ["matt_damon"])
     out = tmp_path / "run"
-    result = run_cli(
-        "run", "--config", "cpu", "--names", str(tmp_path / "names.txt"), "--out", str(out),
-        "--set", "crawl.source=local", "--set", f"crawl.local_root={tmp_path / 'photos'}", "--address", ray_head["address"],
-        "--set", "filter.min_face_size=80",
-        env=LOOPBACK_ONLY,
-    )
+    args = cpu_run_args(names, out, tmp_path / "photos", "--address", ray_head["address"])
+    result = run_cli("run", *args, env=LOOPBACK_ONLY)
     assert result.returncode == 0, result.stderr
     kept = [row for row in stage_rows(out, "filter") if row["status"] == "ok"]
     assert len(kept) == 5

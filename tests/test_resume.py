@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, run_cli, stage_rows
+from tests.conftest import REPO, cpu_run_args, run_cli, stage_rows
 
 IDENTITIES = 12  # enough tasks, run one at a time, to land a kill in the middle of a stage
 
@@ -36,11 +36,8 @@ def tree(tmp_path_factory, faces) -> dict:
 
 
 def args(tree: dict, out: Path) -> list[str]:
-    return [
-        "--config", "cpu", "--names", str(tree["root"] / "names.txt"), "--out", str(out),
-        "--set", "crawl.source=local", "--set", f"crawl.local_root={tree['root'] / 'photos'}",
-        "--set", "crawl.resources.concurrency=1", "--set", "filter.resources.concurrency=1",
-    ]
+    one_task_at_a_time = [f"--set={stage}.resources.concurrency=1" for stage in ("crawl", "filter")]
+    return cpu_run_args(tree["root"] / "names.txt", out, tree["root"] / "photos", *one_task_at_a_time)
 
 
 def kill_mid_stage(tree: dict, out: Path, stage: str) -> int:

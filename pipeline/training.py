@@ -1,0 +1,243 @@
+"""A PyTorch map-style dataset over the shards: PhotoMaker-style training samples.
+
+One item per target row: the target crop with its person mask, caption and class word, plus 1-4
+reference crops of the same identity, each from another near-duplicate group than the target (and
+than each other), so the ID images never show the target photo, even resized or re-encoded.
+
+```python
+from torch.utils.data import DataLoader
+from pipeline.training import IdentityDataset, collate_references
+
+dataset = IdentityDataset("runs/default/shards", num_refs=(1, 4), image_size=512, seed=epoch)
+loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=4, collate_fn=collate_references)
+```
+
+Only small columns (identity, image_id, dup_group) are read when the dataset is built; image bytes
+are read per item, one Parquet row group at a time, with a few row groups cached per worker (an
+identity's rows are contiguous, so a target and its references usually share one). No file stays
+open between reads, so the dataset pickles cheaply into DataLoader workers under any start method.
+This module imports torch; nothing on the CLI's path imports it, so `python -m pipeline` stays light.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline.rundir import RunDir
+
+INDEX_FILE = "_index.parquet"
+PLAN_COLUMNS = ["identity", "image_id", "dup_group"]
+ITEM_COLUMNS = ["identity", "image_id", "crop_image", "mask", "caption", "class_word", "class_word_tokens"]
+TOKEN_PAD = -1  # never a valid token position
+
+Item = dict[str, Any]
+
+
+class IdentityDataset(Dataset):
+    """Target rows of the shards with references of the same identity, sampled reproducibly.
+
+    Item keys:
+      image              uint8 tensor 3xHxW (RGB; uint8 so workers pass 4x fewer bytes: divide by 255
+                         on the device)
+      mask               bool tensor HxW, True on the person (the ID region)
+      caption, class_word, identity, image_id   str
+      class_word_tokens  int64 tensor: the class word's indices in SDXL's CLIP input_ids
+      references         uint8 tensor Kx3xHxW, 1 <= num_refs[0] <= K <= num_refs[1]
+      reference_ids      list of K image_ids
+
+    H = W = `image_size` when given, else the stored crop side (one per run: `crop.size`).
+    References come from K distinct `dup_group`s other than the target's, drawn from a generator
+    seeded by (seed, index): the same shards and arguments give the same epoch in any worker and
+    any order; pass a new seed per epoch for new references. A target whose identity has fewer
+    than num_refs[0] other duplicate groups cannot be served and is skipped: such identities are
+    listed in `skipped_identities`, their rows counted in `skipped_rows`.
+    `transform`, when given, maps each finished item (a dict) to the item returned.
+    """
+
+    def __init__(
+        self,
+        shards_dir: str | Path,
+        num_refs: tuple[int, int] = (1, 4),
+        image_size: int | None = None,
+        seed: int = 0,
+        transform: Callable[[Item], Item] | None = None,
+        *,
+        cached_row_groups: int = 4,
+    ) -> None:
+        low, high = num_refs
+        if not 1 <= low <= high:
+            raise ValueError(f"num_refs must satisfy 1 <= low <= high, got {num_refs}")
+        self.num_refs, self.image_size, self.seed, self.transform = (low, high), image_size, seed, transform
+        self._root = RunDir(str(shards_dir))  # local path or any pyarrow URI (s3://...); pickles by URI
+        self._cached_row_groups = cached_row_groups
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._plan(pq.read_table(self._root.path(INDEX_FILE), filesystem=self._root.fs))
+
+    def _plan(self, index: pa.Table) -> None:
+        """Per row: shard, row in shard, duplicate-group code, identity; then the servable targets."""
+        entries = sorted(index.to_pylist(), key=lambda entry: (entry["shard"], entry["row_start"]))
+        by_shard: dict[str, list[dict]] = {}
+        for entry in entries:
+            by_shard.setdefault(entry["shard"], []).append(entry)
+        self._shards = list(by_shard)
+        shard_of, row_of, group_of, image_ids, offsets, total = [], [], [], [], {}, 0
+        self._row_group_starts: list[list[int]] = []
+        for number, shard in enumerate(self._shards):
+            offsets[shard] = total
+            table, starts = self._read_plan_columns(shard, by_shard[shard])
+            self._row_group_starts.append(starts)
+            shard_of.append(np.full(table.num_rows, number, dtype=np.int32))
+            row_of.append(np.arange(table.num_rows, dtype=np.int64))
+            # codes only need to differ within an identity; a row without a group is a group of its own
+            key = pc.coalesce(table["dup_group"], table["image_id"]).combine_chunks()
+            group_of.append(key.dictionary_encode().indices.to_numpy().astype(np.int64))
+            image_ids.append(table["image_id"].combine_chunks())
+            total += table.num_rows
+        self._shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32)
+        self._row_of = np.concatenate(row_of) if row_of else np.zeros(0, np.int64)
+        self._group_of = np.concatenate(group_of) if group_of else np.zeros(0, np.int64)
+        self._image_ids = pa.chunked_array(image_ids, pa.string()).combine_chunks()
+        self._spans = [(offsets[e["shard"]] + e["row_start"], e["num_rows"], e["identity"]) for e in entries]
+        self._select_targets()
+
+    def _read_plan_columns(self, shard: str, entries: list[dict]) -> tuple[pa.Table, list[int]]:
+        """The shard's small columns and row-group starts, checked against what the index says of it."""
+        with self._root.fs.open_input_file(self._root.path(shard)) as handle:
+            parquet = pq.ParquetFile(handle)
+            table = parquet.read(columns=PLAN_COLUMNS)
+            sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+        ends = np.cumsum([entry["num_rows"] for entry in entries]).tolist()
+        layout = [entry["identity"] for entry in entries for _ in range(entry["num_rows"])]
+        if [entry["row_start"] for entry in entries] != [0, *ends[:-1]] or table["identity"].to_pylist() != layout:
+            raise ValueError(f"{shard} does not hold the rows {INDEX_FILE} lists; re-run `pipeline run --stage shard`")
+        return table, [0, *np.cumsum(sizes).tolist()]
+
+    def _select_targets(self) -> None:
+        """Keep the rows of identities with at least num_refs[0] duplicate groups besides the target's."""
+        targets, self.skipped_identities, self.skipped_rows = [], [], 0
+        self._span_of = np.zeros(len(self._row_of), dtype=np.int32)
+        for number, (start, count, identity) in enumerate(self._spans):
+            self._span_of[start : start + count] = number
+            if len(np.unique(self._group_of[start : start + count])) - 1 >= self.num_refs[0]:
+                targets.append(np.arange(start, start + count))
+            else:
+                self.skipped_identities.append(identity)
+                self.skipped_rows += count
+        self._targets = np.concatenate(targets) if targets else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def __getitem__(self, index: int) -> Item:
+        index = range(len(self))[index]  # normalises negatives and raises IndexError past the end
+        target = int(self._targets[index])
+        row = self._read_row(target)
+        references = [self._read_row(reference) for reference in self.reference_rows(index)]
+        item = {
+            "image": decode_image(row["crop_image"], self.image_size),
+            "mask": decode_mask(row["mask"], self.image_size),
+            "caption": row["caption"],
+            "class_word": row["class_word"],
+            "class_word_tokens": torch.tensor(row["class_word_tokens"], dtype=torch.int64),
+            "identity": row["identity"],
+            "image_id": row["image_id"],
+            "references": torch.stack([decode_image(ref["crop_image"], self.image_size) for ref in references]),
+            "reference_ids": [ref["image_id"] for ref in references],
+        }
+        return self.transform(item) if self.transform else item
+
+    def reference_rows(self, index: int) -> list[int]:
+        """Global rows of item `index`'s references: distinct groups other than the target's, seeded."""
+        index = range(len(self))[index]
+        target = int(self._targets[index])
+        start, count, _ = self._spans[self._span_of[target]]
+        rows = np.arange(start, start + count)
+        groups = self._group_of[rows]
+        others = [int(g) for g in np.unique(groups) if g != self._group_of[target]]
+        rng = random.Random(f"{self.seed}:{index}")  # str seeds hash the same in every process
+        chosen = rng.sample(others, rng.randint(self.num_refs[0], min(self.num_refs[1], len(others))))
+        return [int(rng.choice(rows[groups == group])) for group in chosen]
+
+    def _read_row(self, row: int) -> dict[str, Any]:
+        shard, local = int(self._shard_of[row]), int(self._row_of[row])
+        starts = self._row_group_starts[shard]
+        group = bisect_right(starts, local) - 1
+        values = self._row_group(shard, group).slice(local - starts[group], 1).to_pylist()[0]
+        if values["image_id"] != self._image_ids[row].as_py():  # rewritten since this dataset was built
+            raise RuntimeError(f"{self._shards[shard]} changed since the dataset was built; build it again")
+        return values
+
+    def _row_group(self, shard: int, group: int) -> pa.Table:
+        """One row group's item columns, from a small per-process LRU cache."""
+        key = (shard, group)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        with self._root.fs.open_input_file(self._root.path(self._shards[shard])) as handle:
+            table = pq.ParquetFile(handle).read_row_group(group, columns=ITEM_COLUMNS)
+        self._cache[key] = table
+        if len(self._cache) > self._cached_row_groups:
+            self._cache.popitem(last=False)
+        return table
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()  # workers read their own rows; don't ship image bytes to them
+        return state
+
+
+def decode_image(data: bytes, size: int | None) -> torch.Tensor:
+    """Encoded crop -> uint8 3xHxW RGB, resized to size x size (crops are square) when given."""
+    with Image.open(io.BytesIO(data)) as encoded:
+        if size:
+            encoded.draft("RGB", (size, size))  # JPEG decodes at 1/2..1/8 scale directly: much faster
+        image = encoded.convert("RGB")
+    if size:
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+def decode_mask(data: bytes, size: int | None) -> torch.Tensor:
+    """1-bit PNG mask -> bool HxW, resized with nearest neighbour (no grey edges) when size is given."""
+    with Image.open(io.BytesIO(data)) as encoded:
+        image = encoded.convert("L")
+    if size:
+        image = image.resize((size, size), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.array(image) > 127)  # 0 or 255 after convert("L")
+
+
+def collate_references(items: list[Item]) -> Item:
+    """Batch items whose reference counts differ (for `DataLoader(collate_fn=...)`).
+
+    `references` is zero-padded to the batch's largest K: Bx K_max x3xHxW, with `num_references`
+    (int64, B) saying how many are real (`arange(K_max) < num_references[:, None]` is the mask).
+    `class_word_tokens` is padded with -1 to BxT. Other tensors are stacked (same shapes); every
+    other value (strings, `reference_ids`) becomes a list of B values.
+    """
+    batch: Item = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if key == "references":
+            batch[key] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True)
+            batch["num_references"] = torch.tensor([len(value) for value in values], dtype=torch.int64)
+        elif key == "class_word_tokens":
+            batch[key] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=TOKEN_PAD)
+        elif isinstance(values[0], torch.Tensor):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch
