@@ -57,7 +57,8 @@ class Marker:
 def count_outcomes(table: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
     """Rows by status, and rows not kept by reason (the report's funnel)."""
     statuses = Counter(table["status"].to_pylist())
-    not_kept = [reason for status, reason in zip(table["status"].to_pylist(), table["reason"].to_pylist()) if status != OK]
+    outcomes = zip(table["status"].to_pylist(), table["reason"].to_pylist(), strict=True)
+    not_kept = [reason for status, reason in outcomes if status != OK]
     return dict(statuses), dict(Counter(reason or "unknown" for reason in not_kept))
 
 

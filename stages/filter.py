@@ -86,7 +86,7 @@ class FilterStage(Stage):
         if not candidates:
             return
         found = self.backend.analyze([np.asarray(c.image) for c in candidates])
-        for candidate, faces in zip(candidates, found):
+        for candidate, faces in zip(candidates, found, strict=True):
             candidate.verdict = self._judge(faces, candidate.scale, candidate.columns or {})
 
     def _judge(self, faces: list[Face], scale: float, columns: Row) -> Row:

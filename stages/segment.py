@@ -54,7 +54,7 @@ class SegmentStage(Stage):
             batch = rows.slice(start, size).to_pylist()
             images = [decode_rgb(row["crop_image"]) for row in batch]
             found = self.segmenter.segment(images, [prompt(row) for row in batch])
-            out.extend({**row, **self._judge(row, person)} for row, person in zip(batch, found))
+            out.extend({**row, **self._judge(row, person)} for row, person in zip(batch, found, strict=True))
         return self.to_table(out, rows.schema)
 
     def _judge(self, row: Row, person: PersonMask | None) -> Row:

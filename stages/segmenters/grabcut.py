@@ -74,7 +74,7 @@ class GrabCutSegmenter(Segmenter):
         self.iterations = iterations
 
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Prompt]) -> list[PersonMask | None]:
-        return [self._one(image, prompt) for image, prompt in zip(images, prompts)]
+        return [self._one(image, prompt) for image, prompt in zip(images, prompts, strict=True)]
 
     def _one(self, image: np.ndarray, prompt: Prompt) -> PersonMask | None:
         height, width = image.shape[:2]

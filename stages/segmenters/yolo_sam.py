@@ -76,12 +76,12 @@ class YoloSamSegmenter(Segmenter):
 
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Prompt]) -> list[PersonMask | None]:
         found = self.person_boxes(images)
-        picks = [pick_person(prompt.face, boxes) for prompt, boxes in zip(prompts, found)]
+        picks = [pick_person(prompt.face, boxes) for prompt, boxes in zip(prompts, found, strict=True)]
         todo = [k for k, pick in enumerate(picks) if pick is not None]
         boxes = [found[k][picks[k]] for k in todo]
         candidates = self.sam_masks([images[k] for k in todo], boxes, [prompts[k].others for k in todo])
         out: list[PersonMask | None] = [None] * len(images)
-        for k, box, (masks, scores) in zip(todo, boxes, candidates):
+        for k, box, (masks, scores) in zip(todo, boxes, candidates, strict=True):
             out[k] = PersonMask(masks[pick_mask(prompts[k].face, masks, scores)], tuple(float(v) for v in box))
         return out
 
@@ -101,7 +101,7 @@ class YoloSamSegmenter(Segmenter):
             return []
         import torch
 
-        batch = [self._prompt(*args) for args in zip(images, boxes, others)]
+        batch = [self._prompt(*args) for args in zip(images, boxes, others, strict=True)]
         with torch.inference_mode():
             outputs = self.sam(batch, multimask_output=True)
         return [(out["masks"][0].cpu().numpy(), out["iou_predictions"][0].float().cpu().numpy()) for out in outputs]
