@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run|status`. User mistakes print one line and exit 2."""
+"""Command line: `python -m pipeline run|status|report`. User mistakes print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="per stage: tasks done, rows kept and dropped by reason")
     _config_options(status)
+
+    report = commands.add_parser("report", help="write the QA report: DIR/report/index.html and summary.json")
+    _config_options(report)
+
+    generate = commands.add_parser("generate", help="PhotoMaker-style images of an identity, scored against its photos")
+    _config_options(generate)
+    from pipeline.generator.cli import add_arguments  # here: argparse only, no torch
+
+    add_arguments(generate)
     return parser
 
 
@@ -118,11 +127,33 @@ def command_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(args: argparse.Namespace) -> int:
+    from pipeline.report import index_uri, write_report
+
+    config, profile = _settings(args)
+    run = _run_dir(config, profile)
+    write_report(run)
+    print(index_uri(run))
+    return 0
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    from pipeline.generator.cli import overrides, request
+    from pipeline.generator.run import run_generate
+
+    args.overrides = [*args.overrides, *overrides(args)]
+    config, profile = _settings(args)
+    run = _run_dir(config, profile)
+    print(f"{run.uri}/{run_generate(config, run, request(args, config))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     check_contracts()
     args = build_parser().parse_args(argv)
     try:
-        return {"run": command_run, "status": command_status}[args.command](args)
+        return {"run": command_run, "status": command_status, "report": command_report,
+                "generate": command_generate}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -210,6 +210,26 @@ class ShardSection(Section):
     resources: Resources = Resources()
 
 
+class GenerateSection(Section):
+    """The PhotoMaker-style reference generator (`python -m pipeline generate`): a sanity check of the shards."""
+
+    base_model: Path | None = Field(None, description="SDXL in diffusers layout (a folder with model_index.json)")
+    adapter: Path | None = Field(None, description="PhotoMaker checkpoint: .bin or .safetensors (id_encoder + lora_weights)")
+    trigger_word: str = Field("img", pattern=r"^\w+$", description="written right after the class word in the prompt")
+    num_ref: int = Field(4, ge=1, le=16, description="reference photos per identity, sampled from its shard rows")
+    num_images: int = Field(1, ge=1, description="images generated; image k uses seed + k")
+    seed: int = 0
+    steps: int = Field(50, ge=1)
+    guidance: float = Field(5.0, ge=0, description="classifier-free guidance scale (<= 1 turns it off)")
+    start_merge_step: int = Field(10, ge=0, description="steps before it see the text-only prompt, later ones the ID prompt")
+    width: int = Field(1024, ge=8, description="px; a multiple of the VAE's scale factor")
+    height: int = Field(1024, ge=8)
+    negative_prompt: str = "worst quality, low quality, blurry, deformed face, cartoon, painting, sketch, text"
+    lora_scale: float = Field(1.0, ge=0, description="strength of the adapter's UNet LoRA")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: float16 on CUDA")
+
+
 class PipelineConfig(Section):
     run: RunSection = RunSection()
     crawl: CrawlSection = CrawlSection()
@@ -220,6 +240,7 @@ class PipelineConfig(Section):
     segment: SegmentSection = SegmentSection()
     caption: CaptionSection = CaptionSection()
     shard: ShardSection = ShardSection()
+    generate: GenerateSection = GenerateSection()
 
     def fingerprint(self, sections: tuple[str, ...], version: int) -> str:
         """Hash of the config sections a stage reads (scheduling resources excluded)."""

@@ -1,0 +1,72 @@
+"""PhotoMaker adapter files: one file holding the ID encoder's and the UNet LoRA's state dicts.
+
+Official files come as `.bin` (a torch pickle of `{"id_encoder": {...}, "lora_weights": {...}}`) or
+`.safetensors` (flat keys prefixed `id_encoder.` and `lora_weights.`). Pickles are read with
+`weights_only=True`, so a file cannot run code. The version is told from the ID encoder's keys: v2
+adds an ArcFace-token resampler (`qformer_perceiver.*`); everything else with a fuse module is v1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+
+PARTS = ("id_encoder", "lora_weights")
+V2_MARKER = "qformer_perceiver."  # the v2 resampler that turns ArcFace embeddings into tokens
+V1_MARKERS = ("visual_projection_2.weight", "fuse_module.mlp1.fc1.weight")
+ADAPTER_SOURCE = "TencentARC/PhotoMaker on Hugging Face (photomaker-v1.bin)"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    path: Path
+    version: str  # "v1" | "v2"
+    id_encoder: dict[str, torch.Tensor]
+    lora_weights: dict[str, torch.Tensor]
+
+
+def load_adapter(path: Path) -> Adapter:
+    """Read and classify an adapter file; anything that is not a PhotoMaker file is a UserError."""
+    if not path.is_file():
+        raise UserError(f"adapter file not found: {path}", f"download one, e.g. {ADAPTER_SOURCE}")
+    parts = split_parts(read_tensors(path), path)
+    return Adapter(path, detect_version(parts["id_encoder"], path), parts["id_encoder"], parts["lora_weights"])
+
+
+def read_tensors(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled code; a torn file fails the same way
+        raise UserError(f"cannot read {path} as plain tensors: {str(exc).splitlines()[0]}",
+                        "use the official PhotoMaker .bin or a .safetensors file") from exc
+
+
+def split_parts(data: dict, path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Nested (`data["id_encoder"]`) or flat prefixed (`id_encoder.<key>`) layouts, to nested."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for part in PARTS:
+        nested = data.get(part)
+        prefix = f"{part}."
+        flat = {key[len(prefix):]: value for key, value in data.items() if key.startswith(prefix)}
+        parts[part] = dict(nested) if isinstance(nested, dict) else flat
+        if not parts[part]:
+            raise UserError(f"{path} has no {part} weights: not a PhotoMaker adapter",
+                            f"pass a file holding id_encoder and lora_weights, e.g. {ADAPTER_SOURCE}")
+    return parts
+
+
+def detect_version(id_encoder: dict[str, torch.Tensor], path: Path) -> str:
+    if any(key.startswith(V2_MARKER) for key in id_encoder):
+        return "v2"
+    if all(key in id_encoder for key in V1_MARKERS):
+        return "v1"
+    raise UserError(f"{path}: the id_encoder weights match neither PhotoMaker v1 nor v2",
+                    f"pass an official PhotoMaker file, e.g. {ADAPTER_SOURCE}")

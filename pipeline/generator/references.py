@@ -1,0 +1,70 @@
+"""Reference photos from the shards: an identity's rows, a sample of distinct photos, its centroid."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.compute as pc
+
+from pipeline.errors import UserError
+from pipeline.rundir import RunDir
+from pipeline.shards import INDEX
+
+COLUMNS = ["identity", "image_id", "crop_image", "faces", "target_face", "class_word", "dup_group", "face_backend"]
+
+
+@dataclass(frozen=True)
+class Reference:
+    identity: str
+    image_id: str
+    dup_group: str | None
+    crop_image: bytes  # the square crop, encoded
+    embedding: np.ndarray  # the target face's L2-normalised embedding (shard's face backend)
+
+
+@dataclass(frozen=True)
+class IdentityRows:
+    identity: str
+    class_word: str
+    face_backend: str
+    references: list[Reference]  # every row of the identity
+
+    def centroid(self) -> np.ndarray:
+        mean = np.mean([ref.embedding for ref in self.references], axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def load_identity(run: RunDir, identity: str) -> IdentityRows:
+    if not run.exists(INDEX):
+        raise UserError(f"no shards in {run.uri}", "run the pipeline first: python -m pipeline run --stage all")
+    index = [row for row in run.read_table(INDEX).to_pylist() if row["identity"] == identity]
+    if not index:
+        raise UserError(f"identity {identity!r} is not in the shards of {run.uri}", "see shards/_index.parquet")
+    entry = index[0]
+    table = run.read_table(f"shards/{entry['shard']}").select(COLUMNS).slice(entry["row_start"], entry["num_rows"])
+    table = table.filter(pc.equal(table["identity"], identity))
+    rows = table.to_pylist()
+    refs = [Reference(identity, r["image_id"], r["dup_group"], r["crop_image"], _target_embedding(r)) for r in rows]
+    return IdentityRows(identity, rows[0]["class_word"], rows[0]["face_backend"], refs)
+
+
+def _target_embedding(row: dict) -> np.ndarray:
+    vector = np.asarray(row["faces"][row["target_face"]]["embedding"], dtype=np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+def sample_references(rows: IdentityRows, count: int, rng: random.Random) -> list[Reference]:
+    """`count` photos, one per near-duplicate group while groups last (copies add no new view of the face)."""
+    if count > len(rows.references):
+        raise UserError(f"identity {rows.identity!r} has {len(rows.references)} photos, {count} references asked",
+                        f"pass --num-ref {len(rows.references)} or fewer")
+    shuffled = rng.sample(rows.references, len(rows.references))
+    seen: set[str] = set()
+    distinct, copies = [], []
+    for ref in shuffled:
+        group = ref.dup_group or ref.image_id
+        (copies if group in seen else distinct).append(ref)
+        seen.add(group)
+    return (distinct + copies)[:count]

@@ -1,0 +1,54 @@
+"""Writes the report's PNG figures and says, for each missing one, which stage it waits for."""
+
+from __future__ import annotations
+
+from pipeline.report.data import Gathered
+from pipeline.report.plots import funnel_png, histogram_png, words_png
+from pipeline.report.state import RunState
+from pipeline.rundir import RunDir
+
+Figure = tuple[str, str | None, str]  # title, path relative to report/ (None: not drawn), note
+
+NEEDS = {"short_side": "filter", "face_size": "filter", "sim_to_centroid": "verify", "mask_area": "segment",
+         "caption_words": "caption", "class_words": "caption"}
+NOTES = {"face_size": "only faces that reach filter.min_face_size are stored, so the histogram starts there"}
+
+
+def verify_threshold(state: RunState, gathered: Gathered) -> float | None:
+    """The threshold verify applied: the run's config, nulls filled by the rows' face backend."""
+    backends = gathered.face_backends or {state.config.face.backend}
+    if len(backends) != 1:
+        return None
+    try:
+        return state.config.verify.resolved(next(iter(backends)))["threshold"]
+    except ValueError:  # a backend without defaults and no explicit threshold
+        return None
+
+
+def write_figures(run: RunDir, state: RunState, gathered: Gathered, threshold: float | None) -> list[Figure]:
+    run.write_bytes("report/funnel.png", funnel_png([stage.counts for stage in state.stages]))
+    lines = {
+        "short_side": (state.config.filter.min_short_side, "filter.min_short_side"),
+        "face_size": (state.config.filter.min_face_size, "filter.min_face_size"),
+        "sim_to_centroid": (threshold, "verify.threshold"),
+    }
+    pngs = {
+        name: None if hist.empty else histogram_png(hist, *lines.get(name, (None, "")))
+        for name, hist in gathered.dists.hists.items()
+    }
+    words = gathered.dists.class_words
+    pngs["class_words"] = words_png(words) if words else None
+    titles = {name: hist.title for name, hist in gathered.dists.hists.items()} | {"class_words": "Class words"}
+    ran = {stage.name for stage in state.stages if stage.kept}
+    return [_write(run, name, titles[name], png, NEEDS[name] in ran) for name, png in pngs.items()]
+
+
+def _write(run: RunDir, name: str, title: str, png: bytes | None, stage_ran: bool) -> Figure:
+    """Writes a figure, or removes an older one that no longer has data (a re-run emptied it)."""
+    path = f"{name}.png"
+    if png is None:
+        run.delete(f"report/{path}")
+        why = "it measured nothing" if stage_ran else "it has not run yet"
+        return title, None, f"no data: needs {NEEDS[name]}, and {why}"
+    run.write_bytes(f"report/{path}", png)
+    return title, path, NOTES.get(name, "")
