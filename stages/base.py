@@ -29,11 +29,6 @@ def drop(reason: str, detail: str | None = None, **columns: Any) -> Row:
     return {"status": DROPPED, "reason": reason, "detail": detail, **columns}
 
 
-def fail(reason: str, detail: str | None = None, **columns: Any) -> Row:
-    """A transient failure: `--retry-failed` runs the row again."""
-    return {"status": FAILED, "reason": reason, "detail": detail, **columns}
-
-
 class Stage(ABC):
     name: ClassVar[str]
     sections: ClassVar[tuple[str, ...]]  # config sections the stage reads: its fingerprint

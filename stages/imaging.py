@@ -65,17 +65,6 @@ def probe(data: bytes, max_pixels: int) -> ImageHeader:
         return ImageHeader(image.format or "UNKNOWN", width, height, orientation)
 
 
-def check_decodes(data: bytes, max_pixels: int) -> None:
-    """Decode fully (at reduced scale where the codec allows) to catch truncated or corrupt files."""
-    probe(data, max_pixels)
-    with _open(data) as image:
-        try:
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-        except Exception as exc:
-            raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
-
-
 def decode_upright(data: bytes, max_pixels: int, at_least: int | None = None) -> Image.Image:
     """Full decode in RGB whatever the source mode (CMYK, 16-bit, palette, alpha), EXIF applied.
 
