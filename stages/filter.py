@@ -44,7 +44,9 @@ class FilterStage(Stage):
         try:
             open_backend(config.face, device="cpu")
         except ModelNotFound as missing:
-            raise UserError(f"face model for face.backend={config.face.backend}: {missing}", missing.fix) from missing
+            where = ", ".join(missing.looked_in)
+            problem = f"face.backend={config.face.backend}: {missing.missing} not found (looked in {where})"
+            raise UserError(problem, missing.fix) from missing
 
     def setup(self) -> None:
         self.backend = open_backend(self.config.face)
