@@ -1,0 +1,99 @@
+"""Download: the crawl stage (source=urls) vs img2dataset on the same URL list from 127.0.0.1.
+
+Both download the same N small JPEGs from one loopback server with the same parallelism: our crawl
+as `workers` actors with `threads` downloads in flight each (per-host limit raised to match, since
+every URL is on one host), img2dataset as `workers` processes with `threads` threads each, images
+kept as they are (no resizing: our crawl stores raw bytes). Rates are images per second of the
+download phase: ours from the stage's start (actor start-up included), img2dataset's from its own
+shard stats (first start to last end, process spawn excluded), so the comparison does not flatter us.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.common import Figure
+from pipeline.config import load_config, resolve_profile
+from pipeline.driver import connect, execute
+from pipeline.names import Identity
+from pipeline.rundir import RunDir
+from pipeline.runner import plan_stage
+from stages.crawl import CrawlStage
+from tests.http_server import serving
+
+I2D_VENV = Path("/tmp/i2d-venv")
+PER_NAME = 50  # images per identity (one crawl task)
+
+
+def write_jpegs(folder: Path, count: int, side: int = 128) -> list[str]:
+    """Distinct small JPEGs (random noise over a gradient: no two share bytes)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    base = np.linspace(0, 200, side, dtype=np.float32)[None, :, None]
+    names = []
+    for i in range(count):
+        pixels = np.clip(base + rng.normal(0, 25, (side, side, 3)), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=85)
+        names.append(f"{i:05d}.jpg")
+        (folder / names[-1]).write_bytes(buffer.getvalue())
+    return names
+
+
+def ours(root: Path, urls_file: Path, names: list[str], workers: int, threads: int) -> tuple[int, float]:
+    overrides = ["crawl.source=urls", f"crawl.urls_file={urls_file}", "crawl.allow_private_addresses=true",
+                 f"crawl.max_per_name={PER_NAME}", f"crawl.resources.concurrency={workers}",
+                 f"crawl.download.max_concurrency={threads}", f"crawl.download.per_host_concurrency={threads}"]
+    config = load_config(resolve_profile("cpu"), overrides)
+    run = RunDir(str(root / "ours"))
+    people = [Identity(name, name) for name in names]
+    connect(None)
+    started = time.perf_counter()
+    counts = execute(CrawlStage, None, config, run, plan_stage(CrawlStage, None, config, run, people))
+    return counts.statuses.get("ok", 0), time.perf_counter() - started
+
+
+def img2dataset(root: Path, urls: list[str], workers: int, threads: int) -> dict:
+    """img2dataset in its own venv, as a separate process; its shard stats give the download span."""
+    binary = I2D_VENV / "bin" / "img2dataset"
+    if not binary.exists():
+        return {"error": f"{binary} missing: python -m venv {I2D_VENV} && {I2D_VENV}/bin/pip install img2dataset"}
+    url_list, out = root / "i2d_urls.txt", root / "i2d"
+    shard = -(-len(urls) // workers)  # one shard per process: its per-shard set-up costs least
+    url_list.write_text("\n".join(urls) + "\n")
+    command = [str(binary), f"--url_list={url_list}", f"--output_folder={out}", "--output_format=files",
+               "--resize_mode=no", "--disable_all_reencoding=True", f"--processes_count={workers}",
+               f"--thread_count={threads}", f"--number_sample_per_shard={shard}", "--timeout=10"]
+    started = time.perf_counter()
+    env = {"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": "/usr/bin:/bin"}  # its venv only, no update check
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    wall = time.perf_counter() - started
+    stats = [json.loads(path.read_text()) for path in out.glob("*_stats.json")]
+    if done.returncode or not stats:
+        return {"error": f"exit {done.returncode}: {done.stderr[-1500:]}"}
+    span = max(s["end_time"] for s in stats) - min(s["start_time"] for s in stats)
+    return {"ok": sum(s["successes"] for s in stats), "seconds": span, "wall_seconds": wall}
+
+
+def bench_download(root: Path, count: int, workers: int = 2, threads: int = 16) -> Figure:
+    names = [f"host_{i:03d}" for i in range((count + PER_NAME - 1) // PER_NAME)]
+    files = write_jpegs(root / "jpegs", count)
+    with serving(root / "jpegs") as server:
+        urls = [server.url(f"/img/{name}") for name in files]
+        urls_file = root / "urls.tsv"
+        urls_file.write_text("".join(f"{names[i // PER_NAME]}\t{url}\n" for i, url in enumerate(urls)))
+        peer = img2dataset(root, urls, workers, threads)
+        ok, seconds = ours(root, urls_file, names, workers, threads)
+    context = {"images": count, "workers": workers, "threads_per_worker": threads, "ours_ok": ok,
+               "ours_seconds": round(seconds, 2), "ours_images_per_s": round(ok / seconds, 1), "img2dataset": peer}
+    if "error" in peer:
+        return Figure("download: ours / img2dataset images/s", None, 1.0, ">=", context=context)
+    peer["images_per_s"] = round(peer["ok"] / peer["seconds"], 1)
+    return Figure("download: ours / img2dataset images/s", (ok / seconds) / peer["images_per_s"], 1.0, ">=", context=context)
