@@ -15,9 +15,24 @@ from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from pipeline.schema import NAMES, PROVENANCE, extend
 from stages.filter import FilterStage
+from stages.imaging import decode_upright
 from tests.conftest import image_bytes
 from tests.local_tree import png_declaring, rotated_jpeg
 from tests.tiny_onnx import write_pack
+
+
+def animated_webp() -> bytes:
+    frames = [Image.new("RGB", (700, 700), (shade, shade, shade)) for shade in (40, 120, 200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    return buffer.getvalue()
+
+
+def png_16_bit() -> bytes:
+    """A real 16-bit greyscale PNG: the full 0..65535 range, which must not clip to black or white."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.linspace(0, 65535, 700 * 700).reshape(700, 700).astype(np.uint16)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def filter_many(tmp_path, blobs: list[bytes], *overrides: str) -> list[dict]:
@@ -51,8 +66,14 @@ def filter_one(tmp_path, data: bytes, *overrides: str) -> dict:
         (image_bytes((700, 700), fmt="PNG", mode="LA"), "dropped", "no_face"),
         (image_bytes((700, 700), fmt="WEBP", mode="RGBA"), "dropped", "no_face"),
         (image_bytes((700, 700), fmt="GIF", save_all=True), "dropped", "no_face"),
+        (image_bytes((1, 1)), "dropped", "low_resolution"),
+        (image_bytes((10000, 50), fmt="PNG"), "dropped", "low_resolution"),
+        (animated_webp(), "dropped", "no_face"),
+        (png_16_bit(), "dropped", "no_face"),
+        (image_bytes((700, 700), icc_profile=b"not a colour profile"), "dropped", "no_face"),
     ],
-    ids=["faceless", "low", "panorama", "bomb", "truncated", "cmyk", "palette", "la", "webp", "gif"],
+    ids=["faceless", "low", "panorama", "bomb", "truncated", "cmyk", "palette", "la", "webp", "gif",
+         "1x1", "10000x50", "animated-webp", "16bit", "broken-icc"],
 )
 def test_outcomes(tmp_path, data: bytes, status: str, reason: str | None) -> None:
     """Every colour mode decodes and reaches the detector (`no_face` on a gradient)."""
@@ -135,3 +156,8 @@ def test_a_missing_insightface_pack_is_a_user_error(tmp_path) -> None:
     with pytest.raises(UserError, match="buffalo_l") as error:
         FilterStage.preflight(config)
     assert str(tmp_path) in str(error.value)
+
+
+def test_sixteen_bit_greys_keep_their_range_when_decoded() -> None:
+    image = decode_upright(png_16_bit(), max_pixels=10**8)
+    assert image.mode == "RGB" and image.getextrema()[0] == (0, 255)
