@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.registry import STAGE_NAMES
 from tests.conftest import REPO, cpu_run_args, run_cli, stage_rows
 
 IDENTITIES = 12  # enough tasks, run one at a time, to land a kill in the middle of a stage
@@ -36,7 +37,7 @@ def tree(tmp_path_factory, faces) -> dict:
 
 
 def args(tree: dict, out: Path) -> list[str]:
-    one_task_at_a_time = [f"--set={stage}.resources.concurrency=1" for stage in ("crawl", "filter")]
+    one_task_at_a_time = [f"--set={stage}.resources.concurrency=1" for stage in ("crawl", "filter", "segment")]
     return cpu_run_args(tree["root"] / "names.txt", out, tree["root"] / "photos", *one_task_at_a_time)
 
 
@@ -70,11 +71,11 @@ def reference(tree, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["crawl", "filter"])
+@pytest.mark.parametrize("stage", ["crawl", "filter", "segment"])
 def test_killed_stage_resumes_without_loss_or_duplicates(tree, reference, tmp_path, stage: str) -> None:
     out = tmp_path / "run"
-    if stage == "filter":
-        assert run_cli("run", "--stage", "crawl", *args(tree, out)).returncode == 0
+    for upstream in STAGE_NAMES[: STAGE_NAMES.index(stage)]:
+        assert run_cli("run", "--stage", upstream, *args(tree, out)).returncode == 0
     finished_at_kill = kill_mid_stage(tree, out, stage)
     assert 3 <= finished_at_kill < IDENTITIES, "the kill must land mid-stage"
     for part in (out / "stages" / stage).glob("part-*.parquet"):
@@ -86,7 +87,7 @@ def test_killed_stage_resumes_without_loss_or_duplicates(tree, reference, tmp_pa
     skipped = int(re.search(r"\+(\d+) done", line).group(1))
     # workers may still finish a task while the kill lands; none of the finished ones is redone
     assert finished_at_kill <= skipped < IDENTITIES, line
-    for name in ("crawl", "filter"):
+    for name in STAGE_NAMES[:-1]:  # every per-identity stage; the shards follow from them
         assert image_ids(out, name) == image_ids(reference, name)
     leftovers = [path for path in (out / "stages").rglob("*") if ".tmp-" in path.name]
     assert leftovers == []
