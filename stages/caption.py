@@ -9,14 +9,13 @@ Nothing is dropped for its caption: several people and a gender model's disagree
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
@@ -27,6 +26,7 @@ from stages.captioners import Estimate, ModelNotFound, check_captioner, check_es
 from stages.captioners.template import SOURCE as TEMPLATE
 from stages.captioners.template import template_caption
 from stages.clip_tokens import clip_tokenizer, token_positions
+from stages.crop import decode_crop, target_crop_box
 
 
 @dataclass
@@ -40,15 +40,6 @@ class Draft:
     span: tuple[int, int] | None = None
     source: str | None = None
     verdict: Row | None = None  # a drop (an unreadable crop)
-
-
-def decode_rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.array(image.convert("RGB"))  # writable: torch warns about read-only arrays
-
-
-def target_box(row: Row) -> list[float]:
-    return row["crop_faces"][row["target_face"]]["box"]
 
 
 class CaptionStage(Stage):
@@ -92,7 +83,7 @@ class CaptionStage(Stage):
             batch, images = [], []
             for draft in drafts[start : start + size]:
                 try:
-                    images.append(decode_rgb(draft.row["crop_image"]))
+                    images.append(decode_crop(draft.row["crop_image"]))
                     batch.append(draft)
                 except (OSError, UnidentifiedImageError) as exc:
                     draft.verdict = drop("crop_unreadable", f"{type(exc).__name__}: {exc}")
@@ -104,7 +95,7 @@ class CaptionStage(Stage):
                 for draft, text in zip(batch, self.captioner.caption(images), strict=True):
                     draft.raw = text
             if self.estimator:
-                found = self.estimator.estimate(images, [target_box(d.row) for d in batch])
+                found = self.estimator.estimate(images, [target_crop_box(d.row) for d in batch])
                 for draft, estimate in zip(batch, found, strict=True):
                     draft.estimate = estimate
 

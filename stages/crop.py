@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from pipeline.config import CropSection
@@ -121,3 +122,14 @@ class CropStage(RowStage):
     def _mapped(self, face: Row, square: Square) -> Row:
         size = self.config.crop.size
         return {"box": square.to_crop(face["box"], size), "landmarks": square.to_crop(face["landmarks"], size)}
+
+
+def decode_crop(data: bytes) -> np.ndarray:
+    """A stored crop as an HxWx3 uint8 RGB array (writable: torch warns about read-only arrays)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image.convert("RGB"))
+
+
+def target_crop_box(row: Row) -> list[float]:
+    """The target face's box in crop pixels."""
+    return row["crop_faces"][row["target_face"]]["box"]

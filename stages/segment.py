@@ -8,16 +8,14 @@ the crop's size; padding a crop got at the image border is never part of the per
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
-from PIL import Image
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.schema import MASK
 from stages.base import Row, Stage, drop, keep
+from stages.crop import decode_crop, target_crop_box
 from stages.segmenters import (
     ModelNotFound,
     PersonMask,
@@ -52,7 +50,7 @@ class SegmentStage(Stage):
         size = self.resources(self.config).batch_size
         for start in range(0, rows.num_rows, size):  # bounded memory: one batch of decoded crops at a time
             batch = rows.slice(start, size).to_pylist()
-            images = [decode_rgb(row["crop_image"]) for row in batch]
+            images = [decode_crop(row["crop_image"]) for row in batch]
             found = self.segmenter.segment(images, [prompt(row) for row in batch])
             out.extend({**row, **self._judge(row, person)} for row, person in zip(batch, found, strict=True))
         return self.to_table(out, rows.schema)
@@ -62,7 +60,7 @@ class SegmentStage(Stage):
         if person is None:
             return drop("no_person_mask", f"{source}: no person found around the target face", mask_source=source)
         mask = person.mask & source_region(row)
-        coverage = face_coverage(mask, target_box(row))
+        coverage = face_coverage(mask, target_crop_box(row))
         evidence = {
             "mask": encode_mask(mask),
             "mask_source": source,
@@ -76,15 +74,6 @@ class SegmentStage(Stage):
         if coverage < least:
             return drop("no_person_mask", f"mask covers {coverage:.0%} of the face box (< {least:.0%})", **evidence)
         return keep(**evidence)
-
-
-def decode_rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def target_box(row: Row) -> list[float]:
-    return row["crop_faces"][row["target_face"]]["box"]
 
 
 def prompt(row: Row) -> Prompt:
