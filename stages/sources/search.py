@@ -119,9 +119,12 @@ def _flickr_classes() -> tuple[type, type]:
     return FlickrFeeder, FlickrParser
 
 
+FLICKR_PHOTO_PAGE = "https://www.flickr.com/photos/{owner}/{id}"  # a photo's public page (provenance)
+
+
 def _flickr_provenance(parser: Any, page: bytes, task: dict[str, Any]) -> Provenance:
     photo = task.get("meta") or {}
-    page_url = f"https://www.flickr.com/photos/{photo['owner']}/{photo['id']}" if "owner" in photo else None
+    page_url = FLICKR_PHOTO_PAGE.format(owner=photo["owner"], id=photo["id"]) if "owner" in photo else None
     return page_url, (f"flickr-license-{photo['license']}" if "license" in photo else None)
 
 
