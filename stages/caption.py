@@ -18,7 +18,6 @@ import pyarrow as pa
 from PIL import UnidentifiedImageError
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
 from pipeline.schema import CAPTION
 from stages import class_words as cw
 from stages.base import Row, Stage, drop, keep
@@ -55,8 +54,8 @@ class CaptionStage(Stage):
             check_captioner(settings)
             check_estimator(config)
         except ModelNotFound as missing:
-            raise UserError(f"caption (backend={settings.backend}, gender_model={settings.gender_model}): {missing}",
-                            missing.fix) from missing
+            context = f"caption.backend={settings.backend}, gender_model={settings.gender_model}"
+            raise missing.user_error(context) from missing
 
     def setup(self) -> None:
         self.captioner = load_captioner(self.config.caption)

@@ -15,7 +15,6 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
 from pipeline.schema import FACE_EVIDENCE, IMAGE_SIZE
 from stages.base import Row, Stage, drop, keep
 from stages.faces import Face, ModelNotFound, open_backend
@@ -44,9 +43,7 @@ class FilterStage(Stage):
         try:
             open_backend(config.face, device="cpu")
         except ModelNotFound as missing:
-            where = ", ".join(missing.looked_in)
-            problem = f"face.backend={config.face.backend}: {missing.missing} not found (looked in {where})"
-            raise UserError(problem, missing.fix) from missing
+            raise missing.user_error(f"face.backend={config.face.backend}") from missing
 
     def setup(self) -> None:
         self.backend = open_backend(self.config.face)
@@ -77,7 +74,8 @@ class FilterStage(Stage):
             candidate.verdict = drop("extreme_aspect_ratio", f"{header.width}x{header.height}", **size)
         else:
             try:
-                candidate.image, candidate.scale = decode_for_detection(data, settings.max_pixels, self.config.face.max_side)
+                detection = decode_for_detection(data, settings.max_pixels, self.config.face.max_side)
+                candidate.image, candidate.scale = detection
             except ImageRejected as rejected:
                 candidate.verdict = drop(rejected.reason, rejected.detail, **size)
                 return candidate
@@ -92,14 +90,16 @@ class FilterStage(Stage):
             candidate.verdict = self._judge(faces, candidate.scale, candidate.columns or {})
 
     def _judge(self, faces: list[Face], scale: float, columns: Row) -> Row:
-        evidence = {**columns, "num_detected": len(faces), "face_backend": self.backend.name, "face_models": self.models}
+        evidence = {**columns, "num_detected": len(faces), "face_backend": self.backend.name,
+                    "face_models": self.models}
         if not faces:
             return drop("no_face", "the detector found no face", **evidence)
         records = [face_record(face, scale) for face in faces]
         large = [record for record in records if box_side(record["box"]) >= self.config.filter.min_face_size]
         if not large:
             biggest = max(box_side(record["box"]) for record in records)
-            return drop("face_too_small", f"largest face {biggest:.0f} px < {self.config.filter.min_face_size}", **evidence)
+            detail = f"largest face {biggest:.0f} px < {self.config.filter.min_face_size}"
+            return drop("face_too_small", detail, **evidence)
         return keep(**evidence, faces=large)
 
 

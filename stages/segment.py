@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
 from pipeline.schema import MASK
 from stages.base import Row, Stage, drop, keep
 from stages.crop import decode_crop, target_crop_box
@@ -38,9 +37,7 @@ class SegmentStage(Stage):
         try:
             check_backend(config.segment)
         except ModelNotFound as missing:
-            where = ", ".join(missing.looked_in)
-            problem = f"segment.backend={config.segment.backend} needs {missing.missing}, not found in {where}"
-            raise UserError(problem, missing.fix) from missing
+            raise missing.user_error(f"segment.backend={config.segment.backend}") from missing
 
     def setup(self) -> None:
         self.segmenter = load_segmenter(self.config.segment)
