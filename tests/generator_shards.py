@@ -1,8 +1,10 @@
 """A minimal shards directory of real face crops, as the shard stage writes it, without running the pipeline.
 
-Real photos from ../shared are cropped square around their largest face (dlib HOG), and the crop
-is detected and embedded again with dlib, so `faces` / `target_face` describe the crop the way
-the generator reads them. Only the columns the generator reads are written, with the shard schema's types.
+Real photos from ../shared are cropped square around their largest face, and the crop is detected
+and embedded again, so `faces` / `target_face` describe the crop the way the generator reads them.
+The backend is dlib (HOG, 128-d) unless another is given, e.g. insightface on a tiny random pack
+for rows with 512-d ArcFace-shaped embeddings. Only the columns the generator reads are written,
+with the shard schema's types.
 """
 
 from __future__ import annotations
@@ -57,13 +59,14 @@ def crop_row(backend: FaceBackend, identity: str, class_word: str, photo: Path) 
         "faces": [{"box": list(f.box), "landmarks": f.landmarks.reshape(-1).tolist(), "score": f.score,
                    "embedding": f.embedding.tolist()} for f in found],
         "target_face": target, "class_word": class_word, "dup_group": hashlib.sha256(data).hexdigest()[:16],
-        "face_backend": "dlib",
+        "face_backend": backend.name,
     }
 
 
-def write_shards(out: Path, faces: dict, people: dict[str, str], per_identity: int = 4) -> Path:
+def write_shards(out: Path, faces: dict, people: dict[str, str], per_identity: int = 4,
+                 backend: FaceBackend | None = None) -> Path:
     """`out/shards/` holding `per_identity` crops of each identity (slug -> class word), and its index."""
-    backend = load_face_backend("dlib", upsample=0)
+    backend = backend or load_face_backend("dlib", upsample=0)
     rows, index = [], []
     for identity, class_word in people.items():
         found = [row for photo in faces["identities"][identity]

@@ -1,7 +1,8 @@
-"""The reference generator on a tiny random SDXL + PhotoMaker v1 adapter saved in the real layouts.
+"""The reference generator on a tiny random SDXL + PhotoMaker v1 and v2 adapters saved in the real layouts.
 
 Plumbing only (token positions, embeddings the UNet sees, file formats, records): never quality,
-the weights are random. The face scores use the real dlib models on real crops.
+the weights are random. The face scores use the real dlib models on real crops; v2 runs on shards
+embedded by insightface's code on a tiny random pack (512-d vectors, like ArcFace's).
 """
 
 from __future__ import annotations
@@ -21,19 +22,26 @@ from pipeline.config import load_config, resolve_profile
 from pipeline.errors import UserError
 from pipeline.generator import checkpoint
 from pipeline.generator import pipeline as gp
+from pipeline.generator import run as generator_run
 from pipeline.generator.cli import Request
+from pipeline.generator.id_encoder import IDEncoder
+from pipeline.generator.id_encoder_v2 import IDEncoderV2
 from pipeline.generator.prompt import add_trigger, id_tokens, parse_prompt
 from pipeline.generator.references import IdentityRows, Reference, load_identity, sample_references
 from pipeline.generator.run import run_generate, stack
 from pipeline.generator.score import open_scorer, score_images
 from pipeline.rundir import RunDir
 from stages.clip_tokens import clip_tokenizer
+from stages.faces import load_face_backend
 from tests import tiny_sdxl
 from tests.conftest import run_cli
 from tests.generator_shards import write_shards
+from tests.tiny_onnx import write_pack
 
 PEOPLE = {"angelina_jolie": "woman", "mark_zuckerberg": "man"}
 TINY = {"width": 32, "height": 32, "steps": 4, "start_merge_step": 2}
+TOKENS = {"v1": 1, "v2": 2}  # ID tokens per reference
+DET_SIZE = 128  # the tiny insightface pack's detector input: small, so firing everywhere stays cheap
 
 
 @pytest.fixture(autouse=True)
@@ -48,12 +56,15 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    encoder, lora = tiny_sdxl.id_encoder_state(), tiny_sdxl.lora_state()
+    encoder, encoder_v2, lora = tiny_sdxl.id_encoder_state(), tiny_sdxl.id_encoder_v2_state(), tiny_sdxl.lora_state()
     return {
         "base": tiny_sdxl.save_base_model(root / "sdxl"),
         "v1_bin": tiny_sdxl.save_adapter(root / "photomaker-v1.bin", encoder, lora),
         "v1_st": tiny_sdxl.save_adapter(root / "photomaker-v1.safetensors", encoder, lora),
-        "v2_st": tiny_sdxl.save_adapter(root / "photomaker-v2.safetensors", tiny_sdxl.v2_like(encoder), lora),
+        "v2_bin": tiny_sdxl.save_adapter(root / "photomaker-v2.bin", encoder_v2, lora),
+        "v2_st": tiny_sdxl.save_adapter(root / "photomaker-v2.safetensors", encoder_v2, lora),
+        "v2_partial": tiny_sdxl.save_adapter(root / "partial-v2.safetensors", tiny_sdxl.partial_v2(encoder), lora),
+        "arcface_pack": write_pack(root / "insightface-pack", score_bias=20.0),  # finds "faces" everywhere
     }
 
 
@@ -63,9 +74,29 @@ def run_dir(tmp_path_factory, faces) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gen(models) -> gp.Generator:
+def arcface_run_dir(tmp_path_factory, faces, models) -> Path:
+    backend = load_face_backend("insightface", model=str(models["arcface_pack"]), device="cpu", det_size=DET_SIZE)
+    return write_shards(tmp_path_factory.mktemp("arcface-run"), faces, PEOPLE, backend=backend)
+
+
+@pytest.fixture(scope="module")
+def gens(models) -> dict[str, gp.Generator]:
+    """A generator per adapter version, both on the same tiny SDXL."""
     settings = load_config(resolve_profile("cpu")).generate
-    return gp.load_generator(models["base"], checkpoint.load_adapter(models["v1_st"]), settings)
+    adapters = {version: checkpoint.load_adapter(models[f"{version}_st"]) for version in TOKENS}
+    return {version: gp.load_generator(models["base"], adapter, checkpoint.build_encoder(adapter), settings)
+            for version, adapter in adapters.items()}
+
+
+@pytest.fixture(scope="module")
+def gen(gens) -> gp.Generator:
+    return gens["v1"]
+
+
+@pytest.fixture(scope="module")
+def shard_runs(run_dir: Path, arcface_run_dir: Path) -> dict[str, RunDir]:
+    """The shards each version runs on: v1 reads only the crops (dlib rows), v2 also their ArcFace embeddings."""
+    return {"v1": RunDir(str(run_dir)), "v2": RunDir(str(arcface_run_dir))}
 
 
 def tiny_settings(**changes):
@@ -102,21 +133,30 @@ def test_a_valid_prompt_gives_its_class_word_and_text_only_form() -> None:
     assert (parsed.class_word, parsed.text_only) == ("man", "portrait of a Gentleman in a suit")
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("refs", [1, 3])
-def test_exactly_the_class_word_rows_are_replaced_one_per_reference(gen, run_dir: Path, refs: int) -> None:
-    crops = [ref.crop_image for ref in load_identity(RunDir(str(run_dir)), "mark_zuckerberg").references[:refs]]
-    cond = gp.condition(gen, "a photo of a man img, smiling", gp.image_embeddings(gen, crops))
-    tokens = [id_tokens(tok, "a photo of a man img, smiling", "img", refs) for tok in (gen.pipe.tokenizer, gen.pipe.tokenizer_2)]
+def test_exactly_the_class_word_rows_are_replaced_one_per_id_token(gens, shard_runs, version: str, refs: int) -> None:
+    """v1: one class-word copy per reference; v2: two, filled slot by slot (reference 0's tokens, then 1's...)."""
+    gen, prompt, copies = gens[version], "a photo of a man img, smiling", TOKENS[version] * refs
+    id_embeds = gp.image_embeddings(gen, load_identity(shard_runs[version], "mark_zuckerberg").references[:refs])
+    cond = gp.condition(gen, prompt, id_embeds)
+    tokens = [id_tokens(tok, prompt, "img", copies) for tok in (gen.pipe.tokenizer, gen.pipe.tokenizer_2)]
     unfused, pooled = gp.encode_ids(gen, [t.ids for t in tokens])
     changed = (cond.with_id[0] != unfused).any(dim=-1)[0].nonzero().flatten().tolist()
-    assert changed == cond.positions == list(range(5, 5 + refs))
+    assert id_embeds.shape == (refs, TOKENS[version], sum(tiny_sdxl.WIDTHS))
+    assert changed == cond.positions == list(range(5, 5 + copies))
+    expected = gen.id_encoder.fuse_module(unfused[0, cond.positions], id_embeds.reshape(copies, -1))
+    assert torch.allclose(cond.with_id[0][0, cond.positions], expected, atol=1e-6)
     assert torch.equal(cond.with_id[1], pooled)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("guidance", [5.0, 1.0])
-def test_the_unet_sees_the_text_only_prompt_before_the_merge_step(gen, run_dir: Path, guidance: float) -> None:
-    crops = [ref.crop_image for ref in load_identity(RunDir(str(run_dir)), "angelina_jolie").references[:2]]
-    cond = gp.condition(gen, "a close-up of a woman img", gp.image_embeddings(gen, crops))
+def test_the_unet_sees_the_text_only_prompt_before_the_merge_step(gens, shard_runs, version: str,
+                                                                   guidance: float) -> None:
+    gen = gens[version]
+    refs = load_identity(shard_runs[version], "angelina_jolie").references[:2]
+    cond = gp.condition(gen, "a close-up of a woman img", gp.image_embeddings(gen, refs))
     seen = []
     hook = gen.pipe.unet.register_forward_pre_hook(
         lambda _, args, kwargs: seen.append((kwargs["encoder_hidden_states"], kwargs["added_cond_kwargs"]["text_embeds"])),
@@ -133,10 +173,48 @@ def test_the_unet_sees_the_text_only_prompt_before_the_merge_step(gen, run_dir: 
         assert embeds.shape[0] == (2 if guidance > 1 else 1) and torch.equal(embeds[:-1], seen[0][0][:-1])
 
 
-def test_v1_and_v2_files_are_told_apart(models: dict[str, Path]) -> None:
-    assert checkpoint.load_adapter(models["v1_bin"]).version == "v1"
-    assert checkpoint.load_adapter(models["v1_st"]).version == "v1"
-    assert checkpoint.load_adapter(models["v2_st"]).version == "v2"
+# the official v2 file's names for the resampler (photomaker/model_v2.py, IP-Adapter's resampler)
+V2_KEYS = ["token_proj.0.weight", "token_proj.2.bias", "token_norm.weight", "perceiver_resampler.proj_in.weight",
+           "perceiver_resampler.layers.1.0.norm1.bias", "perceiver_resampler.layers.1.0.norm2.weight",
+           "perceiver_resampler.layers.1.0.to_q.weight", "perceiver_resampler.layers.1.0.to_kv.weight",
+           "perceiver_resampler.layers.1.0.to_out.weight", "perceiver_resampler.layers.1.1.0.weight",
+           "perceiver_resampler.layers.1.1.1.weight", "perceiver_resampler.layers.1.1.3.weight",
+           "perceiver_resampler.proj_out.bias", "perceiver_resampler.norm_out.weight"]
+
+
+@pytest.mark.parametrize("layout", ["bin", "st"])
+def test_v1_and_v2_files_are_told_apart_and_load_strictly(models: dict[str, Path], layout: str) -> None:
+    states = {"v1": tiny_sdxl.id_encoder_state(), "v2": tiny_sdxl.id_encoder_v2_state()}
+    for version, expected in states.items():
+        adapter = checkpoint.load_adapter(models[f"{version}_{layout}"])
+        encoder = checkpoint.build_encoder(adapter)
+        assert adapter.version == version and type(encoder) is {"v1": IDEncoder, "v2": IDEncoderV2}[version]
+        loaded = encoder.state_dict()
+        assert loaded.keys() == expected.keys() and all(torch.equal(loaded[key], expected[key]) for key in expected)
+    assert {f"qformer_perceiver.{key}" for key in V2_KEYS} <= states["v2"].keys()
+
+
+def test_a_v1_file_never_reaches_v2_code(models: dict[str, Path], gen, run_dir: Path, monkeypatch) -> None:
+    """Built by v1's module, and its references' face embeddings (dlib's 128-d here) are never read."""
+    def v2_code(*args: object) -> None:
+        raise AssertionError("v2 code ran for a v1 file")
+
+    monkeypatch.setitem(checkpoint.BUILDERS, "v2", v2_code)
+    monkeypatch.setattr(IDEncoderV2, "id_tokens", v2_code)
+    assert type(checkpoint.build_encoder(checkpoint.load_adapter(models["v1_bin"]))) is IDEncoder
+    refs = load_identity(RunDir(str(run_dir)), "mark_zuckerberg").references[:2]
+    assert gp.image_embeddings(gen, refs).shape == (2, 1, sum(tiny_sdxl.WIDTHS))
+
+
+def test_v2_tokens_come_from_both_the_face_embedding_and_the_photo(gens, shard_runs) -> None:
+    encoder = gens["v2"].id_encoder
+    pixels = torch.randn(2, 3, encoder.image_size, encoder.image_size)
+    faces = torch.from_numpy(load_identity(shard_runs["v2"], "angelina_jolie").references[0].embedding).expand(2, -1)
+    tokens = encoder.id_tokens(pixels, faces)
+    assert not torch.allclose(tokens, encoder.id_tokens(pixels, faces.flip(-1)))
+    assert not torch.allclose(tokens, encoder.id_tokens(pixels.flip(-1), faces))
+    with pytest.raises(ValueError, match="ArcFace"):
+        encoder.id_tokens(pixels)
 
 
 def test_bad_adapter_files_are_refused(tmp_path: Path) -> None:
@@ -151,10 +229,32 @@ def test_bad_adapter_files_are_refused(tmp_path: Path) -> None:
         checkpoint.load_adapter(tmp_path / "other.bin")
 
 
-def test_a_v2_file_stops_with_not_supported_before_any_model_loads(models, run_dir: Path) -> None:
+def test_a_file_with_part_of_v2_is_refused_as_a_broken_v2(models: dict[str, Path]) -> None:
+    adapter = checkpoint.load_adapter(models["v2_partial"])
+    assert adapter.version == "v2"
+    with pytest.raises(UserError, match="id_encoder weights do not fit PhotoMaker v2"):
+        checkpoint.build_encoder(adapter)
+
+
+class SDXLLoaded(Exception):
+    pass
+
+
+def test_a_v2_file_on_dlib_shards_is_one_clear_error_before_sdxl_loads(models, run_dir: Path, capsys,
+                                                                        monkeypatch) -> None:
+    def load_generator(*args: object) -> None:
+        raise SDXLLoaded
+
+    monkeypatch.setattr(generator_run, "load_generator", load_generator)
+    args = ["generate", "--config", "cpu", "--out", str(run_dir), "--identity", "mark_zuckerberg", "--prompt",
+            "a man img", "--base-model", str(models["base"]), "--adapter", str(models["v2_bin"])]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "v2 file: it needs 512-d insightface ArcFace embeddings" in error
+    assert "the shards hold 128-d ones (dlib)" in error and "face.backend=insightface" in error
     config = load_config(resolve_profile("cpu"), [f"generate.base_model={models['base']}",
-                                                   f"generate.adapter={models['v2_st']}"])
-    with pytest.raises(UserError, match="v2 file: not supported yet"):
+                                                   f"generate.adapter={models['v1_bin']}"])
+    with pytest.raises(SDXLLoaded):  # the same shards pass the checks with a v1 file
         run_generate(config, RunDir(str(run_dir)), Request("a man img", ["mark_zuckerberg"], [2], None))
 
 
@@ -168,12 +268,14 @@ def test_missing_base_model_or_adapter_is_one_clear_error(tmp_path: Path, models
     assert "--adapter" in error and "--base-model" not in error and "TencentARC/PhotoMaker" in error
 
 
-def test_weighted_mixing_stacks_one_slot_per_reference_of_each_identity(gen, run_dir: Path) -> None:
-    run = RunDir(str(run_dir))
-    refs = [load_identity(run, name).references[:2] for name in PEOPLE]
-    first = gp.image_embeddings(gen, [ref.crop_image for ref in refs[0]])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_weighted_mixing_stacks_one_slot_per_reference_of_each_identity(gens, shard_runs, version: str) -> None:
+    gen = gens[version]
+    refs = [load_identity(shard_runs[version], name).references[:2] for name in PEOPLE]
+    first = gp.image_embeddings(gen, refs[0])
+    assert first.shape == (2, TOKENS[version], sum(tiny_sdxl.WIDTHS))
     assert torch.allclose(stack(gen, refs, [3.0, 0.0]), first)
-    assert stack(gen, refs, [0.5, 0.5]).shape == first.shape and stack(gen, refs, None).shape[0] == 4
+    assert stack(gen, refs, [0.5, 0.5]).shape == first.shape and stack(gen, refs, None).shape == (4, *first.shape[1:])
 
 
 def test_references_prefer_distinct_photos_over_near_duplicates() -> None:
@@ -201,18 +303,24 @@ def test_a_reference_crop_scores_as_its_own_face(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_generate_end_to_end_through_the_cli(models, run_dir: Path) -> None:
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_generate_end_to_end_through_the_cli(models, run_dir: Path, arcface_run_dir: Path, version: str) -> None:
+    """v1 on dlib shards, scored with dlib; v2 on insightface shards, scored with the same (tiny) insightface pack."""
+    face = {"v1": [], "v2": ["--set", "face.backend=insightface", "--set", f"face.model={models['arcface_pack']}",
+                             "--set", "face.device=cpu", "--set", f"face.det_size={DET_SIZE}"]}[version]
+    run_dir = {"v1": run_dir, "v2": arcface_run_dir}[version]
     result = run_cli(
         "generate", "--config", "cpu", "--out", str(run_dir), "--identity", "angelina_jolie", "--identity",
         "mark_zuckerberg", "--num-ref", "2", "--num-ref", "1", "--prompt", "a portrait of a woman img, studio light",
         "--seed", "7", "--steps", "3", "--start-merge-step", "1", "--num-images", "2", "--base-model",
-        str(models["base"]), "--adapter", str(models["v1_bin"]), "--set", "generate.width=64",
-        "--set", "generate.height=64", env={"OMP_NUM_THREADS": "1"})
+        str(models["base"]), "--adapter", str(models[f"{version}_bin"]), "--set", "generate.width=64",
+        "--set", "generate.height=64", *face, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     record_path = Path(result.stdout.strip().splitlines()[-1])
     record = json.loads(record_path.read_text())
-    assert record_path.parent.parent == run_dir / "generate" and record["adapter_version"] == "v1"
+    assert record_path.parent.parent == run_dir / "generate" and record["adapter_version"] == version
     assert [len(i["references"]) for i in record["identities"]] == [2, 1] and record["mix"] == "pool"
+    assert record["id_tokens"] == 3 * TOKENS[version]
     shard_ids = {r.image_id for name in PEOPLE for r in load_identity(RunDir(str(run_dir)), name).references}
     for identity in record["identities"]:
         assert {ref["image_id"] for ref in identity["references"]} <= shard_ids
@@ -222,4 +330,4 @@ def test_generate_end_to_end_through_the_cli(models, run_dir: Path) -> None:
         assert Image.open(record_path.parent / image["file"]).size == (64, 64)
         sims = [*(image["sim_to_references"] or {}).values(), *(image["sim_to_centroid"] or {}).values()]
         assert image["face_found"] == bool(sims) and all(-1 <= s <= 1 for s in sims)
-    assert record["summary"]["images"] == 2 and record["face_backend"] == "dlib"
+    assert record["summary"]["images"] == 2 and record["face_backend"] == {"v1": "dlib", "v2": "insightface"}[version]

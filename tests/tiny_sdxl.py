@@ -2,8 +2,9 @@
 
 The base model is a diffusers directory (model_index.json, unet/, vae/, text_encoder(_2)/,
 tokenizer(_2)/, scheduler/) whose tokenizers carry CLIP's real BPE vocabulary (from open_clip's
-package). The adapter holds an ID encoder of PhotoMaker v1's structure, sized to these text
-encoders (projections to 32 and 64 = their widths), and LoRA weights for the UNet's attention.
+package). The adapter holds an ID encoder of PhotoMaker v1's or v2's structure, sized to these
+text encoders (projections to 32 and 64 = their widths; v2's tokens 96 wide, made from 512-d
+ArcFace embeddings as in the real file), and LoRA weights for the UNet's attention.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ from pathlib import Path
 import torch
 
 from pipeline.generator.id_encoder import HEAD_DIM, IDEncoder
+from pipeline.generator.id_encoder_v2 import RESAMPLER_HEAD_DIM, IDEncoderV2, ResamplerSizes
 from stages.clip_tokens import MAX_LENGTH, clip_tokenizer
 
 WIDTHS = (32, 64)  # text encoder 1 and 2 hidden sizes; the prompt embeddings are 96 wide
 PROJECTION = 32  # text encoder 2's pooled projection
 TIME_DIM = 8
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+ARCFACE_DIM = 512  # insightface's ArcFace embeddings: what v2's token projection takes
+V2_SIZES = ResamplerSizes(face_dim=ARCFACE_DIM, proj_dim=64, dim=sum(WIDTHS), num_tokens=2, vision_dim=HEAD_DIM,
+                          depth=2, heads=1, ff_dim=64)
 
 
 def text_encoder(width: int, projection: bool) -> torch.nn.Module:
@@ -74,13 +79,23 @@ def save_base_model(path: Path) -> Path:
     return path
 
 
-def id_encoder_state() -> dict[str, torch.Tensor]:
+def vision_config() -> object:
     from transformers import CLIPVisionConfig
 
+    return CLIPVisionConfig(hidden_size=HEAD_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=1,
+                            patch_size=8, image_size=32, projection_dim=WIDTHS[0], hidden_act="quick_gelu")
+
+
+def id_encoder_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
-    vision = CLIPVisionConfig(hidden_size=HEAD_DIM, intermediate_size=37, num_hidden_layers=2, num_attention_heads=1,
-                              patch_size=8, image_size=32, projection_dim=WIDTHS[0], hidden_act="quick_gelu")
-    return IDEncoder(vision, second_dim=WIDTHS[1]).state_dict()
+    return IDEncoder(vision_config(), second_dim=WIDTHS[1]).state_dict()
+
+
+def id_encoder_v2_state() -> dict[str, torch.Tensor]:
+    """v2's structure: one resampler head (of the official 128-d heads) is enough for a 96-wide toy."""
+    assert V2_SIZES.heads * RESAMPLER_HEAD_DIM >= V2_SIZES.dim
+    torch.manual_seed(3)
+    return IDEncoderV2(vision_config(), second_dim=WIDTHS[1], sizes=V2_SIZES).state_dict()
 
 
 def lora_state() -> dict[str, torch.Tensor]:
@@ -107,8 +122,8 @@ def save_adapter(path: Path, id_encoder: dict[str, torch.Tensor], lora: dict[str
     return path
 
 
-def v2_like(id_encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The v1 state plus v2's ArcFace-token resampler keys (shapes are not checked by detection)."""
+def partial_v2(id_encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A v1 state with two stray keys of v2's resampler: detected as v2, but not a whole v2 encoder."""
     extra = {"qformer_perceiver.token_proj.0.weight": torch.zeros(8, 8),
              "qformer_perceiver.perceiver_resampler.proj_in.weight": torch.zeros(8, 8)}
     return {**id_encoder, **extra}

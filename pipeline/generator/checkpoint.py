@@ -4,6 +4,7 @@ Official files come as `.bin` (a torch pickle of `{"id_encoder": {...}, "lora_we
 `.safetensors` (flat keys prefixed `id_encoder.` and `lora_weights.`). Pickles are read with
 `weights_only=True`, so a file cannot run code. The version is told from the ID encoder's keys: v2
 adds an ArcFace-token resampler (`qformer_perceiver.*`); everything else with a fuse module is v1.
+Each version's ID encoder is built by its own module, so a v1 file never reaches v2's code.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
+from pipeline.generator.id_encoder import IDEncoder, build_id_encoder
+from pipeline.generator.id_encoder_v2 import build_id_encoder_v2
 
 PARTS = ("id_encoder", "lora_weights")
 V2_MARKER = "qformer_perceiver."  # the v2 resampler that turns ArcFace embeddings into tokens
 V1_MARKERS = ("visual_projection_2.weight", "fuse_module.mlp1.fc1.weight")
-ADAPTER_SOURCE = "TencentARC/PhotoMaker on Hugging Face (photomaker-v1.bin)"
+ADAPTER_SOURCE = ("TencentARC/PhotoMaker (photomaker-v1.bin) or TencentARC/PhotoMaker-V2 (photomaker-v2.bin) "
+                  "on Hugging Face")
+BUILDERS = {"v1": build_id_encoder, "v2": build_id_encoder_v2}
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,13 @@ def detect_version(id_encoder: dict[str, torch.Tensor], path: Path) -> str:
         return "v1"
     raise UserError(f"{path}: the id_encoder weights match neither PhotoMaker v1 nor v2",
                     f"pass an official PhotoMaker file, e.g. {ADAPTER_SOURCE}")
+
+
+def build_encoder(adapter: Adapter) -> IDEncoder:
+    """The adapter's ID encoder, of the structure its version names; weights that do not fit are a UserError."""
+    try:
+        return BUILDERS[adapter.version](adapter.id_encoder)
+    except (KeyError, RuntimeError) as exc:  # a missing tensor, or a missing, extra or misshapen one
+        detail = f"no {exc}" if isinstance(exc, KeyError) else " ".join(str(exc).split())[:300]
+        raise UserError(f"{adapter.path}: the id_encoder weights do not fit PhotoMaker {adapter.version} ({detail})",
+                        f"pass an unmodified official file, e.g. {ADAPTER_SOURCE}") from exc

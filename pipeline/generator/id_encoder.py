@@ -4,18 +4,21 @@ A CLIP ViT vision tower (ViT-L/14 in the real file: hidden 1024) gives one poole
 reference image; its own projection (to the first text encoder's width, 768) and a second one
 without bias (to the second's, 1280) are concatenated, so each reference has the width of SDXL's
 prompt embeddings (2048). The fuse module mixes that with the class word's prompt embedding.
-Parameter names follow the official file, so its state dict loads strictly.
+Parameter names follow the official file, so its state dict loads strictly. v2's encoder
+(id_encoder_v2.py) is this one plus an ArcFace-token resampler.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 HEAD_DIM = 64  # CLIP ViTs use 64-d heads; the head count is the one size a state dict does not show
+Encoder = TypeVar("Encoder", bound=nn.Module)
 
 
 class MLP(nn.Module):
@@ -48,6 +51,8 @@ class FuseModule(nn.Module):
 
 
 class IDEncoder(nn.Module):
+    face_dim: int | None = None  # width of the face embedding a reference needs; v1 needs none
+
     def __init__(self, vision: CLIPVisionConfig, second_dim: int) -> None:
         super().__init__()
         self.vision_model = CLIPVisionModel(vision)
@@ -56,13 +61,16 @@ class IDEncoder(nn.Module):
         self.fuse_module = FuseModule(vision.projection_dim + second_dim)
         self.image_size = vision.image_size
 
-    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, 3, s, s) normalised pixels -> (n, dim): both projections of the pooled CLS state."""
+    def id_tokens(self, pixels: torch.Tensor, faces: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, 3, s, s) normalised pixels -> (n, 1, dim): both projections of the pooled CLS state.
+
+        One ID token per reference; v1 reads no face embeddings (`faces` is there for v2's signature).
+        """
         pooled = self.vision_model(pixel_values=pixels).pooler_output
-        return torch.cat([self.visual_projection(pooled), self.visual_projection_2(pooled)], dim=-1)
+        return torch.cat([self.visual_projection(pooled), self.visual_projection_2(pooled)], dim=-1).unsqueeze(1)
 
     def fuse(self, prompt_embeds: torch.Tensor, id_embeds: torch.Tensor, positions: list[int]) -> torch.Tensor:
-        """A copy of (1, seq, dim) prompt embeddings whose rows at `positions` (one per ID embedding) are fused."""
+        """A copy of (1, seq, dim) prompt embeddings whose rows at `positions` (one per (dim,) ID embedding) are fused."""
         if len(positions) != id_embeds.shape[0]:
             raise ValueError(f"{len(positions)} class-word positions for {id_embeds.shape[0]} ID embeddings")
         out = prompt_embeds.clone()
@@ -89,9 +97,16 @@ def vision_config(state: dict[str, torch.Tensor]) -> CLIPVisionConfig:
     )
 
 
+def second_width(state: dict[str, torch.Tensor]) -> int:
+    return state["visual_projection_2.weight"].shape[0]
+
+
 def build_id_encoder(state: dict[str, torch.Tensor]) -> IDEncoder:
-    """An IDEncoder with exactly the given weights (strict: a foreign or partial state dict fails)."""
-    state = {key: value for key, value in state.items() if not key.endswith("position_ids")}  # old buffer
-    encoder = IDEncoder(vision_config(state), second_dim=state["visual_projection_2.weight"].shape[0])
-    encoder.load_state_dict(state, strict=True)
+    return load_exactly(IDEncoder(vision_config(state), second_width(state)), state)
+
+
+def load_exactly(encoder: Encoder, state: dict[str, torch.Tensor]) -> Encoder:
+    """`encoder` with exactly the given weights (strict: a foreign or partial state dict fails)."""
+    encoder.load_state_dict({key: value for key, value in state.items() if not key.endswith("position_ids")},
+                            strict=True)  # position_ids: a buffer older transformers saved, not a weight
     return encoder.eval()

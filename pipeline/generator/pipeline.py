@@ -2,7 +2,8 @@
 
 The prompt embeddings are computed here as SDXL does (penultimate hidden states of both text
 encoders, concatenated; pooled output of the second), once for the text-only prompt and once for
-the ID prompt, whose class-word rows are then fused with the reference images. The denoising loop
+the ID prompt, whose class-word rows are then fused with the references' ID tokens (v1: one per
+reference, from CLIP; v2: two, from CLIP and the shards' ArcFace embedding). The denoising loop
 is diffusers' own; a step-end callback swaps the conditional half of the embeddings at the merge step.
 """
 
@@ -19,8 +20,9 @@ from PIL import Image
 from pipeline.config import GenerateSection
 from pipeline.errors import UserError
 from pipeline.generator.checkpoint import Adapter
-from pipeline.generator.id_encoder import IDEncoder, build_id_encoder
+from pipeline.generator.id_encoder import IDEncoder
 from pipeline.generator.prompt import add_trigger, id_tokens
+from pipeline.generator.references import Reference
 
 BASE_SOURCE = "stabilityai/stable-diffusion-xl-base-1.0 on Hugging Face (diffusers layout)"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation CLIP's image tower was trained with
@@ -40,7 +42,7 @@ class Generator:
 class Conditioning:
     text_only: tuple[torch.Tensor, torch.Tensor]  # (1, 77, D) prompt embeddings, (1, P) pooled
     with_id: tuple[torch.Tensor, torch.Tensor]  # the same for the ID prompt, class-word rows fused
-    positions: list[int]  # rows of `with_id` that hold stacked ID embeddings
+    positions: list[int]  # rows of `with_id` that hold stacked ID embeddings, one per ID token
 
 
 def pick_device(settings: GenerateSection) -> tuple[torch.device, torch.dtype]:
@@ -51,7 +53,7 @@ def pick_device(settings: GenerateSection) -> tuple[torch.device, torch.dtype]:
     return device, torch.float16 if device.type == "cuda" else torch.float32
 
 
-def load_generator(base_model: Path, adapter: Adapter, settings: GenerateSection) -> Generator:
+def load_generator(base_model: Path, adapter: Adapter, encoder: IDEncoder, settings: GenerateSection) -> Generator:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     if not (base_model / "model_index.json").is_file():
@@ -64,7 +66,6 @@ def load_generator(base_model: Path, adapter: Adapter, settings: GenerateSection
     pipe.set_adapters([LORA_NAME], adapter_weights=[settings.lora_scale])
     for tokenizer in (pipe.tokenizer, pipe.tokenizer_2):
         add_trigger(tokenizer, settings.trigger_word)
-    encoder = build_id_encoder(adapter.id_encoder)
     width = pipe.text_encoder.config.hidden_size + pipe.text_encoder_2.config.hidden_size
     if encoder.fuse_module.layer_norm.normalized_shape[0] != width:
         raise UserError(f"the adapter's ID embeddings do not fit {base_model} (prompt width {width})",
@@ -100,7 +101,11 @@ def encode_ids(gen: Generator, ids: list[list[int]]) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def condition(gen: Generator, prompt: str, id_embeds: torch.Tensor) -> Conditioning:
-    """Text-only and ID-conditioned embeddings; `id_embeds` holds one (D,) image embedding per slot."""
+    """Text-only and ID-conditioned embeddings; `id_embeds` holds (tokens, D) per slot, class word repeated per token.
+
+    Slot-major order, as the official pipeline fuses them: slot 0's tokens, then slot 1's, and so on.
+    """
+    id_embeds = id_embeds.flatten(0, 1)
     tokens = [id_tokens(tok, prompt, gen.trigger, id_embeds.shape[0]) for tok in (gen.pipe.tokenizer, gen.pipe.tokenizer_2)]
     if tokens[0].positions != tokens[1].positions:
         raise ValueError("SDXL's two tokenizers put the class word at different positions")
@@ -111,9 +116,14 @@ def condition(gen: Generator, prompt: str, id_embeds: torch.Tensor) -> Condition
 
 
 @torch.no_grad()
-def image_embeddings(gen: Generator, crops: list[bytes]) -> torch.Tensor:
-    pixels = reference_pixels(crops, gen.id_encoder.image_size).to(gen.device, gen.id_encoder.visual_projection.weight.dtype)
-    return gen.id_encoder.embed_images(pixels)
+def image_embeddings(gen: Generator, refs: list[Reference]) -> torch.Tensor:
+    """(n, tokens, D): the ID tokens of each reference; its face embedding is read only by encoders that take one."""
+    encoder = gen.id_encoder
+    dtype = encoder.visual_projection.weight.dtype
+    pixels = reference_pixels([ref.crop_image for ref in refs], encoder.image_size).to(gen.device, dtype)
+    if encoder.face_dim is None:
+        return encoder.id_tokens(pixels)
+    return encoder.id_tokens(pixels, torch.from_numpy(np.stack([ref.embedding for ref in refs])).to(gen.device, dtype))
 
 
 def generate_image(gen: Generator, cond: Conditioning, settings: GenerateSection, seed: int) -> Image.Image:

@@ -2,8 +2,9 @@
 
 "a photo of a man img, smiling" with 3 reference images becomes the token sequence of
 "a photo of a man man man, smiling": the trigger is removed and the class word's token repeated
-once per reference; those positions get the fused ID embeddings. The text-only prompt (what the
-UNet sees before `start_merge_step`) is the prompt with the trigger removed and nothing repeated.
+once per ID token (PhotoMaker v1 makes one per reference, v2 two); those positions get the fused
+ID embeddings. The text-only prompt (what the UNet sees before `start_merge_step`) is the prompt
+with the trigger removed and nothing repeated.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class IDPrompt:
 @dataclass(frozen=True)
 class IDTokens:
     ids: list[int]  # MAX_TOKENS ids: class token repeated, trigger removed, padded
-    positions: list[int]  # indices of the repeated class tokens, one per reference image
+    positions: list[int]  # indices of the repeated class tokens, one per ID token
     text_only_ids: list[int]  # the text-only prompt's MAX_TOKENS ids
 
 
@@ -69,7 +70,7 @@ def id_tokens(tokenizer: CLIPTokenizer, prompt: str, trigger: str, repeats: int)
     ids = raw[: at - 1] + [raw[at - 1]] * repeats + raw[at + 1:]
     positions = list(range(at - 1, at - 1 + repeats))
     if positions[-1] >= MAX_TOKENS - 1:
-        raise UserError(f"the class word lands past CLIP's {MAX_TOKENS} tokens with {repeats} references",
+        raise UserError(f"the class word lands past CLIP's {MAX_TOKENS} tokens repeated for {repeats} ID tokens",
                         "move the class word and trigger earlier in the prompt or use fewer references")
     return IDTokens(_fit(tokenizer, ids), positions, _fit(tokenizer, raw[:at] + raw[at + 1:]))
 

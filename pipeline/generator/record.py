@@ -3,7 +3,8 @@
 record.json (the QA report reads it):
   run_id, created_at, seconds (loading + generation), prompt, prompt_text_only, negative_prompt, trigger_word, class_word,
   seed, steps, guidance, start_merge_step, width, height, lora_scale, device, dtype,
-  base_model, adapter, adapter_version, mix ("pool" | "weights"), face_backend, versions,
+  base_model, adapter, adapter_version ("v1" | "v2"), id_tokens (class-word copies fused: one per
+  reference for v1, two for v2), mix ("pool" | "weights"), face_backend, versions,
   identities: [{identity, class_word, weight, photos, references: [{image_id, dup_group, file}]}],
   images: [{file, seed, face_found, face_box, sim_to_references: {image_id: cos},
             sim_to_centroid: {identity: cos}}],

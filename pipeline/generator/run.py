@@ -3,7 +3,7 @@
 Identities mix in one of two ways. By the pool (default): each identity gives its `num_ref`
 photos and all of them are stacked, so an identity's share of the pool sets its share of the
 result. By weights: every identity gives the same number k of photos, and slot j of the stack is
-the weighted sum of the identities' j-th image embeddings.
+the weighted sum of the identities' j-th image embeddings (for v2, token by token).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from PIL import Image
 from pipeline.config import PipelineConfig
 from pipeline.errors import UserError
 from pipeline.generator import record
-from pipeline.generator.checkpoint import ADAPTER_SOURCE, load_adapter
+from pipeline.generator.checkpoint import ADAPTER_SOURCE, build_encoder, load_adapter
 from pipeline.generator.cli import Request
+from pipeline.generator.id_encoder import IDEncoder
 from pipeline.generator.pipeline import (
     BASE_SOURCE,
     Generator,
@@ -59,9 +60,19 @@ def plan(request: Request, run: RunDir, seed: int) -> tuple[list[IdentityRows], 
     return rows, [sample_references(identity, count, rng) for identity, count in zip(rows, counts)]
 
 
+def check_faces(encoder: IDEncoder, rows: list[IdentityRows], adapter: Path) -> None:
+    """v2 makes ID tokens from each reference's face embedding: they must be the ArcFace vectors it was trained on."""
+    widths = {len(ref.embedding) for identity in rows for ref in identity.references}
+    if encoder.face_dim is not None and widths != {encoder.face_dim}:
+        backends = ", ".join(sorted({identity.face_backend for identity in rows}))
+        raise UserError(f"{adapter} is a PhotoMaker v2 file: it needs {encoder.face_dim}-d insightface ArcFace "
+                        f"embeddings, the shards hold {'/'.join(map(str, sorted(widths)))}-d ones ({backends})",
+                        "use a run made with face.backend=insightface, or a PhotoMaker v1 file")
+
+
 def stack(gen: Generator, refs: list[list[Reference]], weights: list[float] | None) -> torch.Tensor:
-    """One image embedding per slot of the stacked ID embedding."""
-    per_identity = [image_embeddings(gen, [ref.crop_image for ref in group]) for group in refs]
+    """(slots, tokens, D): the ID tokens of each slot of the stacked ID embedding."""
+    per_identity = [image_embeddings(gen, group) for group in refs]
     if weights is None:
         return torch.cat(per_identity)
     total = sum(weights)
@@ -75,11 +86,10 @@ def run_generate(config: PipelineConfig, run: RunDir, request: Request) -> str:
     prompt = parse_prompt(request.prompt, settings.trigger_word)
     rows, refs = plan(request, run, settings.seed)
     adapter = load_adapter(adapter_path)
-    if adapter.version != "v1":
-        raise UserError(f"{adapter_path} is a PhotoMaker {adapter.version} file: not supported yet",
-                        f"use a v1 file ({ADAPTER_SOURCE})")
+    encoder = build_encoder(adapter)
+    check_faces(encoder, rows, adapter_path)
     scorer = open_scorer(config.face, {identity.face_backend for identity in rows})
-    gen = load_generator(base_model, adapter, settings)
+    gen = load_generator(base_model, adapter, encoder, settings)
     cond = condition(gen, request.prompt, stack(gen, refs, request.weights))
     seeds = [settings.seed + k for k in range(settings.num_images)]
     images = [generate_image(gen, cond, settings, seed) for seed in seeds]
@@ -87,6 +97,7 @@ def run_generate(config: PipelineConfig, run: RunDir, request: Request) -> str:
         "prompt_text_only": prompt.text_only, "class_word": prompt.class_word, "device": str(gen.device),
         "dtype": str(gen.id_encoder.visual_projection.weight.dtype).removeprefix("torch."),
         "base_model": str(base_model), "adapter": str(adapter_path), "adapter_version": adapter.version,
+        "id_tokens": len(cond.positions),
         "seconds": round(time.monotonic() - started, 2),
     })
 
