@@ -61,6 +61,8 @@ FACE = pa.struct(
         pa.field("landmarks", pa.list_(pa.float32(), 10)),  # 5 (x, y) points: eyes, nose, mouth corners
         pa.field("score", pa.float32()),  # on the detector's own scale
         pa.field("embedding", pa.list_(pa.float32())),  # L2-normalised; 128-d (dlib) or 512-d (ArcFace)
+        # L2 norm of the backend's raw vector: raw = embedding * embedding_norm
+        pa.field("embedding_norm", pa.float32()),
     ]
 )
 

@@ -1,7 +1,7 @@
 """Filter stage: resolution from the header first (cheap), then faces on the decoded survivors.
 
-Every face whose box reaches `filter.min_face_size` is kept in the row with its embedding, so
-verify can re-decide with new thresholds without running a model again.
+Every face whose box reaches `filter.min_face_size` is kept in the row with its embedding (unit
+vector and raw norm), so verify can re-decide with new thresholds without running a model again.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class FilterStage(Stage):
     sections = ("filter", "face")
     requires = ("raw_path",)
     produces = pa.schema([*IMAGE_SIZE, *FACE_EVIDENCE])
+    version = 2  # 2: faces carry `embedding_norm`
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
@@ -105,12 +106,13 @@ class FilterStage(Stage):
 
 def face_record(face: Face, scale: float) -> Row:
     """A face as stored: box and landmarks back in full-size upright pixels."""
-    assert face.embedding is not None
+    assert face.embedding is not None and face.embedding_norm is not None
     return {
         "box": [float(v) * scale for v in face.box],
         "landmarks": (face.landmarks.reshape(-1) * scale).tolist(),
         "score": float(face.score),
         "embedding": face.embedding.astype(np.float32).tolist(),
+        "embedding_norm": float(face.embedding_norm),
     }
 
 

@@ -102,6 +102,7 @@ class Corpus:
                 "landmarks": (face.landmarks / scale).ravel().tolist(),
                 "score": face.score,
                 "embedding": face.embedding.tolist(),
+                "embedding_norm": face.embedding_norm,
             }
             for face in faces
         ]

@@ -57,7 +57,7 @@ def crop_row(backend: FaceBackend, identity: str, class_word: str, photo: Path) 
     return {
         "identity": identity, "image_id": hashlib.sha256(data).hexdigest(), "crop_image": data,
         "faces": [{"box": list(f.box), "landmarks": f.landmarks.reshape(-1).tolist(), "score": f.score,
-                   "embedding": f.embedding.tolist()} for f in found],
+                   "embedding": f.embedding.tolist(), "embedding_norm": f.embedding_norm} for f in found],
         "target_face": target, "class_word": class_word, "dup_group": hashlib.sha256(data).hexdigest()[:16],
         "face_backend": backend.name,
     }

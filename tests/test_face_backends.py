@@ -54,6 +54,7 @@ def assert_valid_faces(faces: list[Face], image: np.ndarray, dim: int) -> None:
         assert face.embedding is not None and face.embedding.shape == (dim,)
         assert face.embedding.dtype == np.float32
         assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
+        assert isinstance(face.embedding_norm, float) and face.embedding_norm > 0
 
 
 # ---------------------------------------------------------------- dlib, real weights, real photos
@@ -108,13 +109,31 @@ def test_dlib_group_photo_has_two_different_people(dlib_backend):
     assert faces[0].embedding @ faces[1].embedding < 0.9
 
 
+def test_dlib_embedding_norm_is_the_raw_descriptors_norm(small_faces):
+    """The descriptor recomputed with dlib's own calls on the stored box: unit vector times norm gives it back."""
+    import dlib
+
+    folder = packaged_model_dir()
+    predictor = dlib.shape_predictor(str(folder / LANDMARKS_FILE))
+    recognizer = dlib.face_recognition_model_v1(str(folder / DESCRIPTOR_FILE))
+    for name, (face,) in small_faces.items():
+        image = load_photo(name)
+        x0, y0, x1, y1 = (round(v) for v in face.box)  # the box ends one past dlib's last pixel
+        shape = predictor(image, dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+        raw = np.asarray(recognizer.compute_face_descriptor(image, shape), dtype=np.float32)
+        assert abs(np.linalg.norm(raw) - 1) > 0.1, name  # dlib's descriptors are not unit vectors: the norm matters
+        assert face.embedding_norm == pytest.approx(np.linalg.norm(raw), rel=1e-4), name
+        np.testing.assert_allclose(face.embedding * face.embedding_norm, raw, atol=1e-4)
+
+
 def test_dlib_embed_takes_given_faces(dlib_backend, small_faces):
     image = load_photo("img5.jpg")
     bare = [Face(box=f.box, landmarks=f.landmarks, score=f.score) for f in small_faces["img5.jpg"]]
     again = dlib_backend.embed([image, image], [bare, []])
     assert again[1] == []
     np.testing.assert_allclose(again[0][0].embedding, small_faces["img5.jpg"][0].embedding, atol=1e-6)
-    assert again[0][0].box == bare[0].box and bare[0].embedding is None
+    assert again[0][0].embedding_norm == pytest.approx(small_faces["img5.jpg"][0].embedding_norm, rel=1e-6)
+    assert again[0][0].box == bare[0].box and bare[0].embedding is None and bare[0].embedding_norm is None
     with pytest.raises(ValueError, match="2 images but 1 face lists"):
         dlib_backend.embed([image, image], [bare])
 
@@ -227,13 +246,12 @@ def hand_faces(image: np.ndarray, count: int) -> list[Face]:
     return faces
 
 
-def reference_embedding(pack: Path, image: np.ndarray, face: Face) -> np.ndarray:
+def raw_arcface(pack: Path, image: np.ndarray, face: Face) -> np.ndarray:
     """ArcFace by hand: insightface's alignment, then RGB scaled to [-1, 1] straight into onnxruntime."""
     crop = aligned_crop(image, face.landmarks, 112)  # insightface's norm_crop; channel order does not matter to it
     blob = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]
     session = onnxruntime.InferenceSession(str(pack / "w600k_tiny.onnx"), providers=["CPUExecutionProvider"])
-    vector = session.run(None, {"input.1": blob})[0][0]
-    return vector / np.linalg.norm(vector)
+    return session.run(None, {"input.1": blob})[0][0]
 
 
 def test_insightface_router_loads_a_tiny_pack(firing, packs):
@@ -302,12 +320,15 @@ def test_insightface_silent_detector_finds_nothing(packs):
     assert backend.analyze([load_photo("img5.jpg")]) == [[]]
 
 
-def test_insightface_embed_is_unit_norm_aligned_arcface(firing, packs):
+def test_insightface_embed_is_unit_norm_aligned_arcface_with_its_raw_norm(firing, packs):
     image = load_photo("img25.jpg")
     (face,) = firing.embed([image], [hand_faces(image, 1)])[0]
+    raw = raw_arcface(packs["firing"], image, face)
     assert face.embedding.shape == (512,) and face.embedding.dtype == np.float32
     assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
-    np.testing.assert_allclose(face.embedding, reference_embedding(packs["firing"], image, face), atol=1e-5)
+    np.testing.assert_allclose(face.embedding, raw / np.linalg.norm(raw), atol=1e-5)
+    assert abs(np.linalg.norm(raw) - 1) > 0.1  # like real ArcFace output, not a unit vector: the norm matters
+    assert face.embedding_norm == pytest.approx(np.linalg.norm(raw), rel=1e-5)
 
 
 def test_insightface_batched_embeddings_equal_one_by_one(firing, packs):
@@ -322,6 +343,7 @@ def test_insightface_batched_embeddings_equal_one_by_one(firing, packs):
     assert len(batched) == 3
     for one, many in zip(single, batched, strict=True):
         np.testing.assert_allclose(many.embedding, one.embedding, atol=1e-5)
+        assert many.embedding_norm == pytest.approx(one.embedding_norm, rel=1e-5)  # each face keeps its own norm
     assert not np.allclose(batched[0].embedding, batched[1].embedding, atol=1e-3)  # the input matters
 
     fixed = load_face_backend("insightface", model=str(packs["batch1"]), det_size=DET_SIZE)

@@ -14,8 +14,9 @@ from pipeline.config import load_config, resolve_profile
 from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from pipeline.schema import NAMES, PROVENANCE, extend
+from stages.faces import open_backend
 from stages.filter import FilterStage
-from stages.imaging import decode_upright
+from stages.imaging import decode_for_detection, decode_upright
 from tests.conftest import image_bytes
 from tests.local_tree import png_declaring, rotated_jpeg
 from tests.tiny_onnx import write_pack
@@ -111,6 +112,11 @@ def test_real_faces_are_kept_with_their_evidence(tmp_path, faces) -> None:
     x0, y0, x1, y1 = face["box"]
     assert 0 <= x0 < x1 <= single["width"] and 0 <= y0 < y1 <= single["height"]
     assert len(face["embedding"]) == 128 and abs(np.linalg.norm(face["embedding"]) - 1) < 1e-4
+    config = load_config(resolve_profile("cpu"))  # the raw descriptor's norm, as the backend gives it on the same image
+    image, _ = decode_for_detection(real_photo(faces, "img38.jpg"), config.filter.max_pixels, config.face.max_side)
+    (expected,) = open_backend(config.face).analyze([np.asarray(image)])[0]
+    assert face["embedding_norm"] == pytest.approx(expected.embedding_norm, rel=1e-6)
+    assert abs(face["embedding_norm"] - 1) > 0.1
     assert x0 <= face["landmarks"][0] <= x1 and y0 <= face["landmarks"][1] <= y1
     assert single["face_backend"] == "dlib" and "dlib" in json.loads(single["face_models"])
     assert len(single["phash"]) == 16

@@ -11,8 +11,12 @@ import copy
 import io
 import json
 import random
+import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -31,11 +35,12 @@ from pipeline.generator.references import IdentityRows, Reference, load_identity
 from pipeline.generator.run import run_generate, stack
 from pipeline.generator.score import open_scorer, score_images
 from pipeline.rundir import RunDir
+from pipeline.schema import FACE
 from stages.clip_tokens import clip_tokenizer
 from stages.faces import load_face_backend
 from tests import tiny_sdxl
 from tests.conftest import run_cli
-from tests.generator_shards import write_shards
+from tests.generator_shards import SHARD, write_shards
 from tests.tiny_onnx import write_pack
 
 PEOPLE = {"angelina_jolie": "woman", "mark_zuckerberg": "man"}
@@ -217,6 +222,51 @@ def test_v2_tokens_come_from_both_the_face_embedding_and_the_photo(gens, shard_r
         encoder.id_tokens(pixels)
 
 
+def test_v2_takes_the_raw_arcface_embedding_the_unit_vector_times_its_norm(gens, arcface_run_dir: Path) -> None:
+    """PhotoMaker v2 learnt on insightface's unnormalised `face.embedding`; its token projection is not
+    scale-invariant, so the tensor reaching it must be the stored unit vector scaled back by `embedding_norm`."""
+    gen = gens["v2"]
+    refs = load_identity(RunDir(str(arcface_run_dir)), "angelina_jolie").references[:2]
+    stored = {row["image_id"]: row["faces"][row["target_face"]]
+              for row in pq.read_table(arcface_run_dir / "shards" / SHARD).to_pylist()}
+    raw = np.stack([np.float32(stored[ref.image_id]["embedding_norm"])
+                    * np.asarray(stored[ref.image_id]["embedding"], dtype=np.float32) for ref in refs])
+    seen: list[torch.Tensor] = []
+    hook = gen.id_encoder.qformer_perceiver.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        gp.image_embeddings(gen, refs)
+    finally:
+        hook.remove()
+    assert len(seen) == 1 and torch.allclose(seen[0], torch.from_numpy(raw), rtol=1e-5, atol=1e-5)
+    assert all(abs(stored[ref.image_id]["embedding_norm"] - 1) > 0.1 for ref in refs)  # unit vectors would fail
+
+
+def test_v2_on_shards_from_before_embedding_norm_is_one_clear_error(models, arcface_run_dir: Path, tmp_path: Path,
+                                                                    capsys, monkeypatch) -> None:
+    """Such shards cannot give v2 its raw ArcFace input: refused before SDXL loads, with the fix (re-run filter on)."""
+    def load_generator(*args: object) -> None:
+        raise SDXLLoaded
+
+    monkeypatch.setattr(generator_run, "load_generator", load_generator)
+    shutil.copytree(arcface_run_dir / "shards", tmp_path / "shards")
+    shard = tmp_path / "shards" / SHARD
+    table = pq.read_table(shard)
+    old_face = pa.list_(pa.struct([field for field in FACE if field.name != "embedding_norm"]))
+    faces = [[{k: v for k, v in face.items() if k != "embedding_norm"} for face in row]
+             for row in table["faces"].to_pylist()]
+    pq.write_table(table.set_column(table.schema.get_field_index("faces"), "faces", pa.array(faces, old_face)), shard)
+    args = ["generate", "--config", "cpu", "--identity", "angelina_jolie", "--prompt", "a woman img",
+            "--base-model", str(models["base"]), "--adapter", str(models["v2_bin"]),
+            "--set", "face.backend=insightface", "--set", f"face.model={models['arcface_pack']}",
+            "--set", "face.device=cpu", "--set", f"face.det_size={DET_SIZE}"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "written before filter stored their norm (embedding_norm)" in error
+    assert "re-run the pipeline from filter onward" in error
+    with pytest.raises(SDXLLoaded):  # the same shards with the norm pass the checks
+        main([*args, "--out", str(arcface_run_dir)])
+
+
 def test_bad_adapter_files_are_refused(tmp_path: Path) -> None:
     torch.save({"lora_weights": {"x": torch.zeros(1)}}, tmp_path / "lora-only.bin")
     with pytest.raises(UserError, match="no id_encoder weights"):
@@ -280,7 +330,7 @@ def test_weighted_mixing_stacks_one_slot_per_reference_of_each_identity(gens, sh
 
 def test_references_prefer_distinct_photos_over_near_duplicates() -> None:
     def ref(image_id: str, group: str) -> Reference:
-        return Reference("a", image_id, group, b"", torch.zeros(1).numpy())
+        return Reference("a", image_id, group, b"", torch.zeros(1).numpy(), None)
 
     rows = IdentityRows("a", "man", "dlib", [ref("1", "g1"), ref("2", "g1"), ref("3", "g1"), ref("4", "g2")])
     for seed in range(10):

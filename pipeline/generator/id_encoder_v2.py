@@ -6,8 +6,9 @@ perceiver resampler refines by attending to the CLIP tower's last hidden states 
 states, before the post-layernorm). v1's fuse module then mixes each token into one copy of the
 class word. v1's pooled projections are still in the file, and loaded, but v2 does not use them.
 Parameter names follow the official `photomaker-v2.bin`, so its state dict loads strictly; the
-sizes are read from tensor shapes, as for v1. The face embeddings come from the shards, which
-hold them L2-normalised; PhotoMaker's own pipeline passes insightface's raw (unnormalised) ones.
+sizes are read from tensor shapes, as for v1. The face embeddings are insightface's raw
+(unnormalised) ones, as PhotoMaker's own pipeline passes them: `token_proj` is not scale-invariant,
+so the shards' unit vectors are scaled back by their stored `embedding_norm`.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class QFormerPerceiver(nn.Module):
         self.perceiver_resampler = PerceiverResampler(sizes)
 
     def forward(self, faces: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
-        """(n, face_dim) ArcFace embeddings, (n, patches + 1, vision_dim) CLIP states -> (n, num_tokens, dim)."""
+        """(n, face_dim) raw ArcFace embeddings, (n, patches + 1, vision_dim) CLIP states -> (n, num_tokens, dim)."""
         tokens = self.token_norm(self.token_proj(faces).unflatten(-1, (self.num_tokens, -1)))
         return tokens + self.perceiver_resampler(tokens, image_states)
 
@@ -116,7 +117,7 @@ class IDEncoderV2(IDEncoder):
         self.face_dim = sizes.face_dim
 
     def id_tokens(self, pixels: torch.Tensor, faces: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, 3, s, s) normalised pixels and (n, face_dim) ArcFace embeddings -> (n, num_tokens, dim)."""
+        """(n, 3, s, s) normalised pixels and (n, face_dim) raw ArcFace embeddings -> (n, num_tokens, dim)."""
         if faces is None:
             raise ValueError("PhotoMaker v2 needs each reference's ArcFace embedding")
         states = self.vision_model(pixel_values=pixels).last_hidden_state

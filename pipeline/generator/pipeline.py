@@ -123,7 +123,8 @@ def image_embeddings(gen: Generator, refs: list[Reference]) -> torch.Tensor:
     pixels = reference_pixels([ref.crop_image for ref in refs], encoder.image_size).to(gen.device, dtype)
     if encoder.face_dim is None:
         return encoder.id_tokens(pixels)
-    return encoder.id_tokens(pixels, torch.from_numpy(np.stack([ref.embedding for ref in refs])).to(gen.device, dtype))
+    faces = np.stack([ref.raw_embedding for ref in refs])
+    return encoder.id_tokens(pixels, torch.from_numpy(faces).to(gen.device, dtype))
 
 
 def generate_image(gen: Generator, cond: Conditioning, settings: GenerateSection, seed: int) -> Image.Image:

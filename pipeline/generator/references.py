@@ -22,6 +22,14 @@ class Reference:
     dup_group: str | None
     crop_image: bytes  # the square crop, encoded
     embedding: np.ndarray  # the target face's L2-normalised embedding (shard's face backend)
+    embedding_norm: float | None  # its raw vector's norm; None in shards written before filter stored it
+
+    @property
+    def raw_embedding(self) -> np.ndarray:
+        """The backend's vector as it came out (insightface's `face.embedding`), which PhotoMaker v2 was trained on."""
+        if self.embedding_norm is None:
+            raise ValueError(f"reference {self.image_id} has no embedding_norm: its shard predates it")
+        return self.embedding * np.float32(self.embedding_norm)
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,15 @@ def load_identity(run: RunDir, identity: str) -> IdentityRows:
     table = run.read_table(f"shards/{entry['shard']}").select(COLUMNS).slice(entry["row_start"], entry["num_rows"])
     table = table.filter(pc.equal(table["identity"], identity))
     rows = table.to_pylist()
-    refs = [Reference(identity, r["image_id"], r["dup_group"], r["crop_image"], _target_embedding(r)) for r in rows]
+    refs = [Reference(identity, r["image_id"], r["dup_group"], r["crop_image"], *_target_embedding(r)) for r in rows]
     return IdentityRows(identity, rows[0]["class_word"], rows[0]["face_backend"], refs)
 
 
-def _target_embedding(row: dict) -> np.ndarray:
-    vector = np.asarray(row["faces"][row["target_face"]]["embedding"], dtype=np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+def _target_embedding(row: dict) -> tuple[np.ndarray, float | None]:
+    """The target face's unit vector and raw norm (a shard written before the norm was stored lacks the field)."""
+    face = row["faces"][row["target_face"]]
+    vector = np.asarray(face["embedding"], dtype=np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12), face.get("embedding_norm")
 
 
 def sample_references(rows: IdentityRows, count: int, rng: random.Random) -> list[Reference]:

@@ -61,13 +61,20 @@ def plan(request: Request, run: RunDir, seed: int) -> tuple[list[IdentityRows], 
 
 
 def check_faces(encoder: IDEncoder, rows: list[IdentityRows], adapter: Path) -> None:
-    """v2 makes ID tokens from each reference's face embedding: they must be the ArcFace vectors it was trained on."""
-    widths = {len(ref.embedding) for identity in rows for ref in identity.references}
-    if encoder.face_dim is not None and widths != {encoder.face_dim}:
+    """v2 makes ID tokens from each reference's face embedding: they must be the raw ArcFace vectors it expects."""
+    if encoder.face_dim is None:
+        return
+    references = [ref for identity in rows for ref in identity.references]
+    widths = {len(ref.embedding) for ref in references}
+    if widths != {encoder.face_dim}:
         backends = ", ".join(sorted({identity.face_backend for identity in rows}))
         raise UserError(f"{adapter} is a PhotoMaker v2 file: it needs {encoder.face_dim}-d insightface ArcFace "
                         f"embeddings, the shards hold {'/'.join(map(str, sorted(widths)))}-d ones ({backends})",
                         "use a run made with face.backend=insightface, or a PhotoMaker v1 file")
+    if any(ref.embedding_norm is None for ref in references):
+        raise UserError(f"{adapter} is a PhotoMaker v2 file: it needs raw ArcFace embeddings, but these shards were "
+                        "written before filter stored their norm (embedding_norm)",
+                        "re-run the pipeline from filter onward: python -m pipeline run --stage all")
 
 
 def stack(gen: Generator, refs: list[list[Reference]], weights: list[float] | None) -> torch.Tensor:

@@ -41,13 +41,14 @@ class Face:
     landmarks: np.ndarray  # (5, 2) float32 (x, y), in LANDMARK_ORDER
     score: float  # detector confidence, on the detector's own scale (SCRFD: 0..1, dlib HOG: SVM margin)
     embedding: np.ndarray | None = None  # L2-normalised float32 vector, None before embed()
+    embedding_norm: float | None = None  # L2 norm of the backend's raw vector: raw = embedding * embedding_norm
 
     def __post_init__(self) -> None:
         if self.landmarks.shape != (5, 2):
             raise ValueError(f"landmarks must have shape (5, 2), got {self.landmarks.shape}")
 
-    def with_embedding(self, embedding: np.ndarray) -> Face:
-        return replace(self, embedding=embedding)
+    def with_embedding(self, embedding: np.ndarray, norm: float) -> Face:
+        return replace(self, embedding=embedding, embedding_norm=norm)
 
 
 class FaceBackend(ABC):
@@ -64,7 +65,7 @@ class FaceBackend(ABC):
 
     @abstractmethod
     def embed(self, images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> list[list[Face]]:
-        """The given faces of each image, with `embedding` set."""
+        """The given faces of each image, with `embedding` and `embedding_norm` set."""
 
     def analyze(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         return self.embed(images, self.detect(images))
@@ -92,19 +93,23 @@ def has_area(box: tuple[float, float, float, float]) -> bool:
     return box[2] > box[0] and box[3] > box[1]
 
 
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, as float32 (a zero row stays zero rather than becoming NaN)."""
+def l2_normalize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows scaled to unit length, as float32 (a zero row stays zero rather than becoming NaN), and their norms."""
     vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+    norms = np.linalg.norm(vectors, axis=1)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)[:, None], norms
 
 
 def attach_embeddings(faces: Sequence[Sequence[Face]], vectors: np.ndarray) -> list[list[Face]]:
-    """Give each face, in reading order, the next row of `vectors` (L2-normalised)."""
-    vectors = l2_normalize(vectors)
+    """Give each face, in reading order, the next raw row of `vectors`: L2-normalised, with its norm.
+
+    Verification compares the unit vectors; the norm keeps the raw vector (PhotoMaker v2 takes ArcFace's raw one).
+    """
+    units, norms = l2_normalize(vectors)
     out, start = [], 0
     for image_faces in faces:
-        out.append([face.with_embedding(vectors[start + k]) for k, face in enumerate(image_faces)])
+        rows = range(start, start + len(image_faces))
+        out.append([face.with_embedding(units[k], float(norms[k])) for k, face in zip(rows, image_faces, strict=True)])
         start += len(image_faces)
     return out
 

@@ -166,7 +166,7 @@ class InsightFaceBackend(FaceBackend):
         return faces
 
     def _features(self, crops: list[np.ndarray]) -> np.ndarray:
-        """ArcFace features of BGR crops, in batches (one at a time for a model with a fixed batch of 1)."""
+        """Raw ArcFace features (insightface's `face.embedding`) of BGR crops, batched (singly for a fixed batch)."""
         if not crops:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
         fixed_batch = isinstance(self._recognizer.input_shape[0], int)
