@@ -14,7 +14,7 @@ def cost_model(timings: list[StageTiming], download_rate: float | None, cores: i
     """CPU core-hours per stage, every stage charged for all images (an upper bound: drops shrink later stages).
 
     Model stages: one actor on Ray = one core, so rows/s of the one-actor run is the per-core rate
-    (start-up included). Crawl: the loopback download rate of `cores` workers, so a floor only:
+    (start-up, a few seconds per worker and stage, left out). Crawl: the loopback download rate of `cores` workers, so a floor only:
     real downloads are bound by remote servers and bandwidth, not by this machine.
     """
     rates = {t.stage: t.rows_per_s for t in timings}

@@ -23,17 +23,17 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a private Ray
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from pipeline.config import load_config, resolve_profile  # noqa: E402
-from pipeline.driver import connect, execute  # noqa: E402
-from pipeline.names import Identity  # noqa: E402
-from pipeline.rundir import RunDir  # noqa: E402
-from pipeline.runner import TaskExecutor, plan_stage  # noqa: E402
-from stages.crawl import CrawlStage  # noqa: E402
-from stages.faces import open_backend  # noqa: E402
-from stages.filter import FilterStage  # noqa: E402
-from stages.imaging import decode_for_detection  # noqa: E402
+from pipeline.config import load_config, resolve_profile
+from pipeline.driver import connect, execute
+from pipeline.names import Identity
+from pipeline.rundir import RunDir
+from pipeline.runner import TaskExecutor, plan_stage
+from stages.crawl import CrawlStage
+from stages.faces import open_backend
+from stages.filter import FilterStage
+from stages.imaging import decode_for_detection
 
 FACES = REPO.parent / "shared" / "data" / "faces"
 

@@ -54,7 +54,7 @@ def main() -> None:
         figures = [download, *figures,
                    bench_resume(root / "resume", size["resume"]),
                    bench_memory(root / "memory", size["memory"], size["memory_stages"])]
-    rate = download.context.get("ours_images_per_s")
+    rate = download.context["ours"]["images_per_s"]
     cost = cost_model(timings, rate, os.cpu_count() or 1)
     report = {
         "mode": mode,

@@ -33,6 +33,9 @@ class Resources(Tuning):
     num_gpus: float = Field(0.0, ge=0)
     concurrency: int | None = Field(None, ge=1, description="actors; None = what the cluster's CPUs allow")
     batch_size: int = Field(16, ge=1, description="images per model call inside a task")
+    prepare_cpus: float = Field(
+        1.0, gt=0, description="CPUs per worker decoding images ahead of a model stage's GPU actors (num_gpus > 0)"
+    )
 
 
 class RunSection(Section):
@@ -55,6 +58,9 @@ class DownloadSettings(Tuning):
     backoff: float = Field(1.0, ge=0, description="seconds before the first retry; doubles each time")
     max_concurrency: int = Field(16, ge=1, description="downloads in flight per crawl worker")
     per_host_concurrency: int = Field(4, ge=1, description="downloads in flight per host, per crawl worker")
+    names_per_worker: int = Field(
+        4, ge=1, description="names one crawl worker crawls at once, sharing its limits (no idle tail per name)"
+    )
 
 
 class CrawlSection(Section):

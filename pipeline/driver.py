@@ -1,4 +1,8 @@
-"""Drives a run on Ray: connect, then per stage plan, execute as an actor pool, show progress."""
+"""Drives a run on Ray: connect, then per stage plan, execute as an actor pool, show progress.
+
+Ray is imported where it is first needed, after planning: a finished run resumes in well under
+a second because it never imports or starts Ray.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,9 @@ import json
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import ray
-import ray.data
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -33,11 +36,14 @@ from pipeline.markers import read_markers
 from pipeline.names import Identity
 from pipeline.registry import STAGES, upstream_of
 from pipeline.rundir import RunDir
-from pipeline.runner import Plan, TaskExecutor, plan_stage, result_from_row
+from pipeline.runner import Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
 from pipeline.schema import OK
 from pipeline.shards import dataset_card, finish, is_current, plan_shards, write_shard
 from pipeline.stats import StageCounts, counts_from_markers, counts_table
-from stages.base import Stage
+from stages.base import ModelStage, Stage
+
+if TYPE_CHECKING:
+    import ray.data
 
 console = Console(stderr=True)
 if not console.is_terminal:
@@ -46,6 +52,9 @@ if not console.is_terminal:
 
 def connect(address: str | None) -> None:
     """Join `address` (or RAY_ADDRESS), else start a private local instance; once per process."""
+    import ray
+    import ray.data
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -80,6 +89,8 @@ def pool_size(stage: type[Stage], config: PipelineConfig, tasks: int) -> int:
     resources = stage.resources(config)
     if resources.concurrency:
         return min(resources.concurrency, tasks)
+    import ray
+
     cluster = ray.cluster_resources()
     if resources.num_gpus:
         fit = cluster.get("GPU", 0) // resources.num_gpus
@@ -94,21 +105,12 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
         return summary
     connect(config.run.address)  # only now: a finished run resumes without starting Ray
     run.remove_temporaries(f"stages/{stage.name}")
-    resources = stage.resources(config)
-    tasks = ray.data.from_items(plan.todo, override_num_blocks=len(plan.todo))
-    results = tasks.map_batches(
-        TaskExecutor,
-        fn_constructor_args=(stage, upstream.name if upstream else None, config, run.uri),
-        batch_size=1,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool_size(stage, config, len(plan.todo))),
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus,
-    )
+    results = _task_results(stage, upstream, config, run, plan.todo)
     with _progress() as progress:
         bar = progress.add_task(stage.name, total=len(plan.todo), rows="")
         for row in results.iter_rows():
             result = result_from_row(row)
+            summary.timed(result.started, result.seconds)
             if result.error:
                 summary.tasks_failed += 1
             else:
@@ -117,6 +119,37 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
             progress.update(bar, advance=1, rows=f"{kept:,}/{seen:,} rows kept")
         summary.seconds = progress.tasks[bar].elapsed or 0.0
     return summary
+
+
+def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir,
+                  todo: list[dict[str, str]]) -> ray.data.Dataset:
+    """The stage's Ray Data pipeline: task specs in, one result row per task out."""
+    import ray.data
+
+    resources = stage.resources(config)
+    at_once = stage.tasks_per_actor(config)
+    pool = ray.data.ActorPoolStrategy(size=pool_size(stage, config, len(todo)),
+                                      max_concurrent_calls_per_actor=at_once, enable_true_multi_threading=at_once > 1)
+    tasks = ray.data.from_items(todo, override_num_blocks=len(todo))
+    if issubclass(stage, ModelStage) and resources.num_gpus and upstream:
+        # Decoding on CPU workers keeps the GPU actors inferring; on CPUs alone it would only add
+        # a hop, so there the actors do both.
+        tasks = tasks.map_batches(
+            prepare_tasks,
+            fn_kwargs={"stage": stage, "upstream": upstream.name, "config": config, "run_uri": run.uri},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=resources.prepare_cpus,
+        )
+    return tasks.map_batches(
+        TaskExecutor,
+        fn_constructor_args=(stage, upstream.name if upstream else None, config, run.uri),
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=pool,
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+    )
 
 
 class TaskRate(ProgressColumn):
@@ -177,6 +210,8 @@ def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity
     if is_current(run, plan) and not force:
         return StageCounts("shard", tasks_skipped=len(plan.shards))
     connect(config.run.address)
+    import ray.data
+
     specs = [{"target": plan.file(i), "identities": ids} for i, ids in enumerate(plan.shards)]
     shards = ray.data.from_items(specs, override_num_blocks=max(1, len(specs))).map_batches(
         _write_shards,

@@ -34,6 +34,7 @@ class RunDir:
     def __init__(self, uri: str) -> None:
         self.uri = uri if "://" in uri else str(Path(uri).expanduser().resolve())
         self.fs, self.root = _split_uri(self.uri)
+        self._made: set[str] = set()  # folders this process created: one create_dir call each
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RunDir, (self.uri,))
@@ -52,7 +53,7 @@ class RunDir:
     def open_atomic(self, rel: str) -> Iterator[pa.NativeFile]:
         """A stream to a temporary name, renamed to `rel` only once it closed without error."""
         target = self.path(rel)
-        self.fs.create_dir(posixpath.dirname(target), recursive=True)
+        self._make_dir(posixpath.dirname(target))
         tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex}"
         try:
             with self.fs.open_output_stream(tmp) as stream:
@@ -62,6 +63,11 @@ class RunDir:
                 self.fs.delete_file(tmp)
             raise
         self.fs.move(tmp, target)
+
+    def _make_dir(self, folder: str) -> None:
+        if folder not in self._made:  # a set is thread-safe enough: a repeated create_dir is harmless
+            self.fs.create_dir(folder, recursive=True)
+            self._made.add(folder)
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as stream:

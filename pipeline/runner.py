@@ -2,7 +2,9 @@
 
 A task is one identity. Each actor builds its stage once (`setup` loads models) and runs whole
 tasks: read the upstream part, `process`, write the part atomically, then the done-marker. The
-driver only sees one small result row per task, so its memory does not grow with the data.
+driver only sees one small result row per task, so its memory does not grow with the data. A
+model stage on GPUs gets its tasks prepared (images read and decoded) by `prepare_tasks` on CPU
+workers first, and its actors only `infer`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -23,11 +26,12 @@ from pipeline.markers import Marker, count_outcomes, part_path, read_markers, wr
 from pipeline.names import Identity
 from pipeline.rundir import RunDir
 from pipeline.schema import NAMES, OK
-from stages.base import Stage
+from stages.base import ModelStage, Stage
 
 log = logging.getLogger(__name__)
 
 RUN, RETRY = "run", "retry"
+PREPARED = "prepared"  # the task spec's column of pickled `prepare` output, when there is one
 
 
 @dataclass
@@ -45,6 +49,7 @@ class TaskResult:
     rows_out: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    started: float = 0.0  # wall clock (epoch seconds), comparable across the workers of one machine or cluster
     seconds: float = 0.0
 
 
@@ -105,20 +110,23 @@ class TaskExecutor:
         return {"result": [json.dumps(asdict(self.execute(spec))) for spec in batch.to_pylist()]}
 
     def execute(self, spec: dict[str, str]) -> TaskResult:
-        started = time.monotonic()
+        started, wall = time.monotonic(), time.time()
         try:
             result = self._execute(spec)
         except Exception as exc:  # recorded and reported; no marker, so the next run retries it
             log.error("task %s of %s failed:\n%s", spec["task"], self.stage.name, traceback.format_exc())
             result = TaskResult(spec["task"], error=f"{type(exc).__name__}: {exc}")
-        result.seconds = time.monotonic() - started
+        result.started, result.seconds = wall, time.monotonic() - started
         return result
 
-    def _execute(self, spec: dict[str, str]) -> TaskResult:
+    def _execute(self, spec: dict[str, Any]) -> TaskResult:
         task, name = spec["task"], self.stage.name
-        rows = self._input(spec)
+        rows = read_input(self.run, self.upstream, spec)
         if spec["mode"] == RETRY:
             output = self.stage.retry(self.run.read_table(part_path(name, task)))
+        elif spec.get(PREPARED) is not None:
+            assert isinstance(self.stage, ModelStage)
+            output = self.stage.infer(rows, pickle.loads(spec[PREPARED]))
         else:
             output = self.stage.process(rows)
             if self.stage.one_to_one and output.num_rows != rows.num_rows:
@@ -130,11 +138,33 @@ class TaskExecutor:
         write_marker(self.run, marker)
         return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons)
 
-    def _input(self, spec: dict[str, str]) -> pa.Table:
-        if self.upstream is None:
-            return pa.Table.from_pylist([{"identity": spec["task"], "name": spec["name"]}], schema=NAMES)
-        table = self.run.read_table(part_path(self.upstream, spec["task"]))
-        return table.filter(pc.equal(table["status"], OK))
+
+
+def read_input(run: RunDir, upstream: str | None, spec: dict[str, Any]) -> pa.Table:
+    """A task's input: its name (first stage), else the upstream part's `ok` rows."""
+    if upstream is None:
+        return pa.Table.from_pylist([{"identity": spec["task"], "name": spec["name"]}], schema=NAMES)
+    table = run.read_table(part_path(upstream, spec["task"]))
+    return table.filter(pc.equal(table["status"], OK))
+
+
+def prepare_tasks(batch: pa.Table, stage: type[ModelStage], upstream: str, config: PipelineConfig,
+                  run_uri: str) -> pa.Table:
+    """Ray Data map on CPU workers: each task spec with its rows' `prepare` output (pickled) added.
+
+    The pickle is our own, from one of our workers to another, as everything Ray ships is.
+    A failure here (an unreadable part) leaves the spec without it: the actor then runs `process`
+    and records the failure against the task as usual. Retries re-read their own output instead.
+    """
+    run, prepared = RunDir(run_uri), []
+    worker = stage(config, run)  # no `setup`: preparing needs no model
+    for spec in batch.to_pylist():
+        try:
+            prepared.append(pickle.dumps(worker.prepare(read_input(run, upstream, spec))) if spec["mode"] == RUN else None)
+        except Exception:
+            log.warning("preparing task %s of %s failed; its actor will retry it", spec["task"], stage.name, exc_info=True)
+            prepared.append(None)
+    return batch.append_column(PREPARED, pa.array(prepared, pa.large_binary()))
 
 
 def result_from_row(row: dict[str, Any]) -> TaskResult:

@@ -25,13 +25,26 @@ class StageCounts:
     rows_in: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the stage's wall time, worker start-up and model loading included
+    first_start: float | None = None  # epoch seconds: the span of the tasks themselves
+    last_end: float | None = None
 
     def add(self, rows_in: int, statuses: dict[str, int], reasons: dict[str, int]) -> None:
         self.tasks_done += 1
         self.rows_in += rows_in
         self.statuses.update(statuses)
         self.reasons.update(reasons)
+
+    def timed(self, started: float, seconds: float) -> None:
+        self.first_start = started if self.first_start is None else min(self.first_start, started)
+        self.last_end = max(self.last_end or 0.0, started + seconds)
+
+    @property
+    def work_seconds(self) -> float:
+        """First task's start to last task's end: the stage's wall time less its start-up."""
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return self.last_end - self.first_start
 
 
 def _reasons(counts: Counter[str]) -> str:

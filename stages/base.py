@@ -3,7 +3,9 @@
 Stages never call Ray; the runner (`pipeline.runner`) turns them into Ray Data actor pools. A stage
 gets its task's `ok` rows from the previous stage as a `pyarrow.Table` and returns every one of
 them again (or, for a source, the rows it found), each with `status` and `reason` set: drops are
-values, never silence.
+values, never silence. A `ModelStage` splits its work in two: `prepare` (reading, decoding,
+resizing: CPU only, no model) and `infer` (the model), so the runner can run the first on CPU
+workers and keep the model's actors (GPUs) busy with the second.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ class Stage(ABC):
         return getattr(config, cls.name).resources
 
     @classmethod
+    def tasks_per_actor(cls, config: PipelineConfig) -> int:
+        """Tasks one actor runs at once, in threads: more than one only where `process` is thread-safe."""
+        return 1
+
+    @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
         """Checks on the driver before any task is scheduled; raise UserError for a user mistake."""
 
@@ -69,6 +76,21 @@ class Stage(ABC):
 
     def to_table(self, rows: list[Row], input_schema: pa.Schema) -> pa.Table:
         return pa.Table.from_pylist(rows, schema=self.output_schema(input_schema))
+
+
+class ModelStage(Stage):
+    """A stage whose CPU-side work runs apart from its model; `process` does both in one place."""
+
+    @abstractmethod
+    def prepare(self, rows: pa.Table) -> list[Any]:
+        """Per row, what `infer` needs decoded (or the row's verdict); no model, no `setup` needed."""
+
+    @abstractmethod
+    def infer(self, rows: pa.Table, prepared: list[Any]) -> pa.Table:
+        """The rows out, from the model run on what `prepare` made of them."""
+
+    def process(self, rows: pa.Table) -> pa.Table:
+        return self.infer(rows, self.prepare(rows))
 
 
 class RowStage(Stage):

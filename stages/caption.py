@@ -5,6 +5,7 @@ captions use (captions of several people do not vote), or, where they name none 
 template backend), of a gender/age model's estimates; `person` when nothing decides. A caption that
 lacks the word is sampled again up to `caption.resample_attempts` times, then rewritten to hold it.
 Nothing is dropped for its caption: several people and a gender model's disagreement are flags.
+Crops are decoded once, in `prepare` (CPU workers); the models run in `infer` (their actors).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from PIL import UnidentifiedImageError
 from pipeline.config import PipelineConfig
 from pipeline.schema import CAPTION
 from stages import class_words as cw
-from stages.base import Row, Stage, drop, keep
+from stages.base import ModelStage, Row, drop, keep
 from stages.captioners import Estimate, ModelNotFound, check_captioner, check_estimator, load_captioner, load_estimator
 from stages.captioners.template import SOURCE as TEMPLATE
 from stages.captioners.template import template_caption
@@ -33,6 +34,7 @@ class Draft:
     """One row on its way: the captioner's text, the estimate, and once found, the final caption."""
 
     row: Row
+    image: np.ndarray | None = None  # the decoded crop
     raw: str | None = None
     estimate: Estimate | None = None
     caption: str | None = None
@@ -41,7 +43,7 @@ class Draft:
     verdict: Row | None = None  # a drop (an unreadable crop)
 
 
-class CaptionStage(Stage):
+class CaptionStage(ModelStage):
     name = "caption"
     sections = ("caption", "face")  # face: `gender_model=auto` follows face.backend
     requires = ("crop_image", "crop_faces", "target_face")
@@ -65,10 +67,21 @@ class CaptionStage(Stage):
         self.models = json.dumps(versions, sort_keys=True)
         clip_tokenizer()  # built once per worker
 
-    def process(self, rows: pa.Table) -> pa.Table:
-        drafts = [Draft(row) for row in rows.to_pylist()]
-        self._describe(drafts)
+    def prepare(self, rows: pa.Table) -> list[np.ndarray | Row]:
+        """Each crop decoded, or the drop of an unreadable one."""
+        out: list[np.ndarray | Row] = []
+        for data in rows["crop_image"].to_pylist():
+            try:
+                out.append(decode_crop(data))
+            except (OSError, UnidentifiedImageError) as exc:
+                out.append(drop("crop_unreadable", f"{type(exc).__name__}: {exc}"))
+        return out
+
+    def infer(self, rows: pa.Table, prepared: list[np.ndarray | Row]) -> pa.Table:
+        drafts = [Draft(row, image=item) if isinstance(item, np.ndarray) else Draft(row, verdict=item)
+                  for row, item in zip(rows.to_pylist(), prepared, strict=True)]
         live = [d for d in drafts if d.verdict is None]
+        self._describe(live)
         word = self._decide(live)
         for draft in live:
             self._place(draft, word)
@@ -76,17 +89,11 @@ class CaptionStage(Stage):
         return self.to_table([{**d.row, **(d.verdict or self._finish(d, word))} for d in drafts], rows.schema)
 
     def _batches(self, drafts: list[Draft]) -> Iterator[tuple[list[Draft], list[np.ndarray]]]:
-        """(drafts, decoded crops) a batch at a time: bounded memory; unreadable crops become drops."""
+        """(drafts, their decoded crops), a model batch at a time; every draft here has its crop."""
         size = self.resources(self.config).batch_size
         for start in range(0, len(drafts), size):
-            batch, images = [], []
-            for draft in drafts[start : start + size]:
-                try:
-                    images.append(decode_crop(draft.row["crop_image"]))
-                    batch.append(draft)
-                except (OSError, UnidentifiedImageError) as exc:
-                    draft.verdict = drop("crop_unreadable", f"{type(exc).__name__}: {exc}")
-            yield batch, images
+            batch = drafts[start : start + size]
+            yield batch, [d.image for d in batch if d.image is not None]
 
     def _describe(self, drafts: list[Draft]) -> None:
         for batch, images in self._batches(drafts):

@@ -24,6 +24,12 @@ class CrawlStage(Stage):
     volatile = ("fetched_at",)
 
     @classmethod
+    def tasks_per_actor(cls, config: PipelineConfig) -> int:
+        """Names crawl side by side, so the downloads of one never wait on the slowest of another;
+        the source's limits are per worker, shared by them (thread-safe)."""
+        return config.crawl.download.names_per_worker
+
+    @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
         source_class(config.crawl).preflight(config.crawl)
 

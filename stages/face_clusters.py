@@ -8,9 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
 from pipeline.config import VerifySection
 from stages.base import Row
@@ -74,6 +71,8 @@ class Decision:
 def cluster_labels(vectors: np.ndarray, cluster_threshold: float) -> np.ndarray:
     if len(vectors) == 1:
         return np.ones(1, dtype=int)
+    from scipy.cluster.hierarchy import fcluster, linkage  # here: scipy costs 0.2 s to import, a resume needs none
+
     tree = linkage(vectors, method="average", metric="cosine")
     return fcluster(tree, t=1.0 - cluster_threshold, criterion="distance")
 
@@ -163,6 +162,9 @@ def hamming_matrix(phashes: list[str | None]) -> np.ndarray:
 
 def dup_groups(folder: Folder, target: np.ndarray, settings: Settings) -> list[str]:
     """Near-duplicate groups, each named by its smallest image_id."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
     faces = folder.vectors[target]
     linked = (faces @ faces.T >= settings.dup_similarity) | (hamming_matrix(folder.phashes) <= settings.dup_hamming)
     _, component = connected_components(csr_matrix(linked), directed=False)

@@ -1,5 +1,8 @@
 """Filter stage: resolution from the header first (cheap), then faces on the decoded survivors.
 
+`prepare` (CPU workers) reads each image, checks its header and decodes the survivors shrunk for
+detection; `infer` (the face model's actors) finds and embeds the faces and judges them.
+
 Every face whose box reaches `filter.min_face_size` is kept in the row with its embedding (unit
 vector and raw norm), so verify can re-decide with new thresholds without running a model again.
 """
@@ -16,7 +19,7 @@ from PIL import Image
 
 from pipeline.config import PipelineConfig
 from pipeline.schema import FACE_EVIDENCE, IMAGE_SIZE
-from stages.base import Row, Stage, drop, keep
+from stages.base import ModelStage, Row, drop, keep
 from stages.faces import Face, ModelNotFound, open_backend
 from stages.imaging import ImageRejected, decode_for_detection, probe
 
@@ -32,7 +35,7 @@ class Candidate:
     columns: Row | None = None
 
 
-class FilterStage(Stage):
+class FilterStage(ModelStage):
     name = "filter"
     sections = ("filter", "face")
     requires = ("raw_path",)
@@ -50,14 +53,15 @@ class FilterStage(Stage):
         self.backend = open_backend(self.config.face)
         self.models = json.dumps(self.backend.versions(), sort_keys=True)
 
-    def process(self, rows: pa.Table) -> pa.Table:
-        out: list[Row] = []
+    def prepare(self, rows: pa.Table) -> list[Candidate]:
+        return [self._check_image(row) for row in rows.to_pylist()]
+
+    def infer(self, rows: pa.Table, prepared: list[Candidate]) -> pa.Table:
+        todo = [c for c in prepared if c.verdict is None]
         size = self.resources(self.config).batch_size
-        for start in range(0, rows.num_rows, size):  # bounded memory: a batch of decoded images at a time
-            candidates = [self._check_image(row) for row in rows.slice(start, size).to_pylist()]
-            self._detect([c for c in candidates if c.verdict is None])
-            out.extend({**c.row, **c.verdict} for c in candidates if c.verdict is not None)
-        return self.to_table(out, rows.schema)
+        for start in range(0, len(todo), size):
+            self._detect(todo[start : start + size])
+        return self.to_table([{**c.row, **c.verdict} for c in prepared if c.verdict is not None], rows.schema)
 
     def _check_image(self, row: Row) -> Candidate:
         settings, candidate = self.config.filter, Candidate(row)
@@ -89,6 +93,7 @@ class FilterStage(Stage):
         found = self.backend.analyze([np.asarray(c.image) for c in candidates])
         for candidate, faces in zip(candidates, found, strict=True):
             candidate.verdict = self._judge(faces, candidate.scale, candidate.columns or {})
+            candidate.image = None  # done with the pixels
 
     def _judge(self, faces: list[Face], scale: float, columns: Row) -> Row:
         evidence = {**columns, "num_detected": len(faces), "face_backend": self.backend.name,

@@ -3,7 +3,8 @@
 The backend (`segment.backend`) sees a batch of crops and each one's target face box, and returns
 the person around that face. The stage keeps the evidence (mask area, share of the face box inside
 the mask) and drops `no_person_mask` where no mask covers enough of the face. Masks are 1-bit PNGs of
-the crop's size; padding a crop got at the image border is never part of the person.
+the crop's size; padding a crop got at the image border is never part of the person. Crops are
+decoded in `prepare` (CPU workers), the backend runs in `infer` (its actors).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pyarrow as pa
 
 from pipeline.config import PipelineConfig
 from pipeline.schema import MASK
-from stages.base import Row, Stage, drop, keep
+from stages.base import ModelStage, Row, drop, keep
 from stages.crop import decode_crop, target_crop_box
 from stages.segmenters import (
     ModelNotFound,
@@ -26,7 +27,7 @@ from stages.segmenters import (
 )
 
 
-class SegmentStage(Stage):
+class SegmentStage(ModelStage):
     name = "segment"
     sections = ("segment",)
     requires = ("crop_image", "crop_size", "crop_box", "crop_faces", "crop_padding", "target_face", "width", "height")
@@ -42,12 +43,14 @@ class SegmentStage(Stage):
     def setup(self) -> None:
         self.segmenter = load_segmenter(self.config.segment)
 
-    def process(self, rows: pa.Table) -> pa.Table:
+    def prepare(self, rows: pa.Table) -> list[np.ndarray]:
+        return [decode_crop(data) for data in rows["crop_image"].to_pylist()]
+
+    def infer(self, rows: pa.Table, prepared: list[np.ndarray]) -> pa.Table:
         out: list[Row] = []
         size = self.resources(self.config).batch_size
-        for start in range(0, rows.num_rows, size):  # bounded memory: one batch of decoded crops at a time
-            batch = rows.slice(start, size).to_pylist()
-            images = [decode_crop(row["crop_image"]) for row in batch]
+        for start in range(0, rows.num_rows, size):
+            batch, images = rows.slice(start, size).to_pylist(), prepared[start : start + size]
             found = self.segmenter.segment(images, [prompt(row) for row in batch])
             out.extend({**row, **self._judge(row, person)} for row, person in zip(batch, found, strict=True))
         return self.to_table(out, rows.schema)

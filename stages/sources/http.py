@@ -125,11 +125,19 @@ class Downloader:
         )
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
+        # One pool for the worker's life, shared by the tasks it runs at once: `max_concurrency`
+        # bounds the whole worker, and no threads are started per task.
+        self._pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="download")
 
     def fetch_all(self, items: Iterable[UrlTriple]) -> Iterator[Fetched]:
-        """Download concurrently (at most `max_concurrency` at once); results in input order."""
-        with ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="download") as pool:
-            yield from pool.map(lambda item: self.fetch_image(*item), items)
+        """Download concurrently (at most `max_concurrency` at once per worker); results in input order."""
+        futures = [self._pool.submit(self.fetch_image, *item) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:  # a consumer that stops early leaves no queued downloads behind
+            for future in futures:
+                future.cancel()
 
     def fetch_image(self, url: str, page_url: str | None = None, license_: str | None = None) -> Fetched:
         try:

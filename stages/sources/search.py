@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +180,7 @@ class SearchSource(HttpSource):
         self.feeder = feeder_class(1, signal, session)
         self.feeder.out_queue = queue.Queue()  # icrawler's is bounded; nothing drains it while feeding
         self.parser = parser_class(1, signal, session)
+        self._feeding = threading.Lock()  # one feeder queue, and a worker crawls several names at once
 
     @classmethod
     def preflight(cls, settings: CrawlSection) -> None:
@@ -218,10 +220,11 @@ class SearchSource(HttpSource):
         return list(found.values())[:wanted]
 
     def _result_pages(self, query: str, wanted: int) -> list[str]:
-        self.feeder.feed(**self.engine.feed(query, wanted))
         pages = []
-        while not self.feeder.out_queue.empty():
-            pages.append(rebase(self.feeder.out_queue.get_nowait(), self.settings.search_base_url))
+        with self._feeding:
+            self.feeder.feed(**self.engine.feed(query, wanted))
+            while not self.feeder.out_queue.empty():
+                pages.append(rebase(self.feeder.out_queue.get_nowait(), self.settings.search_base_url))
         return pages
 
     def _parse(self, page_url: str) -> Iterator[UrlTriple]:

@@ -1,0 +1,77 @@
+"""A model stage on GPU actors: images decoded on CPU workers, the model run in the actors only.
+
+Ray is told the machine has one GPU (a logical resource: no CUDA is needed), so the runner takes
+the path it takes on a GPU box. The stage records which process prepared and which inferred.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.config import load_config, resolve_profile
+from pipeline.markers import part_path
+from pipeline.names import Identity
+from pipeline.rundir import RunDir
+from pipeline.runner import TaskExecutor, plan_stage, read_input
+from stages.crawl import CrawlStage
+from stages.filter import FilterStage
+from tests.conftest import labelled_tree
+
+IDENTITIES = ["angelina_jolie", "matt_damon", "jennifer_aniston"]
+
+
+class RecordingFilter(FilterStage):
+    """The filter stage, leaving a file per process that prepared or inferred."""
+
+    def prepare(self, rows: pa.Table) -> list:
+        self.run.write_bytes(f"pids/prepare-{os.getpid()}", b"")
+        return super().prepare(rows)
+
+    def infer(self, rows: pa.Table, prepared: list) -> pa.Table:
+        self.run.write_bytes(f"pids/infer-{os.getpid()}", b"")
+        return super().infer(rows, prepared)
+
+
+@pytest.fixture(scope="module")
+def ray_with_a_gpu():
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, as the CLI's private instance
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def pids(run: Path, step: str) -> set[str]:
+    return {path.name.split("-", 1)[1] for path in (run / "pids").glob(f"{step}-*")}
+
+
+@pytest.mark.slow
+def test_gpu_stage_decodes_on_cpu_workers_and_infers_in_its_actors(ray_with_a_gpu, faces, tmp_path) -> None:
+    from pipeline.driver import execute
+
+    labelled_tree(tmp_path, faces, IDENTITIES)
+    overrides = ["crawl.source=local", f"crawl.local_root={tmp_path / 'photos'}", "filter.min_face_size=80",
+                 "filter.resources.num_gpus=1"]
+    config = load_config(resolve_profile("cpu"), overrides)
+    run = RunDir(str(tmp_path / "run"))
+    people = [Identity(name, name) for name in IDENTITIES]
+    crawl = TaskExecutor(CrawlStage, None, config, run.uri)
+    for spec in plan_stage(CrawlStage, None, config, run, people).todo:
+        crawl.execute(spec)
+
+    counts = execute(RecordingFilter, CrawlStage, config, run, plan_stage(RecordingFilter, CrawlStage, config, run, people))
+
+    assert counts.tasks_done == len(IDENTITIES) and not counts.tasks_failed
+    preparers, models = pids(tmp_path / "run", "prepare"), pids(tmp_path / "run", "infer")
+    assert preparers and models and not preparers & models, (preparers, models)
+    local = FilterStage(config, run)
+    local.setup()
+    for person in people:
+        spec = {"task": person.slug, "name": person.name}
+        expected = local.process(read_input(run, "crawl", spec))
+        assert run.read_table(part_path("filter", person.slug)).to_pylist() == expected.to_pylist()
