@@ -130,7 +130,8 @@ def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: Pipe
     at_once = stage.tasks_per_actor(config)
     pool = ray.data.ActorPoolStrategy(size=pool_size(stage, config, len(todo)),
                                       max_concurrent_calls_per_actor=at_once, enable_true_multi_threading=at_once > 1)
-    tasks = ray.data.from_items(todo, override_num_blocks=len(todo))
+    per_call = stage.tasks_per_call
+    tasks = ray.data.from_items(todo, override_num_blocks=-(-len(todo) // per_call))
     if issubclass(stage, ModelStage) and resources.num_gpus and upstream:
         # Decoding on CPU workers keeps the GPU actors inferring; on CPUs alone it would only add
         # a hop, so there the actors do both.
@@ -144,7 +145,7 @@ def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: Pipe
     return tasks.map_batches(
         TaskExecutor,
         fn_constructor_args=(stage, upstream.name if upstream else None, config, run.uri),
-        batch_size=1,
+        batch_size=per_call,
         batch_format="pyarrow",
         compute=pool,
         num_cpus=resources.num_cpus,

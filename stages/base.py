@@ -39,6 +39,7 @@ class Stage(ABC):
     version: ClassVar[int] = 1  # bump when the logic changes what the stage outputs
     one_to_one: ClassVar[bool] = True  # one output row per input row (sources expand)
     volatile: ClassVar[tuple[str, ...]] = ()  # columns that differ between identical re-runs
+    tasks_per_call: ClassVar[int] = 1  # tasks an actor gets per Ray call: more where a task costs less than a call
 
     def __init__(self, config: PipelineConfig, run: RunDir) -> None:
         self.config = config

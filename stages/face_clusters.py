@@ -71,7 +71,7 @@ class Decision:
 def cluster_labels(vectors: np.ndarray, cluster_threshold: float) -> np.ndarray:
     if len(vectors) == 1:
         return np.ones(1, dtype=int)
-    from scipy.cluster.hierarchy import fcluster, linkage  # here: scipy costs 0.2 s to import, a resume needs none
+    from scipy.cluster.hierarchy import fcluster, linkage  # here: 0.2 s to import, loaded by VerifyStage.setup
 
     tree = linkage(vectors, method="average", metric="cosine")
     return fcluster(tree, t=1.0 - cluster_threshold, criterion="distance")

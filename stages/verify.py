@@ -57,6 +57,11 @@ class VerifyStage(Stage):
     sections = ("verify",)
     requires = ("faces", "phash", "face_backend")
     produces = VERIFICATION
+    tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate
+
+    def setup(self) -> None:
+        import scipy.cluster.hierarchy  # noqa: F401 - once per worker, before the first task (not at
+        import scipy.sparse.csgraph  # noqa: F401 - module import: a resume imports every stage)
 
     def process(self, rows: pa.Table) -> pa.Table:
         records = rows.to_pylist()
