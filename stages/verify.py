@@ -60,8 +60,9 @@ class VerifyStage(Stage):
     tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate
 
     def setup(self) -> None:
-        import scipy.cluster.hierarchy  # noqa: F401 - once per worker, before the first task (not at
-        import scipy.sparse.csgraph  # noqa: F401 - module import: a resume imports every stage)
+        """scipy once per worker, before the first task; not at module import, as a resume imports every stage."""
+        import scipy.cluster.hierarchy
+        import scipy.sparse.csgraph  # noqa: F401
 
     def process(self, rows: pa.Table) -> pa.Table:
         records = rows.to_pylist()
