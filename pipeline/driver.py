@@ -86,17 +86,26 @@ def _check_reachable(address: str) -> None:
 
 
 def pool_size(stage: type[Stage], config: PipelineConfig, tasks: int) -> int:
-    resources = stage.resources(config)
-    if resources.concurrency:
-        return min(resources.concurrency, tasks)
     import ray
 
-    cluster = ray.cluster_resources()
+    resources, cluster = stage.resources(config), ray.cluster_resources()
+    if resources.num_gpus > cluster.get("GPU", 0):
+        _no_gpu(stage, resources.num_gpus, config)
+    if resources.concurrency:
+        return min(resources.concurrency, tasks)
     if resources.num_gpus:
         fit = cluster.get("GPU", 0) // resources.num_gpus
     else:
         fit = cluster.get("CPU", 1) // resources.num_cpus
     return max(1, min(int(fit), tasks))
+
+
+def _no_gpu(stage: type[Stage], wanted: float, config: PipelineConfig) -> None:
+    """Actors asking for a GPU Ray does not have would wait forever: a private instance never gets one."""
+    what = f"{stage.name}.resources.num_gpus={wanted:g}, but Ray sees no such GPU"
+    if not (config.run.address or os.environ.get("RAY_ADDRESS")):
+        raise UserError(f"{what} on this machine", f"use --config cpu, or --set {stage.name}.resources.num_gpus=0")
+    console.print(f"[yellow]warning:[/] {what} in the cluster yet; its actors wait for GPU nodes to join")
 
 
 def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir, plan: Plan) -> StageCounts:

@@ -19,7 +19,7 @@ from pipeline.rundir import RunDir
 from pipeline.runner import TaskExecutor, plan_stage, read_input
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage
-from tests.conftest import labelled_tree
+from tests.conftest import cpu_run_args, labelled_tree, run_cli
 
 IDENTITIES = ["angelina_jolie", "matt_damon", "jennifer_aniston"]
 
@@ -75,3 +75,17 @@ def test_gpu_stage_decodes_on_cpu_workers_and_infers_in_its_actors(ray_with_a_gp
         spec = {"task": person.slug, "name": person.name}
         expected = local.process(read_input(run, "crawl", spec))
         assert run.read_table(part_path("filter", person.slug)).to_pylist() == expected.to_pylist()
+
+
+def test_a_gpu_stage_on_a_machine_without_one_is_a_clear_error(faces, tmp_path) -> None:
+    names = labelled_tree(tmp_path, faces, IDENTITIES[:1])
+    common = cpu_run_args(names, tmp_path / "run", tmp_path / "photos")
+    assert run_cli("run", "--stage", "crawl", *common).returncode == 0
+
+    result = run_cli("run", "--stage", "filter", *common, "--set", "filter.resources.num_gpus=1")
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: filter.resources.num_gpus=1, but Ray sees no such GPU on this machine "
+        "(use --config cpu, or --set filter.resources.num_gpus=0)"
+    ), result.stderr
