@@ -114,6 +114,9 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
         return summary
     connect(config.run.address)  # only now: a finished run resumes without starting Ray
     run.remove_temporaries(f"stages/{stage.name}")
+    for spec in plan.todo:  # only unfinished tasks can have left a temporary behind
+        for folder in stage.task_folders(spec["task"]):
+            run.remove_temporaries(folder)
     results = _task_results(stage, upstream, config, run, plan.todo)
     with _progress() as progress:
         bar = progress.add_task(stage.name, total=len(plan.todo), rows="")
@@ -222,6 +225,7 @@ def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity
     connect(config.run.address)
     import ray.data
 
+    run.remove_temporaries("shards")
     specs = [{"target": plan.file(i), "identities": ids} for i, ids in enumerate(plan.shards)]
     shards = ray.data.from_items(specs, override_num_blocks=max(1, len(specs))).map_batches(
         _write_shards,

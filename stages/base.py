@@ -50,6 +50,11 @@ class Stage(ABC):
         return getattr(config, cls.name).resources
 
     @classmethod
+    def task_folders(cls, task: str) -> tuple[str, ...]:
+        """Folders outside `stages/<name>/` a task writes into (a killed writer leaves temporaries there)."""
+        return ()
+
+    @classmethod
     def tasks_per_actor(cls, config: PipelineConfig) -> int:
         """Tasks one actor runs at once, in threads: more than one only where `process` is thread-safe."""
         return 1

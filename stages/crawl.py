@@ -24,6 +24,10 @@ class CrawlStage(Stage):
     volatile = ("fetched_at",)
 
     @classmethod
+    def task_folders(cls, task: str) -> tuple[str, ...]:
+        return (f"raw/{task}",)
+
+    @classmethod
     def tasks_per_actor(cls, config: PipelineConfig) -> int:
         """Names crawl side by side, so the downloads of one never wait on the slowest of another;
         the source's limits are per worker, shared by them (thread-safe)."""
@@ -87,7 +91,7 @@ class CrawlStage(Stage):
 
     def _store(self, identity: str, image_id: str, image_format: str, data: bytes) -> str:
         """Content-addressed, so a re-run or a retry writes nothing new."""
-        rel = f"raw/{identity}/{image_id}.{EXTENSIONS.get(image_format, 'img')}"
+        rel = f"{self.task_folders(identity)[0]}/{image_id}.{EXTENSIONS.get(image_format, 'img')}"
         if not self.run.exists(rel):
             self.run.write_bytes(rel, data)
         return rel

@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.registry import STAGE_NAMES
 from tests.conftest import REPO, stage_rows
-from tests.test_resume import args, image_ids, reference, tree  # noqa: F401  (module fixtures, reused)
+from tests.test_resume import (  # noqa: F401  (reference and tree: module fixtures, reused)
+    args,
+    image_ids,
+    kill_session,
+    reference,
+    shard_rows,
+    tree,
+)
 
 
 def stage_workers() -> list[int]:
@@ -47,10 +55,10 @@ def test_killed_worker_is_replaced_and_its_task_retried(tree, reference, tmp_pat
             time.sleep(0.05)
         output, _ = process.communicate(timeout=300)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        kill_session(process.pid)
     assert killed is not None, "a filter worker was found and killed mid-stage"
     assert process.returncode == 0, output[-3000:]
-    for stage in ("crawl", "filter", "verify"):
+    for stage in STAGE_NAMES[:-1]:
         assert image_ids(out, stage) == image_ids(reference, stage)
     assert stage_rows(out, "filter")
+    assert shard_rows(out) == shard_rows(reference)
