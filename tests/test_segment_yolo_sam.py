@@ -6,16 +6,20 @@ selection logic is wired to the model outputs. Person boxes are controlled where
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from pipeline.config import load_config, resolve_profile
+from pipeline.errors import UserError
 from pipeline.rundir import RunDir
 from stages.crop import CropStage
 from stages.segment import SegmentStage, prompt
-from stages.segmenters import decode_mask, face_coverage
+from stages.segmenters import ModelNotFound, decode_mask, face_coverage
+from stages.segmenters.checkpoints import import_ultralytics, layer, read_yolo
 from stages.segmenters.yolo_sam import YoloSamSegmenter, negative_points, pick_mask
-from tests.tiny_segmenters import YOLO_FILE, build_weights
+from tests.tiny_segmenters import SAM_FILE, YOLO_FILE, build_weights
 from tests.verified_rows import verified_table
 
 
@@ -89,3 +93,64 @@ def test_one_batched_sam_call_and_the_selection_wired_to_it(weights, crops) -> N
         assert np.array_equal(mask, masks[pick_mask(prompt(source).face, masks, scores)])
         assert row["mask_face_coverage"] == pytest.approx(face_coverage(mask, prompt(source).face))
         assert row["status"] == ("ok" if mask.any() else "dropped")
+
+
+class Payload:
+    """Unpickles as a call to `exec`: what a crafted checkpoint hides among real weights (here it only
+    creates a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(weights, tmp_path) -> None:
+    import torch
+
+    marker, folder = tmp_path / "ran", tmp_path / "weights"
+    folder.mkdir()
+    (folder / SAM_FILE).symlink_to(weights / SAM_FILE)
+    _, checkpoint = read_yolo(weights / YOLO_FILE)
+    torch.save({**checkpoint, "note": Payload(marker)}, folder / YOLO_FILE)  # a real checkpoint, plus the payload
+    torch.save({"note": Payload(marker)}, tmp_path / SAM_FILE)
+    torch.load(folder / YOLO_FILE, weights_only=False)  # the payload is live: a full unpickle runs it
+    assert marker.exists()
+    marker.unlink()
+
+    with pytest.raises(UserError, match=f"{YOLO_FILE} refused: its pickle names builtins.exec") as refused:
+        SegmentStage.preflight(config(folder))
+    assert "official ultralytics detection checkpoint" in refused.value.fix
+    with pytest.raises(ModelNotFound, match="builtins.exec"):
+        YoloSamSegmenter(folder / YOLO_FILE, "vit_b", weights / SAM_FILE)
+    with pytest.raises(ModelNotFound, match=f"{SAM_FILE} refused: .*GLOBAL exec"):
+        YoloSamSegmenter(weights / YOLO_FILE, "vit_b", tmp_path / SAM_FILE)
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_the_training_record_older_ultralytics_wrote_loads(weights, tmp_path) -> None:
+    """Args as an IterableSimpleNamespace and metrics as numpy scalars, as older ultralytics versions wrote them."""
+    import torch
+    from ultralytics.utils import IterableSimpleNamespace
+
+    model, checkpoint = read_yolo(weights / YOLO_FILE)
+    model.args = IterableSimpleNamespace(**checkpoint["train_args"])
+    metrics = {key: np.float64(value) for key, value in checkpoint["train_metrics"].items()}
+    torch.save({**checkpoint, "model": model.half(), "train_metrics": metrics}, tmp_path / YOLO_FILE)
+    loaded, record = read_yolo(tmp_path / YOLO_FILE)
+    assert isinstance(loaded.args, IterableSimpleNamespace) and type(record["train_metrics"]["fitness"]) is np.float64
+
+
+def test_the_allow_list_holds_torch_and_ultralytics_layers_only() -> None:
+    import_ultralytics()
+    import torch
+    from ultralytics.nn.modules.conv import Conv
+
+    assert layer("torch.nn.modules.conv.Conv2d") is torch.nn.Conv2d
+    assert layer("ultralytics.nn.modules.Conv") is Conv  # the package re-export early checkpoints name
+    for name in ("ultralytics.nn.modules.block.TorchVision", "torch.nn.modules.conv.F", "torch.nn.modulesx.Conv2d",
+                 "ultralytics.nn.tasks.torch_safe_load", "os.system", "builtins.exec"):
+        assert layer(name) is None, name

@@ -9,11 +9,10 @@ from pipeline.config import SegmentSection
 from stages.faces import ModelNotFound
 
 from .base import PersonMask, Prompt, Segmenter, decode_mask, encode_mask, face_coverage
+from .checkpoints import SAM_URL, YOLO_URL, yolo_globals
 
 # The files segment-anything's authors publish, per model; a user's copy keeps the name.
 SAM_FILES = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
-SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-YOLO_URL = "https://github.com/ultralytics/assets/releases"
 
 
 def weight_paths(settings: SegmentSection) -> tuple[Path, Path]:
@@ -24,7 +23,7 @@ def weight_paths(settings: SegmentSection) -> tuple[Path, Path]:
 
 
 def check_backend(settings: SegmentSection) -> None:
-    """Raise ModelNotFound (what, where, how to get it) unless the backend can load; loads nothing."""
+    """Raise ModelNotFound (what, where, how to get it) unless the backend can load; reads no weights."""
     if settings.backend != "yolo_sam":
         return
     for package in ("torch", "ultralytics", "segment_anything"):
@@ -39,6 +38,7 @@ def check_backend(settings: SegmentSection) -> None:
         official = SAM_FILES[settings.sam_model]
         fix = f"download {SAM_URL}{official} to {sam}, or set segment.sam_checkpoint=PATH (a {settings.sam_model} file)"
         raise ModelNotFound(f"segment-anything {settings.sam_model} checkpoint {sam.name!r}", [str(sam)], fix)
+    yolo_globals(yolo)  # refuses a checkpoint whose pickle names anything off the allow-list; unpickles nothing
 
 
 def load_segmenter(settings: SegmentSection) -> Segmenter:

@@ -1,19 +1,20 @@
 """Default backend (GPU machines): an ultralytics YOLO person box around the target face, then a
 segment-anything mask prompted by that box; of SAM's three candidate masks, the one covering the face.
 
-Both load from local files only (`YOLO_OFFLINE=1`: ultralytics never reaches for its hub). The SAM image
-encoder, the costly part, runs on the whole batch at once.
+Both load from local files only (`YOLO_OFFLINE=1`: ultralytics never reaches for its hub), read as data
+(`checkpoints`: a file that would run code is refused). The SAM image encoder, the costly part, runs on the
+whole batch at once.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .base import Box, PersonMask, Prompt, Segmenter, face_pixels, near_best
+from .checkpoints import read_state_dict, yolo_detector
 
 PERSON = 0  # COCO class id
 MIN_FACE_HELD = 0.5  # a person box holds at least half of the face box, or it is someone else's
@@ -62,14 +63,15 @@ class YoloSamSegmenter(Segmenter):
     def __init__(
         self, yolo_weights: Path, sam_model: str, sam_checkpoint: Path, device: str = "auto", person_conf: float = 0.25
     ) -> None:
-        os.environ["YOLO_OFFLINE"] = "1"  # before the import: no hub checks, no asset downloads
         from segment_anything import sam_model_registry
         from segment_anything.utils.transforms import ResizeLongestSide
-        from ultralytics import YOLO
 
         self.device = resolve_device(device)
-        self.detector = YOLO(str(yolo_weights), task="detect")
-        self.sam = sam_model_registry[sam_model](checkpoint=str(sam_checkpoint)).to(self.device).eval()
+        self.detector = yolo_detector(yolo_weights)
+        weights = read_state_dict(sam_checkpoint)  # not build_sam's torch.load, which leaves weights_only to torch
+        self.sam = sam_model_registry[sam_model]()  # random weights, then the file's
+        self.sam.load_state_dict(weights)
+        self.sam = self.sam.to(self.device).eval()
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
         self.person_conf = person_conf
         self.source = f"yolo+sam:{sam_model}"
