@@ -124,11 +124,8 @@ class TaskExecutor:
         rows = read_input(self.run, self.upstream, spec)
         if spec["mode"] == RETRY:
             output = self.stage.retry(self.run.read_table(part_path(name, task)))
-        elif spec.get(PREPARED) is not None:
-            assert isinstance(self.stage, ModelStage)
-            output = self.stage.infer(rows, pickle.loads(spec[PREPARED]))
         else:
-            output = self.stage.process(rows)
+            output = self._process(rows, spec.get(PREPARED))
             if self.stage.one_to_one and output.num_rows != rows.num_rows:
                 raise RuntimeError(f"stage {name} returned {output.num_rows} rows for {rows.num_rows}")
         self.run.write_table(part_path(name, task), output)
@@ -138,6 +135,12 @@ class TaskExecutor:
         write_marker(self.run, marker)
         return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons)
 
+    def _process(self, rows: pa.Table, prepared: bytes | None) -> pa.Table:
+        """`infer` on what a CPU worker prepared, else the whole of `process` here."""
+        if prepared is None:
+            return self.stage.process(rows)
+        assert isinstance(self.stage, ModelStage)
+        return self.stage.infer(rows, pickle.loads(prepared))
 
 
 def read_input(run: RunDir, upstream: str | None, spec: dict[str, Any]) -> pa.Table:
