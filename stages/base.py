@@ -87,6 +87,8 @@ class Stage(ABC):
 class ModelStage(Stage):
     """A stage whose CPU-side work runs apart from its model; `process` does both in one place."""
 
+    per_row: ClassVar[bool] = True  # rows judged one by one: `process` can go a model batch at a time
+
     @abstractmethod
     def prepare(self, rows: pa.Table) -> list[Any]:
         """Per row, what `infer` needs decoded (or the row's verdict); no model, no `setup` needed."""
@@ -96,7 +98,12 @@ class ModelStage(Stage):
         """The rows out, from the model run on what `prepare` made of them."""
 
     def process(self, rows: pa.Table) -> pa.Table:
-        return self.infer(rows, self.prepare(rows))
+        """Both halves in one worker; a batch of decoded images at a time where rows are independent."""
+        if not self.per_row:
+            return self.infer(rows, self.prepare(rows))
+        size = self.resources(self.config).batch_size
+        batches = (rows.slice(start, size) for start in range(0, max(rows.num_rows, 1), size))
+        return pa.concat_tables([self.infer(batch, self.prepare(batch)) for batch in batches])
 
 
 class RowStage(Stage):

@@ -48,6 +48,7 @@ class CaptionStage(ModelStage):
     sections = ("caption", "face")  # face: `gender_model=auto` follows face.backend
     requires = ("crop_image", "crop_faces", "target_face")
     produces = CAPTION
+    per_row = False  # the class word is the identity's: decided over all its crops at once
     tasks_per_call = 4  # template captions take tens of ms an identity, about a Ray call's own cost
 
     @classmethod
