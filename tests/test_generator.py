@@ -69,6 +69,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "v2_bin": tiny_sdxl.save_adapter(root / "photomaker-v2.bin", encoder_v2, lora),
         "v2_st": tiny_sdxl.save_adapter(root / "photomaker-v2.safetensors", encoder_v2, lora),
         "v2_partial": tiny_sdxl.save_adapter(root / "partial-v2.safetensors", tiny_sdxl.partial_v2(encoder), lora),
+        "v1_processor_keys": tiny_sdxl.save_adapter(root / "photomaker-v1-processor-keys.bin", encoder,
+                                                     tiny_sdxl.as_attention_processor_keys(lora)),
         "arcface_pack": write_pack(root / "insightface-pack", score_bias=20.0),  # finds "faces" everywhere
     }
 
@@ -197,6 +199,21 @@ def test_v1_and_v2_files_are_told_apart_and_load_strictly(models: dict[str, Path
         loaded = encoder.state_dict()
         assert loaded.keys() == expected.keys() and all(torch.equal(loaded[key], expected[key]) for key in expected)
     assert {f"qformer_perceiver.{key}" for key in V2_KEYS} <= states["v2"].keys()
+
+
+def test_the_official_lora_key_layout_loads_the_same_unet_weights(models: dict[str, Path], gen) -> None:
+    """Official files key their LoRA as diffusers' old attention processors (`...attn1.processor.to_q_lora.down`);
+    it must land on the same UNet layers, with the same values, as the peft layout the other tests use."""
+    adapter = checkpoint.load_adapter(models["v1_processor_keys"])
+    assert any(".processor.to_out_lora.up." in key for key in adapter.lora_weights)
+    loaded = gp.load_generator(models["base"], adapter, checkpoint.build_encoder(adapter), tiny_settings())
+    expected, actual = unet_lora(gen), unet_lora(loaded)
+    assert len(expected) == len(tiny_sdxl.lora_state()) and actual.keys() == expected.keys()
+    assert all(torch.equal(actual[key], expected[key]) for key in expected)
+
+
+def unet_lora(generator: gp.Generator) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in generator.pipe.unet.state_dict().items() if ".lora_" in key}
 
 
 def test_a_v1_file_never_reaches_v2_code(models: dict[str, Path], gen, run_dir: Path, monkeypatch) -> None:

@@ -10,6 +10,7 @@ ArcFace embeddings as in the real file), and LoRA weights for the UNet's attenti
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ WIDTHS = (32, 64)  # text encoder 1 and 2 hidden sizes; the prompt embeddings ar
 PROJECTION = 32  # text encoder 2's pooled projection
 TIME_DIM = 8
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+OLD_LORA_SIDES = {"A": "down", "B": "up"}  # peft's lora_A/lora_B were the old processors' down/up
 ARCFACE_DIM = 512  # insightface's ArcFace embeddings: what v2's token projection takes
 V2_SIZES = ResamplerSizes(face_dim=ARCFACE_DIM, proj_dim=64, dim=sum(WIDTHS), num_tokens=2, vision_dim=HEAD_DIM,
                           depth=2, heads=1, ff_dim=64)
@@ -108,6 +110,17 @@ def lora_state() -> dict[str, torch.Tensor]:
     model.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS))
     state = get_peft_model_state_dict(model)
     return {f"unet.{key}": torch.randn_like(value) * 0.1 for key, value in state.items()}  # B is zero at init
+
+
+def as_attention_processor_keys(lora: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official files' LoRA layout, from diffusers' old attention processors PhotoMaker was trained with:
+    `unet.<attn>.to_q.lora_A.weight` -> `unet.<attn>.processor.to_q_lora.down.weight` (to_out.0 -> to_out_lora)."""
+    pattern = re.compile(r"^(.*)\.to_(q|k|v|out)(?:\.0)?\.lora_([AB])\.weight$")
+    renamed = {}
+    for key, value in lora.items():
+        module, projection, side = pattern.fullmatch(key).groups()
+        renamed[f"{module}.processor.to_{projection}_lora.{OLD_LORA_SIDES[side]}.weight"] = value
+    return renamed
 
 
 def save_adapter(path: Path, id_encoder: dict[str, torch.Tensor], lora: dict[str, torch.Tensor]) -> Path:
