@@ -79,6 +79,8 @@ class CrawlStage(Stage):
             return row
         image_id = hashlib.sha256(item.data).hexdigest()
         row.update(image_id=image_id, num_bytes=len(item.data))
+        if not item.data:
+            return {**row, **drop("zero_bytes", "the body or file is empty")}
         image_format = sniff_format(item.data)
         if image_format is None:
             return {**row, **drop("not_an_image", "the bytes are not an image format Pillow reads")}

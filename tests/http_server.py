@@ -233,6 +233,12 @@ class Handler(BaseHTTPRequestHandler):
     def route_html_as_jpeg(self) -> None:
         self.send(200, b"<!doctype html><html><body>not a photo</body></html>", "image/jpeg")
 
+    def route_svg_as_jpeg(self) -> None:
+        self.send(200, b'<?xml version="1.0"?><svg width="900" height="900"><circle r="400"/></svg>')
+
+    def route_empty(self) -> None:
+        self.send(200, b"")
+
     def route_huge_cl(self) -> None:
         self.send(200, b"x" * 1024, content_length=str(10**12), Connection="close")
         self.close_connection = True

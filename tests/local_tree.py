@@ -18,6 +18,7 @@ BAD_FILES = {
     "panorama.jpg": ("filter", "extreme_aspect_ratio"),
     "truncated.jpg": ("filter", "decode_error"),
     "notes.jpg": ("crawl", "not_an_image"),
+    "empty.jpg": ("crawl", "zero_bytes"),
     "zz-copy-of-first.jpg": ("crawl", "duplicate"),
 }
 
@@ -64,6 +65,7 @@ def build_tree(root: Path, faces: dict, identities: list[str]) -> dict[str, dict
         whole = (folder / big).read_bytes()
         (folder / "truncated.jpg").write_bytes(whole[: len(whole) * 2 // 3])
         (folder / "notes.jpg").write_text("<html>not an image</html>")
+        (folder / "empty.jpg").write_bytes(b"")
         shutil.copy(folder / min(photos), folder / "zz-copy-of-first.jpg")
         (folder / "rotated.jpg").write_bytes(rotated_jpeg())
         outcomes.update({name: reason for name, (_, reason) in BAD_FILES.items()}, **{"rotated.jpg": "no_face"})

@@ -186,6 +186,8 @@ URL_ROWS = [
     ("Angelina Jolie", "/status/503", "http_503"),  # transient, and still failing on retry
     ("Angelina Jolie", "/drip/img6.jpg", "timeout"),
     ("Angelina Jolie", "/html-as-jpeg", "not_an_image"),
+    ("Angelina Jolie", "/svg-as-jpeg", "not_an_image"),
+    ("Angelina Jolie", "/empty", "zero_bytes"),
     ("Angelina Jolie", "/noai/img5.jpg", "robots_noai"),
     ("Angelina Jolie", "/endless", "too_large"),
     ("Angelina Jolie", "/loop", "too_many_redirects"),

@@ -46,6 +46,8 @@ ROUTES = [
     ("/gzip/img2.jpg", OK, None),  # decoded, same bytes as the photo
     ("/redirect/3/img2.jpg", OK, None),  # 3 redirects = the cap
     ("/html-as-jpeg", OK, None),  # the downloader keeps bytes; the crawl stage sniffs them: not_an_image
+    ("/svg-as-jpeg", OK, None),
+    ("/empty", OK, None),  # a 200 with no body: the crawl stage drops it as zero_bytes
     ("/status/404", DROPPED, "http_404"),
     ("/status/403", DROPPED, "http_403"),
     ("/status/500", FAILED, "http_500"),
