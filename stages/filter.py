@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.config import PipelineConfig
 from pipeline.schema import FACE_EVIDENCE, IMAGE_SIZE
 from stages.base import ModelStage, Row, drop, keep
-from stages.faces import Face, ModelNotFound, open_backend
+from stages.faces import Face, ModelNotFound, check_backend, open_backend
 from stages.imaging import ImageRejected, decode_for_detection, probe
 
 
@@ -45,7 +45,7 @@ class FilterStage(ModelStage):
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
         try:
-            open_backend(config.face, device="cpu")
+            check_backend(config.face)
         except ModelNotFound as missing:
             raise missing.user_error(f"face.backend={config.face.backend}") from missing
 

@@ -164,6 +164,15 @@ def test_a_missing_insightface_pack_is_a_user_error(tmp_path) -> None:
     assert str(tmp_path) in str(error.value)
 
 
+@pytest.mark.parametrize("profile", ["cpu", "default"])
+def test_the_preflight_checks_the_model_files_without_loading_them(tmp_path, monkeypatch, profile: str) -> None:
+    """The driver only looks for the files (a resume of a finished run must not pay for a model load)."""
+    (tmp_path / "models" / "buffalo_l").mkdir(parents=True)
+    (tmp_path / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"not read by the preflight")
+    monkeypatch.setattr("stages.faces.load_face_backend", pytest.fail)
+    FilterStage.preflight(load_config(resolve_profile(profile), [f"face.model_root={tmp_path}"]))
+
+
 def test_sixteen_bit_greys_keep_their_range_when_decoded() -> None:
     image = decode_upright(png_16_bit(), max_pixels=10**8)
     assert image.mode == "RGB" and image.getextrema()[0] == (0, 255)

@@ -21,4 +21,18 @@ def open_backend(settings: FaceSection, device: str | None = None) -> FaceBacken
     )
 
 
-__all__ = ["LANDMARK_ORDER", "Face", "FaceBackend", "ModelNotFound", "load_face_backend", "open_backend"]
+def check_backend(settings: FaceSection) -> None:
+    """Raise ModelNotFound (what, where, how to get it) unless the backend's model files are there; loads none."""
+    if settings.backend == "dlib":
+        from .dlib_backend import model_files
+
+        model_files(None, settings.dlib_detector)
+    elif settings.backend == "insightface":
+        from .insightface_backend import pack_dir, pack_files
+
+        root = str(settings.model_root) if settings.model_root else None
+        pack_files(settings.model, pack_dir(settings.model, root))
+
+
+__all__ = ["LANDMARK_ORDER", "Face", "FaceBackend", "ModelNotFound", "check_backend", "load_face_backend",
+           "open_backend"]

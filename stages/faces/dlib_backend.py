@@ -48,6 +48,15 @@ def model_file(name: str, model_dir: Path | None) -> Path:
     return path
 
 
+def model_files(model_dir: str | None, detector: str) -> dict[str, Path]:
+    """The .dat files the backend loads, by role; ModelNotFound (what, where, fix) for a missing one."""
+    folder = Path(model_dir).expanduser() if model_dir else packaged_model_dir()
+    files = {"landmarks": model_file(LANDMARKS_FILE, folder), "descriptor": model_file(DESCRIPTOR_FILE, folder)}
+    if detector == "cnn":
+        files["detector"] = model_file(CNN_DETECTOR_FILE, folder)
+    return files
+
+
 def five_points(shape) -> np.ndarray:
     """The five landmarks (LANDMARK_ORDER) from a 68-point dlib shape."""
     points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
@@ -71,13 +80,7 @@ class DlibBackend(FaceBackend):
     ) -> None:
         if detector not in DETECTORS:
             raise ValueError(f"unknown dlib detector {detector!r}; choose one of: {', '.join(DETECTORS)}")
-        folder = Path(model_dir).expanduser() if model_dir else packaged_model_dir()
-        self._files = {
-            "landmarks": model_file(LANDMARKS_FILE, folder),
-            "descriptor": model_file(DESCRIPTOR_FILE, folder),
-        }
-        if detector == "cnn":
-            self._files["detector"] = model_file(CNN_DETECTOR_FILE, folder)
+        self._files = model_files(model_dir, detector)
 
         import dlib
 

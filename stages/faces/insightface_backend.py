@@ -56,6 +56,14 @@ def missing_pack(model: str | None, folder: Path, what: str) -> ModelNotFound:
     return ModelNotFound(f"insightface {what} for model {name!r}", [str(folder)], fix)
 
 
+def pack_files(model: str | None, folder: Path) -> list[Path]:
+    """The pack's ONNX files; ModelNotFound (what, where, fix) when there are none."""
+    files = onnx_files(folder)
+    if not files:
+        raise missing_pack(model, folder, "model pack")
+    return files
+
+
 def providers_for(device: str) -> list:
     """onnxruntime providers: CUDA (then CPU) when asked or auto and available, else CPU."""
     import onnxruntime
@@ -108,9 +116,7 @@ class InsightFaceBackend(FaceBackend):
         det_threshold: float = 0.5,
     ) -> None:
         folder = pack_dir(model, root)
-        files = onnx_files(folder)
-        if not files:
-            raise missing_pack(model, folder, "model pack")
+        files = pack_files(model, folder)
         self._pack = model or DEFAULT_PACK
         self._det_size = det_size
         found = route_models(files, providers_for(device))
