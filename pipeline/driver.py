@@ -36,7 +36,7 @@ from pipeline.markers import read_markers
 from pipeline.names import Identity
 from pipeline.registry import STAGES, upstream_of
 from pipeline.rundir import RunDir
-from pipeline.runner import Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
+from pipeline.runner import SETUP_FAILED, Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
 from pipeline.schema import OK
 from pipeline.shards import dataset_card, finish, is_current, plan_shards, write_shard
 from pipeline.stats import StageCounts, counts_from_markers, counts_table
@@ -118,6 +118,7 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
         for folder in stage.task_folders(spec["task"]):
             run.remove_temporaries(folder)
     results = _task_results(stage, upstream, config, run, plan.todo)
+    setup_errors: list[str] = []
     with _progress() as progress:
         bar = progress.add_task(stage.name, total=len(plan.todo), rows="")
         for row in results.iter_rows():
@@ -125,11 +126,20 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
             summary.timed(result.started, result.seconds)
             if result.error:
                 summary.tasks_failed += 1
+                if result.error.startswith(SETUP_FAILED):
+                    setup_errors.append(result.error.removeprefix(SETUP_FAILED))
             else:
                 summary.add(result.rows_in, result.statuses, result.reasons)
             kept, seen = summary.statuses[OK], sum(summary.statuses.values())
             progress.update(bar, advance=1, rows=f"{kept:,}/{seen:,} rows kept")
         summary.seconds = progress.tasks[bar].elapsed or 0.0
+    if len(setup_errors) == len(plan.todo):  # no worker could load its models: a setting, not bad luck
+        import ray
+
+        ray.shutdown()  # the workers' logged tracebacks reach the terminal now, before the one line
+        raise UserError(f"the {stage.name} stage could not start: {setup_errors[0]}",
+                        f"check the {' and '.join(stage.sections)} settings and their model files; the "
+                        "workers' log has the traceback, and finished work is kept")
     return summary
 
 

@@ -31,6 +31,7 @@ from stages.base import ModelStage, Stage
 log = logging.getLogger(__name__)
 
 RUN, RETRY = "run", "retry"
+SETUP_FAILED = "setup failed: "  # prefix of a task error that is the actor's, not the task's
 PREPARED = "prepared"  # the task spec's column of pickled `prepare` output, when there is one
 
 
@@ -101,9 +102,19 @@ class TaskExecutor:
     def __init__(self, stage: type[Stage], upstream: str | None, config: PipelineConfig, run_uri: str) -> None:
         self.run = RunDir(run_uri)
         self.stage = stage(config, self.run)
-        self.stage.setup()
         self.upstream = upstream
         self.config_hash = config.fingerprint(stage.sections, stage.version)
+        self.setup_error = self._setup()
+
+    def _setup(self) -> str | None:
+        """Load the models. A failure leaves the actor alive (a dead one gives the driver only Ray's
+        traceback): every task then fails with it, and the driver can say it in one line."""
+        try:
+            self.stage.setup()
+        except Exception as exc:
+            log.error("setup of %s failed:\n%s", self.stage.name, traceback.format_exc())
+            return f"{SETUP_FAILED}{type(exc).__name__}: {first_line(exc)}"
+        return None
 
     def __call__(self, batch: pa.Table) -> dict[str, list[str]]:
         """Ray Data batch in (task specs), one JSON result per task out."""
@@ -111,13 +122,16 @@ class TaskExecutor:
 
     def execute(self, spec: dict[str, str]) -> TaskResult:
         started, wall = time.monotonic(), time.time()
-        try:
-            result = self._execute(spec)
-        except Exception as exc:  # recorded and reported; no marker, so the next run retries it
-            log.error("task %s of %s failed:\n%s", spec["task"], self.stage.name, traceback.format_exc())
-            result = TaskResult(spec["task"], error=f"{type(exc).__name__}: {exc}")
+        result = TaskResult(spec["task"], error=self.setup_error) if self.setup_error else self._attempt(spec)
         result.started, result.seconds = wall, time.monotonic() - started
         return result
+
+    def _attempt(self, spec: dict[str, Any]) -> TaskResult:
+        try:
+            return self._execute(spec)
+        except Exception as exc:  # recorded and reported; no marker, so the next run retries it
+            log.error("task %s of %s failed:\n%s", spec["task"], self.stage.name, traceback.format_exc())
+            return TaskResult(spec["task"], error=f"{type(exc).__name__}: {exc}")
 
     def _execute(self, spec: dict[str, Any]) -> TaskResult:
         task, name = spec["task"], self.stage.name
@@ -141,6 +155,10 @@ class TaskExecutor:
             return self.stage.process(rows)
         assert isinstance(self.stage, ModelStage)
         return self.stage.infer(rows, pickle.loads(prepared))
+
+
+def first_line(exc: BaseException) -> str:
+    return next(iter(str(exc).strip().splitlines()), "")
 
 
 def read_input(run: RunDir, upstream: str | None, spec: dict[str, Any]) -> pa.Table:

@@ -93,6 +93,25 @@ def test_a_new_filter_threshold_reruns_filter_only(tree, finished, tmp_path) -> 
 
 
 @pytest.mark.slow
+def test_a_model_no_worker_can_load_is_one_error_line_and_exit_2(tree, finished, tmp_path) -> None:
+    """Every actor's setup fails on a broken model file: the run ends with one line naming it (after the
+    workers' tracebacks), and the earlier filter output stays as it was."""
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "det.onnx").write_bytes(b"not an onnx model")
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    markers = {path: path.read_bytes() for path in (out / "stages" / "filter" / "_done").iterdir()}
+    broken = ["--set", "face.backend=insightface", "--set", f"face.model={pack}"]
+    result = run_cli("run", "--stage", "filter", *args(tree, out, *broken))
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the filter stage could not start: InvalidProtobuf"), last
+    assert str(pack / "det.onnx") in last and "face settings" in last
+    assert {path: path.read_bytes() for path in (out / "stages" / "filter" / "_done").iterdir()} == markers
+
+
+@pytest.mark.slow
 def test_status_counts_what_the_run_holds(tree, finished) -> None:
     result = run_cli("status", "--config", "cpu", "--out", str(finished))
     assert result.returncode == 0, result.stderr
