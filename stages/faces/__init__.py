@@ -30,8 +30,7 @@ def check_backend(settings: FaceSection) -> None:
     elif settings.backend == "insightface":
         from .insightface_backend import pack_dir, pack_files
 
-        root = str(settings.model_root) if settings.model_root else None
-        pack_files(settings.model, pack_dir(settings.model, root))
+        pack_files(settings.model, pack_dir(settings.model, settings.model_root))
 
 
 __all__ = ["LANDMARK_ORDER", "Face", "FaceBackend", "ModelNotFound", "check_backend", "load_face_backend",

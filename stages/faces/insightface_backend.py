@@ -33,7 +33,7 @@ MAX_RECOGNITION_BATCH = 256  # aligned 112x112 crops per onnxruntime call, bound
 logger = logging.getLogger(__name__)
 
 
-def pack_dir(model: str | None, root: str | None) -> Path:
+def pack_dir(model: str | None, root: str | Path | None) -> Path:
     """An existing directory as given, else the pack `<root>/models/<model>`."""
     name = model or DEFAULT_PACK
     direct = Path(name).expanduser()
