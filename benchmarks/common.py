@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "data" / "faces"
+FACES = REPO / "tests" / "data" / "faces"
 
 
 @dataclass

@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import REPO, Figure
-from pipeline.config import load_config, resolve_profile
-from pipeline.driver import connect, execute
-from pipeline.names import Identity
-from pipeline.rundir import RunDir
-from pipeline.runner import plan_stage
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.engine.driver import connect, execute
+from pipeline.engine.runner import plan_stage
 from stages.crawl import CrawlStage
 
 I2D_VENV = Path("/tmp/i2d-venv")

@@ -2,7 +2,7 @@
 
     python benchmarks/face_throughput.py [--backend dlib|insightface] [--model DIR]
 
-Uses every labelled photo of ../shared/data/faces, one folder per identity, `--repeat` times. The bare loop decodes,
+Uses every labelled photo of tests/data/faces, one folder per identity, `--repeat` times. The bare loop decodes,
 shrinks and detects+embeds exactly as the stage does, in one process; the stage runs through the
 runner on a local Ray instance (model loads and actor start-up included) with one actor, so the
 two do the same work on the same cores. With no --model, insightface runs a pack of tiny
@@ -25,17 +25,17 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.driver import connect, execute
-from pipeline.names import Identity
-from pipeline.rundir import RunDir
-from pipeline.runner import TaskExecutor, plan_stage
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.engine.driver import connect, execute
+from pipeline.engine.runner import TaskExecutor, plan_stage
 from stages.crawl import CrawlStage
 from stages.faces import open_backend
 from stages.filter import FilterStage
 from stages.imaging import decode_for_detection
 
-FACES = REPO.parent / "shared" / "data" / "faces"
+FACES = REPO / "tests" / "data" / "faces"
 
 
 def build_folders(root: Path, repeat: int) -> list[Identity]:

@@ -1,6 +1,6 @@
 """Stage overhead and scaling: each model stage through the runner on Ray vs a bare loop.
 
-The photos of ../shared/data/faces, repeated as different identities, are crawled once (local
+The photos of tests/data/faces, repeated as different identities, are crawled once (local
 source, in-process). Then, stage by stage, the same work two ways, each timed after its set-up:
 the bare loop builds the stage in this process, runs `setup`, then per identity reads the input
 part, calls `process` on its `ok` rows and writes the output with `pq.write_table` (what a script
@@ -21,14 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.common import Figure, identity_tree
-from pipeline.config import PipelineConfig, load_config, resolve_profile
-from pipeline.driver import connect, execute
-from pipeline.markers import part_path
-from pipeline.names import Identity
-from pipeline.registry import upstream_of
-from pipeline.rundir import RunDir
-from pipeline.runner import TaskExecutor, plan_stage
-from pipeline.schema import OK
+from pipeline.core.config import PipelineConfig, load_config, resolve_profile
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
+from pipeline.engine.driver import connect, execute
+from pipeline.engine.markers import part_path
+from pipeline.engine.registry import upstream_of
+from pipeline.engine.runner import TaskExecutor, plan_stage
 from stages.base import Stage
 from stages.caption import CaptionStage
 from stages.crawl import CrawlStage

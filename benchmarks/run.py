@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray
 
-import pipeline.driver
+import pipeline.engine.driver
 from benchmarks.common import REPO, Figure
 from benchmarks.cost import cost_model, markdown
 from benchmarks.download import bench_download
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     mode = "quick" if args.quick else "default"
     size = SIZES[mode]
-    pipeline.driver.console.quiet = True  # no progress bars between the figures
+    pipeline.engine.driver.console.quiet = True  # no progress bars between the figures
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         root = Path(tmp)

@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: make `tests` importable
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.rundir import RunDir
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.rundir import RunDir
 from stages.faces import load_face_backend
 from stages.verify import VerifyStage
 from tests.crawled_folders import QUALITY_IDENTITIES, Corpus, Score, build_folder, score

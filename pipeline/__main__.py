@@ -8,11 +8,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.config import PipelineConfig, load_config, resolve_profile
-from pipeline.errors import UserError
-from pipeline.names import Identity, read_names
-from pipeline.registry import SHARD, STAGE_NAMES, STAGES, check_contracts, selected
-from pipeline.rundir import RunDir
+from pipeline.core.config import PipelineConfig, load_config, resolve_profile
+from pipeline.core.errors import UserError
+from pipeline.core.names import Identity, read_names
+from pipeline.core.rundir import RunDir
+from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_contracts, selected
 
 RUN_INFO = "run.json"
 
@@ -92,8 +92,8 @@ def _ray_environment(config: PipelineConfig) -> None:
 def command_run(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     _ray_environment(config)
-    from pipeline.driver import console, run_stages, write_dataset
-    from pipeline.stats import counts_table
+    from pipeline.engine.driver import console, run_stages, write_dataset
+    from pipeline.engine.stats import counts_table
 
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
@@ -112,9 +112,9 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_status(args: argparse.Namespace) -> int:
-    from pipeline.driver import console
-    from pipeline.shards import shard_counts
-    from pipeline.stats import counts_from_markers, counts_table
+    from pipeline.engine.driver import console
+    from pipeline.engine.shards import shard_counts
+    from pipeline.engine.stats import counts_from_markers, counts_table
 
     config, profile = _settings(args)
     run = _run_dir(config, profile)

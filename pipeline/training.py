@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pipeline.rundir import RunDir
+from pipeline.core.rundir import RunDir
 
 INDEX_FILE = "_index.parquet"
 PLAN_COLUMNS = ["identity", "image_id", "dup_group"]

@@ -1,6 +1,6 @@
 """The stage contract: a small transformation over one task's rows, with declared columns.
 
-Stages never call Ray; the runner (`pipeline.runner`) turns them into Ray Data actor pools. A stage
+Stages never call Ray; the runner (`pipeline.engine.runner`) turns them into Ray Data actor pools. A stage
 gets its task's `ok` rows from the previous stage as a `pyarrow.Table` and returns every one of
 them again (or, for a source, the rows it found), each with `status` and `reason` set: drops are
 values, never silence. A `ModelStage` splits its work in two: `prepare` (reading, decoding,
@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import PipelineConfig, Resources
-from pipeline.rundir import RunDir
-from pipeline.schema import DROPPED, FAILED, OK, extend
+from pipeline.core.config import PipelineConfig, Resources
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import DROPPED, FAILED, OK, extend
 
 Row = dict[str, Any]
 

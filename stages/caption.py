@@ -18,11 +18,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import UnidentifiedImageError
 
-from pipeline.config import PipelineConfig
-from pipeline.schema import CAPTION
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import ModelNotFound
+from pipeline.core.schema import CAPTION
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
-from stages.captioners import Estimate, ModelNotFound, check_captioner, check_estimator, load_captioner, load_estimator
+from stages.captioners import Estimate, check_captioner, check_estimator, load_captioner, load_estimator
 from stages.captioners.template import SOURCE as TEMPLATE
 from stages.captioners.template import template_caption
 from stages.clip_tokens import clip_tokenizer, token_positions

@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stages.faces import ModelNotFound
+from pipeline.core.errors import ModelNotFound
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer

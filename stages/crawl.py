@@ -8,8 +8,8 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import PipelineConfig
-from pipeline.schema import FAILED, OK, PROVENANCE
+from pipeline.core.config import PipelineConfig
+from pipeline.core.schema import FAILED, OK, PROVENANCE
 from stages.base import Row, Stage, drop
 from stages.imaging import EXTENSIONS, sniff_format
 from stages.sources import Fetched, Source, source_class

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.config import CropSection
-from pipeline.schema import CROP
+from pipeline.core.config import CropSection
+from pipeline.core.schema import CROP
 from stages.base import Row, RowStage, drop, keep
 from stages.imaging import ImageRejected, decode_upright
 

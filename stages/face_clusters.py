@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import VerifySection
+from pipeline.core.config import VerifySection
 from stages.base import Row
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.config import PipelineConfig
-from pipeline.schema import FACE_EVIDENCE, IMAGE_SIZE
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import ModelNotFound
+from pipeline.core.schema import FACE_EVIDENCE, IMAGE_SIZE
 from stages.base import ModelStage, Row, drop, keep
-from stages.faces import Face, ModelNotFound, check_backend, open_backend
+from stages.faces import Face, check_backend, open_backend
 from stages.imaging import ImageRejected, decode_for_detection, probe
 
 

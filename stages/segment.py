@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import PipelineConfig
-from pipeline.schema import MASK
+from pipeline.core.config import PipelineConfig
+from pipeline.core.schema import MASK
 from stages.base import ModelStage, Row, drop, keep
 from stages.crop import decode_crop, target_crop_box
 from stages.segmenters import (

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schema import VERIFICATION
+from pipeline.core.schema import VERIFICATION
 from stages.base import Row, Stage, drop, keep
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
 

@@ -1,4 +1,4 @@
-"""Rows as the crop stage hands them to caption, from real photos of ../shared/data/faces (test helper).
+"""Rows as the crop stage hands them to caption, from real photos of tests/data/faces (test helper).
 
 Each crop is a square 2.5 times the dlib face box (black past the photo), resized and encoded as
 JPEG; `crop_faces` holds the face mapped into crop pixels, `target_face` points at it.
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schema import CROP, ROW_KEYS, VERIFICATION, extend
+from pipeline.core.schema import CROP, ROW_KEYS, VERIFICATION, extend
 from stages.faces import load_face_backend
 from stages.imaging import decode_upright, shrink
 

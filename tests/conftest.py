@@ -1,4 +1,4 @@
-"""Shared fixtures: the real labelled faces in ../shared, a CLI runner, generated images."""
+"""Shared fixtures: the real labelled faces in tests/data/faces, a CLI runner, generated images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-FACES = REPO.parent / "shared" / "data" / "faces"
+FACES = REPO / "tests" / "data" / "faces"
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageOps
 
-from pipeline.schema import FACE_EVIDENCE, OK, ROW_KEYS, extend
+from pipeline.core.schema import FACE_EVIDENCE, OK, ROW_KEYS, extend
 from stages.faces import FaceBackend
 
-FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
+FACES = Path(__file__).resolve().parent / "data" / "faces"
 ROWS = extend(ROW_KEYS, FACE_EVIDENCE)
 MAX_SIDE = 1280  # the face filter's default detection size
 # every identity with at least 3 labelled photos (verify.min_images); the 2-photo ones cannot pass it

@@ -1,6 +1,6 @@
 """A minimal shards directory of real face crops, as the shard stage writes it, without running the pipeline.
 
-Real photos from ../shared are cropped square around their largest face, and the crop is detected
+Real photos from tests/data/faces are cropped square around their largest face, and the crop is detected
 and embedded again, so `faces` / `target_face` describe the crop the way the generator reads them.
 The backend is dlib (HOG, 128-d) unless another is given, e.g. insightface on a tiny random pack
 for rows with 512-d ArcFace-shaped embeddings. Only the columns the generator reads are written,
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.schema import FACE
-from pipeline.shards import INDEX_SCHEMA
+from pipeline.core.schema import FACE
+from pipeline.engine.shards import INDEX_SCHEMA
 from stages.faces import Face, FaceBackend, load_face_backend
 
 CROP_SIDE = 256

@@ -1,6 +1,6 @@
 """A real threaded HTTP server on 127.0.0.1 for the crawl tests: photos, search pages, bad hosts.
 
-Photos come from ../shared/data/faces/images. Search-result pages are written in the formats the
+Photos come from tests/data/faces/images. Search-result pages are written in the formats the
 installed icrawler parsers read (Bing, Baidu, Google, Flickr's API), listing `search_results`.
 Every other route misbehaves in one way. `requests` logs every request line the server received,
 so a test can assert what was (or was never) fetched.

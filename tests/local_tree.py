@@ -1,4 +1,4 @@
-"""A realistic `local` crawl tree: real photos of each identity from ../shared plus generated bad files."""
+"""A realistic `local` crawl tree: real photos of each identity from tests/data/faces plus generated bad files."""
 
 from __future__ import annotations
 

@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
-from pipeline.rundir import RunDir
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import ModelNotFound, UserError
+from pipeline.core.rundir import RunDir
 from stages.caption import CaptionStage
-from stages.captioners import Captioner, Estimate, Estimator, ModelNotFound, pick_estimator
+from stages.captioners import Captioner, Estimate, Estimator, pick_estimator
 from stages.captioners.blip import BlipCaptioner, resolve_model
 from stages.clip_tokens import clip_tokenizer
 from tests.caption_rows import crop_table

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from pipeline.registry import STAGES
+from pipeline.engine.registry import STAGES
 from tests.conftest import cpu_run_args, run_cli, stage_rows
 from tests.local_tree import build_tree
 

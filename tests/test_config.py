@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import CONFIG_DIR, PipelineConfig, load_config, resolve_profile
-from pipeline.errors import UserError
+from pipeline.core.config import CONFIG_DIR, PipelineConfig, load_config, resolve_profile
+from pipeline.core.errors import UserError
 
 
 @pytest.mark.parametrize("profile", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import CrawlSection
-from pipeline.errors import UserError
-from pipeline.names import identity_slug
-from pipeline.schema import DROPPED, FAILED, OK
+from pipeline.core.config import CrawlSection
+from pipeline.core.errors import UserError
+from pipeline.core.names import identity_slug
+from pipeline.core.schema import DROPPED, FAILED, OK
 from stages.sources.search import FLICKR_PHOTO_PAGE, SearchFailed, SearchSource
 from stages.sources.urls import UrlsSource, read_url_list
 from tests.conftest import REPO, run_cli, stage_rows

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import CropSection, load_config, resolve_profile
-from pipeline.rundir import RunDir
+from pipeline.core.config import CropSection, load_config, resolve_profile
+from pipeline.core.rundir import RunDir
 from stages.crop import CropStage, crop_square, face_share
 from tests.verified_rows import SCHEMA, verified_table
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pyarrow.compute as pc
 import pytest
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.markers import Marker, part_path, read_markers, write_marker
-from pipeline.names import Identity
-from pipeline.rundir import RunDir
-from pipeline.runner import TaskExecutor, content_digest, plan_stage
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.engine.markers import Marker, part_path, read_markers, write_marker
+from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
 from stages.crop import CropStage
 from stages.segment import SegmentStage
 from stages.segmenters import decode_mask

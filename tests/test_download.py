@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.config import CrawlSection
-from pipeline.schema import DROPPED, FAILED, OK
+from pipeline.core.config import CrawlSection
+from pipeline.core.schema import DROPPED, FAILED, OK
 from stages.sources.addresses import AddressPolicy, AddressRefused, connect_checked
 from stages.sources.http import CappedBody, Downloader, DownloadError
 from tests.conftest import FACES

@@ -13,13 +13,14 @@ import onnxruntime
 import pytest
 from PIL import Image, ImageOps
 
-from stages.faces import LANDMARK_ORDER, Face, ModelNotFound, load_face_backend
+from pipeline.core.errors import ModelNotFound
+from stages.faces import LANDMARK_ORDER, Face, load_face_backend
 from stages.faces.base import file_sha256
 from stages.faces.dlib_backend import CNN_DETECTOR_FILE, DESCRIPTOR_FILE, LANDMARKS_FILE, packaged_model_dir
 from stages.faces.insightface_backend import aligned_crop, providers_for
 from tests.tiny_onnx import write_pack
 
-FACES = Path(__file__).resolve().parents[1].parent / "shared/data/faces"
+FACES = Path(__file__).resolve().parent / "data" / "faces"
 LABELS = json.loads((FACES / "identities.json").read_text())
 # small single-person photos (<= 0.4 MP) of six identities, two of one of them
 SMALL = {

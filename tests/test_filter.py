@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.errors import UserError
-from pipeline.rundir import RunDir
-from pipeline.schema import NAMES, PROVENANCE, extend
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.errors import UserError
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import NAMES, PROVENANCE, extend
 from stages.faces import open_backend
 from stages.filter import FilterStage
 from stages.imaging import decode_for_detection, decode_upright

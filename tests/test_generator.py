@@ -22,8 +22,10 @@ import torch
 from PIL import Image
 
 from pipeline.__main__ import main
-from pipeline.config import load_config, resolve_profile
-from pipeline.errors import UserError
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.errors import UserError
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import FACE
 from pipeline.generator import checkpoint
 from pipeline.generator import pipeline as gp
 from pipeline.generator import run as generator_run
@@ -34,8 +36,6 @@ from pipeline.generator.prompt import add_trigger, id_tokens, parse_prompt
 from pipeline.generator.references import IdentityRows, Reference, load_identity, sample_references
 from pipeline.generator.run import run_generate, stack
 from pipeline.generator.score import open_scorer, score_images
-from pipeline.rundir import RunDir
-from pipeline.schema import FACE
 from stages.clip_tokens import clip_tokenizer
 from stages.faces import load_face_backend
 from tests import tiny_sdxl

@@ -12,11 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.markers import part_path
-from pipeline.names import Identity
-from pipeline.rundir import RunDir
-from pipeline.runner import TaskExecutor, plan_stage, read_input
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.engine.markers import part_path
+from pipeline.engine.runner import TaskExecutor, plan_stage, read_input
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage
 from tests.conftest import cpu_run_args, labelled_tree, run_cli
@@ -52,7 +52,7 @@ def pids(run: Path, step: str) -> set[str]:
 
 @pytest.mark.slow
 def test_gpu_stage_decodes_on_cpu_workers_and_infers_in_its_actors(ray_with_a_gpu, faces, tmp_path) -> None:
-    from pipeline.driver import execute
+    from pipeline.engine.driver import execute
 
     labelled_tree(tmp_path, faces, IDENTITIES)
     overrides = ["crawl.source=local", f"crawl.local_root={tmp_path / 'photos'}", "filter.min_face_size=80",

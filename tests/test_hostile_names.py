@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from pipeline.names import identity_slug
+from pipeline.core.names import identity_slug
 from tests.conftest import run_cli, stage_rows
 
 HOSTILE = ["../../etc", "a/b", "x" * 300, "😀 Smile", "محمد صلاح", "John Smith", "john smith", "..", "C:\\\\windows"]

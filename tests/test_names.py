@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import UserError
-from pipeline.names import identity_slug, read_names
+from pipeline.core.errors import UserError
+from pipeline.core.names import identity_slug, read_names
 
 SAFE = re.compile(r"[a-z0-9_-]{1,80}")
 

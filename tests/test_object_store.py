@@ -6,8 +6,8 @@ import pyarrow.fs as pafs
 import pytest
 from moto.server import ThreadedMotoServer
 
-from pipeline.markers import read_markers
-from pipeline.rundir import RunDir
+from pipeline.core.rundir import RunDir
+from pipeline.engine.markers import read_markers
 from tests.conftest import cpu_run_args, labelled_tree, run_cli
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}

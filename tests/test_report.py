@@ -18,14 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.names import identity_slug
+from pipeline.core.names import identity_slug
+from pipeline.core.rundir import RunDir
 from pipeline.report import write_report
 from pipeline.report.generator import read_records, render
 from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Histogram
 from pipeline.report.html import link
 from pipeline.report.thumbs import Thumbs
-from pipeline.rundir import RunDir
 from tests.conftest import image_bytes, run_cli, stage_rows
 from tests.local_tree import build_tree
 from tests.test_object_store import CREDENTIALS, bucket  # noqa: F401 (bucket: a fixture)

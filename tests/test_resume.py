@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.registry import SHARD, STAGE_NAMES
-from pipeline.rundir import TMP_MARK
+from pipeline.core.rundir import TMP_MARK
+from pipeline.engine.registry import SHARD, STAGE_NAMES
 from tests.conftest import REPO, cpu_run_args, run_cli, stage_rows
 
 IDENTITIES = 8  # tasks per stage: enough that a kill after the first finished task lands mid-stage

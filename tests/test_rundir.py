@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipeline.rundir import RunDir
+from pipeline.core.rundir import RunDir
 
 
 def test_a_failed_write_leaves_no_part_and_no_temporary(tmp_path) -> None:

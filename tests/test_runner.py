@@ -5,11 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.markers import Marker, part_path, read_markers, write_marker
-from pipeline.names import Identity
-from pipeline.rundir import RunDir
-from pipeline.runner import RETRY, RUN, TaskExecutor, plan_stage
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.engine.markers import Marker, part_path, read_markers, write_marker
+from pipeline.engine.runner import RETRY, RUN, TaskExecutor, plan_stage
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage
 from tests.local_tree import build_tree

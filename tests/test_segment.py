@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.errors import UserError
-from pipeline.rundir import RunDir
-from pipeline.schema import CROP, extend
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.errors import UserError
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import CROP, extend
 from stages.crop import CropStage
 from stages.segment import SegmentStage
 from stages.segmenters import PersonMask, Prompt, Segmenter, decode_mask, encode_mask, face_coverage

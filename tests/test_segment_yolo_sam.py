@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.errors import UserError
-from pipeline.rundir import RunDir
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.errors import ModelNotFound, UserError
+from pipeline.core.rundir import RunDir
 from stages.crop import CropStage
 from stages.segment import SegmentStage, prompt
-from stages.segmenters import ModelNotFound, decode_mask, face_coverage
+from stages.segmenters import decode_mask, face_coverage
 from stages.segmenters.checkpoints import import_ultralytics, layer, read_yolo
 from stages.segmenters.yolo_sam import YoloSamSegmenter, negative_points, pick_mask
 from tests.tiny_segmenters import SAM_FILE, YOLO_FILE, build_weights

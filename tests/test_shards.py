@@ -7,10 +7,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.markers import Marker
-from pipeline.names import Identity
-from pipeline.shards import plan_shards
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.names import Identity
+from pipeline.engine.markers import Marker
+from pipeline.engine.shards import plan_shards
 from tests.conftest import run_cli
 from tests.local_tree import build_tree
 

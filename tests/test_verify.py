@@ -14,12 +14,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.config import load_config, resolve_profile
-from pipeline.errors import UserError
-from pipeline.markers import part_path, read_markers
-from pipeline.rundir import RunDir
-from pipeline.runner import RUN, TaskExecutor
-from pipeline.schema import VERIFICATION
+from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.errors import UserError
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import VERIFICATION
+from pipeline.engine.markers import part_path, read_markers
+from pipeline.engine.runner import RUN, TaskExecutor
 from stages.faces import load_face_backend
 from stages.filter import FilterStage
 from stages.verify import VerifyStage

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.registry import STAGE_NAMES
+from pipeline.engine.registry import STAGE_NAMES
 from tests.conftest import REPO, stage_rows
 from tests.test_resume import (  # noqa: F401  (reference and tree: module fixtures, reused)
     args,

@@ -1,4 +1,4 @@
-"""Rows as the verify stage hands them on, built from real photos of ../shared/data/faces with dlib.
+"""Rows as the verify stage hands them on, built from real photos of tests/data/faces with dlib.
 
 Faces are detected like the filter stage does (upright image shrunk to 1024, boxes scaled back);
 the target face is the largest one, which is what verify picks on these single-identity photos.
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.rundir import RunDir
-from pipeline.schema import FACE_EVIDENCE, IMAGE_SIZE, NAMES, PROVENANCE, VERIFICATION, extend
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import FACE_EVIDENCE, IMAGE_SIZE, NAMES, PROVENANCE, VERIFICATION, extend
 from stages.faces import load_face_backend
 from stages.filter import box_side, face_record
 from stages.imaging import decode_upright, shrink

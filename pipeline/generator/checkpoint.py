@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.generator.id_encoder import IDEncoder, build_id_encoder
 from pipeline.generator.id_encoder_v2 import build_id_encoder_v2
 

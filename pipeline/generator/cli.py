@@ -6,8 +6,8 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import UserError
 
 # flag destination -> key of the `generate` config section it overrides
 CONFIG_FLAGS = {

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.config import GenerateSection
-from pipeline.errors import UserError
+from pipeline.core.config import GenerateSection
+from pipeline.core.errors import UserError
 from pipeline.generator.checkpoint import Adapter
 from pipeline.generator.id_encoder import IDEncoder
 from pipeline.generator.prompt import add_trigger, id_tokens

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from stages.class_words import CANONICAL, SYNONYMS, mentions
 
 if TYPE_CHECKING:

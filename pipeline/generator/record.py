@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 from PIL import Image
 
-from pipeline.rundir import RunDir
+from pipeline.core.rundir import RunDir
 
 GENERATE_DIR = "generate"
 RECORD = "record.json"

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from pipeline.errors import UserError
-from pipeline.rundir import RunDir
-from pipeline.shards import INDEX
+from pipeline.core.errors import UserError
+from pipeline.core.rundir import RunDir
+from pipeline.engine.shards import INDEX
 
 COLUMNS = ["identity", "image_id", "crop_image", "faces", "target_face", "class_word", "dup_group", "face_backend"]
 

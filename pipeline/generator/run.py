@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import UserError
+from pipeline.core.rundir import RunDir
 from pipeline.generator import record
 from pipeline.generator.checkpoint import ADAPTER_SOURCE, build_encoder, load_adapter
 from pipeline.generator.cli import Request
@@ -33,7 +34,6 @@ from pipeline.generator.pipeline import (
 from pipeline.generator.prompt import parse_prompt
 from pipeline.generator.references import IdentityRows, Reference, load_identity, sample_references
 from pipeline.generator.score import open_scorer, score_images
-from pipeline.rundir import RunDir
 from stages.faces import FaceBackend
 
 

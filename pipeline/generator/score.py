@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from pipeline.config import FaceSection
-from pipeline.errors import UserError
+from pipeline.core.config import FaceSection
+from pipeline.core.errors import UserError
 from pipeline.generator.references import Reference
 from stages.faces import Face, FaceBackend, open_backend
 

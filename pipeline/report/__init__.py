@@ -7,6 +7,7 @@ Everything is written through the RunDir, so the report sits beside a run on dis
 
 from __future__ import annotations
 
+from pipeline.core.rundir import RunDir
 from pipeline.report import gallery, generator, sections
 from pipeline.report.data import gather
 from pipeline.report.figures import verify_threshold, write_figures
@@ -15,7 +16,6 @@ from pipeline.report.sheets import build_sheet, choose, guidance_tile
 from pipeline.report.state import load_state
 from pipeline.report.summary import summary
 from pipeline.report.thumbs import Thumbs
-from pipeline.rundir import RunDir
 
 INDEX = "report/index.html"
 SUMMARY = "report/summary.json"

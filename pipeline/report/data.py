@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from pipeline.markers import part_path
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
+from pipeline.engine.markers import part_path
 from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Distributions
 from pipeline.report.state import RunState
-from pipeline.rundir import RunDir
-from pipeline.schema import OK
 
 NOT_TARGET = "not_target_identity"  # verify's threshold decision; other verify drops are about counts
 COLUMNS = {

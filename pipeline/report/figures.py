@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline.core.rundir import RunDir
 from pipeline.report.data import Gathered
 from pipeline.report.plots import funnel_png, histogram_png, words_png
 from pipeline.report.state import RunState
-from pipeline.rundir import RunDir
 
 Figure = tuple[str, str | None, str]  # title, path relative to report/ (None: not drawn), note
 

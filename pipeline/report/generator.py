@@ -12,11 +12,11 @@ import json
 
 import pyarrow.fs as pafs
 
+from pipeline.core.rundir import RunDir
 from pipeline.report.gallery import tiles
 from pipeline.report.html import cell, esc, table
 from pipeline.report.sheets import Tile
 from pipeline.report.thumbs import Thumbs
-from pipeline.rundir import RunDir
 
 GENERATE = "generate"
 RECORD = "record.json"

@@ -9,9 +9,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.core.schema import DROPPED, FAILED, OK
+from pipeline.engine.stats import StageCounts
 from pipeline.report.hist import Histogram
-from pipeline.schema import DROPPED, FAILED, OK
-from pipeline.stats import StageCounts
 
 TOP_REASONS = 15
 COLOURS = {"kept": "#2a9d8f", "dropped": "#e76f51", "failed": "#8d99ae", "in": "#264653"}

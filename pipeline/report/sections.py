@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline.core.schema import DROPPED, FAILED, OK
 from pipeline.report.data import IdentityStats
 from pipeline.report.html import cell, esc, num_cell, table
 from pipeline.report.state import RunState
-from pipeline.schema import DROPPED, FAILED, OK
 
 
 def overview(state: RunState, missing: list[str]) -> str:

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
-from pipeline.markers import part_path
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
+from pipeline.engine.markers import part_path
 from pipeline.report.data import IdentityStats
 from pipeline.report.guidance import Candidate
 from pipeline.report.state import RunState
 from pipeline.report.thumbs import Thumbs
-from pipeline.rundir import RunDir
-from pipeline.schema import OK
 
 MAX_SHEETS = 30
 MAX_KEPT = 8

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
-from pipeline.markers import read_markers
-from pipeline.names import Identity
-from pipeline.registry import SHARD, STAGES
-from pipeline.rundir import RunDir
-from pipeline.runner import name_digest
-from pipeline.shards import INDEX, is_current, plan_shards
-from pipeline.stats import StageCounts
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import UserError
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.engine.markers import read_markers
+from pipeline.engine.registry import SHARD, STAGES
+from pipeline.engine.runner import name_digest
+from pipeline.engine.shards import INDEX, is_current, plan_shards
+from pipeline.engine.stats import StageCounts
 
 RUN_INFO = "run.json"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime, timezone
 
+from pipeline.core.schema import DROPPED, FAILED, OK
 from pipeline.report.data import Gathered
 from pipeline.report.guidance import Candidate
 from pipeline.report.state import RunState, StageState
-from pipeline.schema import DROPPED, FAILED, OK
 
 
 def _stage(stage: StageState) -> dict:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageOps
 
-from pipeline.rundir import RunDir
+from pipeline.core.rundir import RunDir
 
 THUMBS = "report/thumbs"
 SIDE = 224

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from pipeline.config import CaptionSection, PipelineConfig
-from stages.faces import ModelNotFound
+from pipeline.core.config import CaptionSection, PipelineConfig
+from pipeline.core.errors import ModelNotFound
 
 from .base import Captioner, Estimate, Estimator
 
@@ -86,6 +86,6 @@ def load_estimator(config: PipelineConfig) -> Estimator | None:
 
 
 __all__ = [
-    "Captioner", "Estimate", "Estimator", "ModelNotFound", "check_captioner", "check_estimator",
+    "Captioner", "Estimate", "Estimator", "check_captioner", "check_estimator",
     "load_captioner", "load_estimator", "pick_estimator",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.faces import ModelNotFound
+from pipeline.core.errors import ModelNotFound
 from stages.faces.base import file_sha256
 
 from .base import Box, Estimate, Estimator

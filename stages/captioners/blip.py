@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.faces import ModelNotFound
+from pipeline.core.errors import ModelNotFound
 
 from .base import Captioner
 

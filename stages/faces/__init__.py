@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.config import FaceSection
+from pipeline.core.config import FaceSection
 
-from .base import LANDMARK_ORDER, Face, FaceBackend, ModelNotFound, load_face_backend
+from .base import LANDMARK_ORDER, Face, FaceBackend, load_face_backend
 
 
 def open_backend(settings: FaceSection, device: str | None = None) -> FaceBackend:
@@ -33,5 +33,5 @@ def check_backend(settings: FaceSection) -> None:
         pack_files(settings.model, pack_dir(settings.model, settings.model_root))
 
 
-__all__ = ["LANDMARK_ORDER", "Face", "FaceBackend", "ModelNotFound", "check_backend", "load_face_backend",
+__all__ = ["LANDMARK_ORDER", "Face", "FaceBackend", "check_backend", "load_face_backend",
            "open_backend"]

@@ -14,25 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
-
 # Order of `Face.landmarks`, in image coordinates: "left" is the image's left (the person's right).
 # It is the ArcFace alignment template's order, so any backend's landmarks can feed `norm_crop`.
 LANDMARK_ORDER = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-
-
-class ModelNotFound(FileNotFoundError):
-    """A model file or pack is missing; the message says what, where it looked, and how to get it."""
-
-    def __init__(self, missing: str, looked_in: Sequence[str], fix: str) -> None:
-        self.missing = missing
-        self.looked_in = list(looked_in)
-        self.fix = fix
-        super().__init__(f"{missing} not found; looked in: {', '.join(self.looked_in)}. Fix: {fix}")
-
-    def user_error(self, context: str) -> UserError:
-        """The one line a stage's preflight shows the user: what, where it looked, how to get it."""
-        return UserError(f"{context}: {self.missing} not found (looked in {', '.join(self.looked_in)})", self.fix)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy fields make field-wise equality ambiguous

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Face, FaceBackend, ModelNotFound, attach_embeddings, check_image, check_pairing, clip_box, file_sha256
+from pipeline.core.errors import ModelNotFound
+
+from .base import Face, FaceBackend, attach_embeddings, check_image, check_pairing, clip_box, file_sha256
 
 LANDMARKS_FILE = "shape_predictor_68_face_landmarks.dat"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from pipeline.config import SegmentSection
-from stages.faces import ModelNotFound
+from pipeline.core.config import SegmentSection
+from pipeline.core.errors import ModelNotFound
 
 from .base import PersonMask, Prompt, Segmenter, decode_mask, encode_mask, face_coverage
 from .checkpoints import SAM_URL, YOLO_URL, yolo_globals
@@ -54,6 +54,6 @@ def load_segmenter(settings: SegmentSection) -> Segmenter:
 
 
 __all__ = [
-    "ModelNotFound", "PersonMask", "Prompt", "Segmenter", "check_backend", "decode_mask", "encode_mask", "face_coverage",
+    "PersonMask", "Prompt", "Segmenter", "check_backend", "decode_mask", "encode_mask", "face_coverage",
     "load_segmenter", "weight_paths",
 ]

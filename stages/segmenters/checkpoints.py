@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stages.faces import ModelNotFound
+from pipeline.core.errors import ModelNotFound
 
 YOLO_URL = "https://github.com/ultralytics/assets/releases"
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.config import CrawlSection
-from pipeline.errors import UserError
+from pipeline.core.config import CrawlSection
+from pipeline.core.errors import UserError
 from stages.sources.base import Fetched, Source
 from stages.sources.local import LocalSource
 from stages.sources.search import ENGINES, SearchSource

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pipeline.config import CrawlSection
-from pipeline.schema import OK
+from pipeline.core.config import CrawlSection
+from pipeline.core.schema import OK
 
 
 def utc_now() -> datetime:

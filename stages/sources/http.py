@@ -25,8 +25,8 @@ from urllib3 import BaseHTTPResponse, HTTPHeaderDict, Timeout
 from urllib3.exceptions import HTTPError, LocationParseError, NewConnectionError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from pipeline.config import CrawlSection
-from pipeline.schema import DROPPED, FAILED
+from pipeline.core.config import CrawlSection
+from pipeline.core.schema import DROPPED, FAILED
 from stages.sources.addresses import AddressPolicy, AddressRefused, GuardedPoolManager
 from stages.sources.base import Fetched, Source
 

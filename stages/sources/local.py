@@ -8,10 +8,10 @@ from urllib.parse import unquote, urlparse
 
 from slugify import slugify
 
-from pipeline.config import CrawlSection
-from pipeline.errors import UserError
-from pipeline.names import MAX_BASE_LENGTH, identity_slug
-from pipeline.schema import DROPPED, FAILED
+from pipeline.core.config import CrawlSection
+from pipeline.core.errors import UserError
+from pipeline.core.names import MAX_BASE_LENGTH, identity_slug
+from pipeline.core.schema import DROPPED, FAILED
 from stages.sources.base import Fetched, Source
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
-from pipeline.config import CrawlSection
-from pipeline.errors import UserError
+from pipeline.core.config import CrawlSection
+from pipeline.core.errors import UserError
 from stages.sources.base import Fetched
 from stages.sources.http import Downloader, DownloadError, HttpSource, UrlTriple
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from pipeline.config import CrawlSection
-from pipeline.errors import UserError
-from pipeline.names import clean_name
+from pipeline.core.config import CrawlSection
+from pipeline.core.errors import UserError
+from pipeline.core.names import clean_name
 from stages.sources.base import Fetched
 from stages.sources.http import HttpSource, UrlTriple
 

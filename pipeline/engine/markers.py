@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.rundir import RunDir
-from pipeline.schema import FAILED, OK
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import FAILED, OK
 
 
 def part_path(stage: str, task: str) -> str:

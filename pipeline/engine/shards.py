@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import PipelineConfig
-from pipeline.markers import Marker, part_path
-from pipeline.names import Identity
-from pipeline.rundir import RunDir
-from pipeline.schema import OK
-from pipeline.stats import StageCounts
+from pipeline.core.config import PipelineConfig
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
+from pipeline.engine.markers import Marker, part_path
+from pipeline.engine.stats import StageCounts
 
 SHARDS = "shards"
 INDEX = f"{SHARDS}/_index.parquet"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slugify import slugify
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 MAX_BASE_LENGTH = 64
 CANONICAL = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
