@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.backends import Registry
+
 Box = Sequence[float]  # x0, y0, x1, y1 in pixels of the crop
+
+CAPTIONERS = Registry("caption.backend", "stages.captioners")
+ESTIMATORS = Registry("caption.gender_model", "stages.captioners")
 
 
 class Captioner(ABC):

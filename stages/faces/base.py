@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.backends import Registry
+
 # Order of `Face.landmarks`, in image coordinates: "left" is the image's left (the person's right).
 # It is the ArcFace alignment template's order, so any backend's landmarks can feed `norm_crop`.
 LANDMARK_ORDER = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+FACES = Registry("face.backend", "stages.faces")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy fields make field-wise equality ambiguous

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from stages.backends import Registry
+
 Box = Sequence[float]  # x0, y0, x1, y1 in pixels of the crop
+
+SEGMENTERS = Registry("segment.backend", "stages.segmenters")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""One registry per backend family (faces, segmenters, captioners, estimators, sources).
+
+A backend is one class in one file of its family's package. It registers itself with
+`@REGISTRY.register`, declares its name, the config fields it reads, the model files it needs
+(`model_names`, entries of manifests/models.yaml) and how it loads once per worker (`load`). The
+registry imports every module of the package on first use, so adding a backend touches that one file:
+config validation, the preflight and `models list|fetch` all read the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+from pipeline.core.errors import ModelNotFound, UserError
+from pipeline.core.models import locate
+
+if TYPE_CHECKING:
+    from pipeline.core.config import PipelineConfig
+
+
+class Backend:
+    """What every backend declares. Heavy imports happen in `load`, so registering stays cheap."""
+
+    name: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]] = ()  # keys of its family's config section that it reads
+
+    @classmethod
+    def model_names(cls, config: PipelineConfig) -> list[str]:
+        """The manifest entries `load` reads under this config."""
+        return []
+
+    @classmethod
+    def check(cls, config: PipelineConfig) -> None:
+        """Raise ModelNotFound (what, where, how to get it) unless `load` can find everything; loads nothing."""
+        for name in cls.model_names(config):
+            locate(name, config.models.cache_dir)
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> Backend:
+        """The backend ready to run: called once per worker, in the stage's `setup`."""
+        raise NotImplementedError
+
+
+B = TypeVar("B", bound=type[Backend])
+
+
+class Registry(Generic[B]):
+    """The backends of one family, by name; `key` is the config field that picks one ("face.backend")."""
+
+    def __init__(self, key: str, package: str) -> None:
+        self.key = key
+        self.package = package
+        self._backends: dict[str, B] = {}
+        self._discovered = False
+
+    def register(self, cls: B) -> B:
+        if cls.name in self._backends and self._backends[cls.name] is not cls:
+            raise ValueError(f"two {self.key} backends named {cls.name!r}")
+        self._backends[cls.name] = cls
+        return cls
+
+    def _discover(self) -> None:
+        if not self._discovered:
+            self._discovered = True
+            package = importlib.import_module(self.package)
+            for module in pkgutil.iter_modules(package.__path__):
+                importlib.import_module(f"{self.package}.{module.name}")
+
+    def names(self) -> list[str]:
+        self._discover()
+        return sorted(self._backends)
+
+    def get(self, name: str) -> B:
+        self._discover()
+        if name not in self._backends:
+            raise UserError(f"unknown {self.key} {name!r}", f"choose one of: {', '.join(self.names())}")
+        return self._backends[name]
+
+    def selected(self, config: PipelineConfig) -> B:
+        section, field = self.key.split(".")
+        return self.get(getattr(getattr(config, section), field))
+
+    def preflight(self, config: PipelineConfig) -> None:
+        """The driver's check before any task: one user error line when the chosen backend cannot load."""
+        backend = self.selected(config)
+        try:
+            backend.check(config)
+        except ModelNotFound as missing:
+            raise missing.user_error(f"{self.key}={backend.name}") from missing
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; anything else is taken as written."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def onnx_providers(device: str) -> list[str]:
+    """onnxruntime's execution providers for a device: CUDA first where onnxruntime-gpu offers it."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    wants_cuda = device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available)
+    if wants_cuda and "CUDAExecutionProvider" not in available:
+        raise UserError(f"device={device} but onnxruntime has no CUDA provider",
+                        "pip install onnxruntime-gpu in place of onnxruntime (see README, GPU machines)")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
