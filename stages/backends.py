@@ -100,13 +100,19 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def onnx_providers(device: str) -> list[str]:
-    """onnxruntime's execution providers for a device: CUDA first where onnxruntime-gpu offers it."""
+def onnx_providers(device: str) -> list:
+    """onnxruntime's execution providers for `auto | cpu | cuda | cuda:N`: CUDA first where asked for or
+    (auto) where onnxruntime-gpu offers it; an explicit CUDA device without the CUDA provider is an error."""
     import onnxruntime
 
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise UserError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
     available = onnxruntime.get_available_providers()
-    wants_cuda = device.startswith("cuda") or (device == "auto" and "CUDAExecutionProvider" in available)
-    if wants_cuda and "CUDAExecutionProvider" not in available:
-        raise UserError(f"device={device} but onnxruntime has no CUDA provider",
-                        "pip install onnxruntime-gpu in place of onnxruntime (see README, GPU machines)")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
+    has_cuda = "CUDAExecutionProvider" in available
+    if device.startswith("cuda") and not has_cuda:
+        raise UserError(f"device={device} but onnxruntime offers only {', '.join(available)}",
+                        "pip install onnxruntime-gpu in place of onnxruntime (README: GPU machines)")
+    if device == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"]
+    options = {"device_id": int(device.split(":", 1)[1])} if ":" in device else {}
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
