@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))  # run as a script: make `tests` importable
 
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.rundir import RunDir
-from stages.faces import load_face_backend
+from stages.faces.dlib_backend import DlibBackend
 from stages.verify import VerifyStage
 from tests.crawled_folders import QUALITY_IDENTITIES, Corpus, Score, build_folder, score
 
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(resolve_profile("cpu"), args.overrides)
     started = time.monotonic()
-    corpus = Corpus(load_face_backend("dlib", upsample=0))
+    corpus = Corpus(DlibBackend(upsample=0))
     with tempfile.TemporaryDirectory() as scratch:
         stage = VerifyStage(config, RunDir(scratch))
         folders = [build_folder(corpus, identity) for identity in args.identities]

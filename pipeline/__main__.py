@@ -12,7 +12,7 @@ from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, read_names
 from pipeline.core.rundir import RunDir
-from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_contracts, selected
+from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_backends, check_contracts, selected
 
 RUN_INFO = "run.json"
 
@@ -54,7 +54,9 @@ def _settings(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
     profile = resolve_profile(args.config)
     flags = {"run.names": getattr(args, "names", None), "run.out": args.out, "run.address": getattr(args, "address", None)}
     overrides = [*getattr(args, "overrides", []), *(f"{key}={value}" for key, value in flags.items() if value)]
-    return load_config(profile, overrides), profile
+    config = load_config(profile, overrides)
+    check_backends(config)
+    return config, profile
 
 
 def _run_dir(config: PipelineConfig, profile: Path) -> RunDir:

@@ -55,10 +55,12 @@ class Registry(Generic[B]):
         self._backends: dict[str, B] = {}
         self._discovered = False
 
-    def register(self, cls: B) -> B:
-        if cls.name in self._backends and self._backends[cls.name] is not cls:
-            raise ValueError(f"two {self.key} backends named {cls.name!r}")
-        self._backends[cls.name] = cls
+    def register(self, cls: B, name: str | None = None) -> B:
+        """Register `cls` under its `name` (or `name`: one class may serve several, e.g. search engines)."""
+        name = name or cls.name
+        if name in self._backends and self._backends[name] is not cls:
+            raise ValueError(f"two {self.key} backends named {name!r}")
+        self._backends[name] = cls
         return cls
 
     def _discover(self) -> None:
@@ -88,16 +90,17 @@ class Registry(Generic[B]):
         try:
             backend.check(config)
         except ModelNotFound as missing:
-            raise missing.user_error(f"{self.key}={backend.name}") from missing
+            section, field = self.key.split(".")
+            raise missing.user_error(f"{self.key}={getattr(getattr(config, section), field)}") from missing
 
 
 def resolve_device(device: str) -> str:
     """`auto` is CUDA when torch sees a GPU, else the CPU; anything else is taken as written."""
     if device != "auto":
-        return device
+        return "cuda:0" if device == "cuda" else device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 def onnx_providers(device: str) -> list:

@@ -23,9 +23,7 @@ from pipeline.core.errors import ModelNotFound
 from pipeline.core.schema import CAPTION
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
-from stages.captioners import Estimate, check_captioner, check_estimator, load_captioner, load_estimator
-from stages.captioners.template import SOURCE as TEMPLATE
-from stages.captioners.template import template_caption
+from stages.captioners import Estimate, check_models, open_captioner, open_estimator
 from stages.clip_tokens import clip_tokenizer, token_positions
 from stages.crop import decode_crop, target_crop_box
 
@@ -56,16 +54,15 @@ class CaptionStage(ModelStage):
     def preflight(cls, config: PipelineConfig) -> None:
         settings = config.caption
         try:
-            check_captioner(settings)
-            check_estimator(config)
+            check_models(config)
         except ModelNotFound as missing:
             context = f"caption.backend={settings.backend}, gender_model={settings.gender_model}"
             raise missing.user_error(context) from missing
 
     def setup(self) -> None:
-        self.captioner = load_captioner(self.config.caption)
-        self.estimator = load_estimator(self.config)
-        versions = {"captioner": self.captioner.versions() if self.captioner else {"captioner": TEMPLATE},
+        self.captioner = open_captioner(self.config)
+        self.estimator = open_estimator(self.config)
+        versions = {"captioner": self.captioner.versions(),
                     "estimator": self.estimator.versions() if self.estimator else None}
         self.models = json.dumps(versions, sort_keys=True)
         clip_tokenizer()  # built once per worker
@@ -100,7 +97,7 @@ class CaptionStage(ModelStage):
 
     def _describe(self, drafts: list[Draft]) -> None:
         for batch, images in self._batches(drafts):
-            if self.captioner:
+            if self.captioner.describes:
                 for draft, text in zip(batch, self.captioner.caption(images), strict=True):
                     draft.raw = text
             if self.estimator:
@@ -129,7 +126,7 @@ class CaptionStage(ModelStage):
 
     def _resample(self, drafts: list[Draft], word: str) -> None:
         settings = self.config.caption
-        for attempt in range(settings.resample_attempts if self.captioner else 0):
+        for attempt in range(settings.resample_attempts if self.captioner.describes else 0):
             missing = [d for d in drafts if d.caption is None]
             for batch, images in self._batches(missing):
                 texts = self.captioner.caption(images, seed=settings.seed + attempt)
@@ -137,9 +134,9 @@ class CaptionStage(ModelStage):
                     self._place(draft, word, text, "resampled")
 
     def _finish(self, draft: Draft, word: str) -> Row:
-        if self.captioner is None:
-            draft.caption, draft.span = template_caption(word)
-            draft.raw, draft.source = draft.caption, TEMPLATE
+        if not self.captioner.describes:
+            draft.caption, draft.span = self.captioner.write(word)
+            draft.raw, draft.source = draft.caption, self.captioner.source
         elif draft.caption is None:
             draft.caption, draft.span = cw.rewrite(draft.raw, word)
             draft.source = "rewritten"
@@ -148,7 +145,7 @@ class CaptionStage(ModelStage):
         return keep(
             caption=draft.caption,
             caption_raw=draft.raw,
-            caption_source=self.captioner.source if self.captioner else TEMPLATE,
+            caption_source=self.captioner.source,
             class_word=word,
             class_word_source=draft.source,
             class_word_span=list(draft.span),

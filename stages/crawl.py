@@ -12,7 +12,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.schema import FAILED, OK, PROVENANCE
 from stages.base import Row, Stage, drop
 from stages.imaging import EXTENSIONS, sniff_format
-from stages.sources import Fetched, Source, source_class
+from stages.sources import SOURCES, Fetched, Source
 
 
 class CrawlStage(Stage):
@@ -35,10 +35,10 @@ class CrawlStage(Stage):
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
-        source_class(config.crawl).preflight(config.crawl)
+        SOURCES.preflight(config)
 
     def setup(self) -> None:
-        self.source: Source = source_class(self.config.crawl)(self.config.crawl)
+        self.source: Source = SOURCES.selected(self.config).load(self.config)
 
     def process(self, rows: pa.Table) -> pa.Table:
         out: list[Row] = []

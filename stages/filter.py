@@ -18,10 +18,9 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.core.config import PipelineConfig
-from pipeline.core.errors import ModelNotFound
 from pipeline.core.schema import FACE_EVIDENCE, IMAGE_SIZE
 from stages.base import ModelStage, Row, drop, keep
-from stages.faces import Face, check_backend, open_backend
+from stages.faces import FACES, Face, open_backend
 from stages.imaging import ImageRejected, decode_for_detection, probe
 
 
@@ -45,13 +44,10 @@ class FilterStage(ModelStage):
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
-        try:
-            check_backend(config.face)
-        except ModelNotFound as missing:
-            raise missing.user_error(f"face.backend={config.face.backend}") from missing
+        FACES.preflight(config)
 
     def setup(self) -> None:
-        self.backend = open_backend(self.config.face)
+        self.backend = open_backend(self.config)
         self.models = json.dumps(self.backend.versions(), sort_keys=True)
 
     def prepare(self, rows: pa.Table) -> list[Candidate]:

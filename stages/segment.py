@@ -16,15 +16,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.schema import MASK
 from stages.base import ModelStage, Row, drop, keep
 from stages.crop import decode_crop, target_crop_box
-from stages.segmenters import (
-    ModelNotFound,
-    PersonMask,
-    Prompt,
-    check_backend,
-    encode_mask,
-    face_coverage,
-    load_segmenter,
-)
+from stages.segmenters import SEGMENTERS, PersonMask, Prompt, encode_mask, face_coverage, open_segmenter
 
 
 class SegmentStage(ModelStage):
@@ -35,13 +27,10 @@ class SegmentStage(ModelStage):
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
-        try:
-            check_backend(config.segment)
-        except ModelNotFound as missing:
-            raise missing.user_error(f"segment.backend={config.segment.backend}") from missing
+        SEGMENTERS.preflight(config)
 
     def setup(self) -> None:
-        self.segmenter = load_segmenter(self.config.segment)
+        self.segmenter = open_segmenter(self.config)
 
     def prepare(self, rows: pa.Table) -> list[np.ndarray]:
         return [decode_crop(data) for data in rows["crop_image"].to_pylist()]

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.schema import CROP, ROW_KEYS, VERIFICATION, extend
-from stages.faces import load_face_backend
+from stages.faces.dlib_backend import DlibBackend
 from stages.imaging import decode_upright, shrink
 
 SCHEMA = extend(ROW_KEYS, pa.schema([VERIFICATION.field("target_face"), *CROP]))
@@ -23,7 +23,7 @@ SCALE = 2.5
 
 @functools.lru_cache(maxsize=1)
 def _backend():
-    return load_face_backend("dlib", upsample=0)
+    return DlibBackend(upsample=0)
 
 
 @functools.cache

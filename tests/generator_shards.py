@@ -20,7 +20,8 @@ from PIL import Image
 
 from pipeline.core.schema import FACE
 from pipeline.engine.shards import INDEX_SCHEMA
-from stages.faces import Face, FaceBackend, load_face_backend
+from stages.faces import Face, FaceBackend
+from stages.faces.dlib_backend import DlibBackend
 
 CROP_SIDE = 256
 SHARD = "train-00000-of-00001.parquet"
@@ -66,7 +67,7 @@ def crop_row(backend: FaceBackend, identity: str, class_word: str, photo: Path) 
 def write_shards(out: Path, faces: dict, people: dict[str, str], per_identity: int = 4,
                  backend: FaceBackend | None = None) -> Path:
     """`out/shards/` holding `per_identity` crops of each identity (slug -> class word), and its index."""
-    backend = backend or load_face_backend("dlib", upsample=0)
+    backend = backend or DlibBackend(upsample=0)
     rows, index = [], []
     for identity, class_word in people.items():
         found = [row for photo in faces["identities"][identity]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipeline.core.config import CONFIG_DIR, PipelineConfig, load_config, resolve_profile
 from pipeline.core.errors import UserError
+from pipeline.engine.registry import check_backends
 
 
 @pytest.mark.parametrize("profile", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -36,7 +39,6 @@ def test_overrides_are_typed_and_nested() -> None:
         ("filter.resources.concurency=3", "unknown config key 'filter.resources.concurency'"),
         ("nonsense.key=1", "unknown config key 'nonsense'"),
         ("filter.min_short_side=abc", "bad value for 'filter.min_short_side'"),
-        ("crawl.source=altavista", "bad value for 'crawl.source'"),
         ("filter.min_short_side", "bad --set"),
         ("filter=3", "bad --set"),
     ],
@@ -44,6 +46,21 @@ def test_overrides_are_typed_and_nested() -> None:
 def test_mistakes_name_the_full_key(override: str, message: str) -> None:
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         load_config(resolve_profile("cpu"), [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("crawl.source=altavista", "unknown crawl.source 'altavista' (choose one of: baidu, bing, "),
+        ("face.backend=facenet", "unknown face.backend 'facenet' (choose one of: dlib, insightface"),
+        ("segment.backend=rembg", "unknown segment.backend 'rembg'"),
+        ("caption.backend=llava", "unknown caption.backend 'llava' (choose one of: blip, template)"),
+        ("caption.gender_model=deepface", "unknown caption.gender_model 'deepface'"),
+    ],
+)
+def test_backend_names_are_checked_against_their_registries(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_backends(load_config(resolve_profile("cpu"), [override]))
 
 
 def test_unknown_key_lists_the_valid_ones() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.core.config import CrawlSection
+from pipeline.core.config import CrawlSection, PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.names import identity_slug
 from pipeline.core.schema import DROPPED, FAILED, OK
@@ -67,13 +67,13 @@ def test_url_list_preflight(tmp_path: Path, caplog: pytest.LogCaptureFixture) ->
     path = tmp_path / "urls.tsv"
     path.write_text(URL_LIST)
     with caplog.at_level(logging.WARNING):
-        UrlsSource.preflight(settings(source="urls", urls_file=path))
+        UrlsSource.check(PipelineConfig(crawl=settings(source="urls", urls_file=path)))
     assert "3 malformed line(s) skipped (line 7:" in caplog.text
     with pytest.raises(UserError, match="not a file"):
-        UrlsSource.preflight(settings(source="urls", urls_file=tmp_path / "missing.tsv"))
+        UrlsSource.check(PipelineConfig(crawl=settings(source="urls", urls_file=tmp_path / "missing.tsv")))
     (tmp_path / "empty.tsv").write_text("# nothing\nname\turl\n")
     with pytest.raises(UserError, match="no usable rows"):
-        UrlsSource.preflight(settings(source="urls", urls_file=tmp_path / "empty.tsv"))
+        UrlsSource.check(PipelineConfig(crawl=settings(source="urls", urls_file=tmp_path / "empty.tsv")))
 
 
 def test_urls_source_fetches_its_names_rows_only(server: LocalServer, tmp_path: Path) -> None:
@@ -147,21 +147,21 @@ def test_search_page_failure_fails_the_task(server: LocalServer) -> None:
 
 def test_preflight_stops_when_the_engine_is_unreachable() -> None:
     with pytest.raises(UserError) as error:
-        SearchSource.preflight(settings(source="bing", search_base_url="http://127.0.0.1:9/"))
+        SearchSource.check(PipelineConfig(crawl=settings(source="bing", search_base_url="http://127.0.0.1:9/")))
     assert "cannot reach the bing search engine" in str(error.value)
     assert "crawl.source=local" in str(error.value) and "crawl.source=urls" in str(error.value)
 
 
 def test_preflight_refuses_a_private_engine_without_sending_anything(server: LocalServer) -> None:
     with pytest.raises(UserError, match="is a loopback address"):
-        SearchSource.preflight(search_settings(server, "bing", allowed_networks=[]))
+        SearchSource.check(PipelineConfig(crawl=search_settings(server, "bing", allowed_networks=[])))
     assert server.requests == []
 
 
 def test_flickr_needs_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLICKR_API_KEY", raising=False)
     with pytest.raises(UserError, match="FLICKR_API_KEY"):
-        SearchSource.preflight(settings(source="flickr"))
+        SearchSource.check(PipelineConfig(crawl=settings(source="flickr")))
 
 
 def test_cli_without_network_stops_at_once_with_one_line(tmp_path: Path) -> None:

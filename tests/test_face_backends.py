@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,19 @@ import onnxruntime
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline.core.errors import ModelNotFound
-from stages.faces import LANDMARK_ORDER, Face, load_face_backend
+from pipeline.core.errors import ModelNotFound, UserError
+from stages.backends import onnx_providers
+from stages.faces import LANDMARK_ORDER, Face
+from stages.faces.base import FACES as FACE_BACKENDS
 from stages.faces.base import file_sha256
-from stages.faces.dlib_backend import CNN_DETECTOR_FILE, DESCRIPTOR_FILE, LANDMARKS_FILE, packaged_model_dir
-from stages.faces.insightface_backend import aligned_crop, providers_for
+from stages.faces.dlib_backend import (
+    CNN_DETECTOR_FILE,
+    DESCRIPTOR_FILE,
+    LANDMARKS_FILE,
+    DlibBackend,
+    packaged_model_dir,
+)
+from stages.faces.insightface_backend import InsightFaceBackend, aligned_crop
 from tests.tiny_onnx import write_pack
 
 FACES = Path(__file__).resolve().parent / "data" / "faces"
@@ -63,7 +70,7 @@ def assert_valid_faces(faces: list[Face], image: np.ndarray, dim: int) -> None:
 
 @pytest.fixture(scope="module")
 def dlib_backend():
-    return load_face_backend("dlib")
+    return DlibBackend()
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +161,7 @@ def test_dlib_rejects_non_rgb_uint8_input(dlib_backend):
 
 
 def test_dlib_cnn_detector_agrees_with_hog(small_faces):
-    cnn = load_face_backend("dlib", dlib_detector="cnn", upsample=0)
+    cnn = DlibBackend(detector="cnn", upsample=0)
     faces = cnn.analyze([load_photo("img5.jpg")])[0]
     assert len(faces) == 1 and cnn.versions()["detector_model"] == CNN_DETECTOR_FILE
     assert faces[0].embedding @ small_faces["img5.jpg"][0].embedding > 0.97
@@ -162,23 +169,23 @@ def test_dlib_cnn_detector_agrees_with_hog(small_faces):
 
 def test_dlib_missing_models_say_which_file_where_and_how(tmp_path):
     with pytest.raises(ModelNotFound) as missing:
-        load_face_backend("dlib", dlib_model_dir=str(tmp_path))
+        DlibBackend(model_dir=str(tmp_path))
     message = str(missing.value)
     assert isinstance(missing.value, FileNotFoundError)
     assert LANDMARKS_FILE in message and str(tmp_path) in message and "pip install face-recognition-models" in message
 
     for name in (LANDMARKS_FILE, DESCRIPTOR_FILE):  # everything but the CNN detector
         (tmp_path / name).symlink_to(packaged_model_dir() / name)
-    load_face_backend("dlib", dlib_model_dir=str(tmp_path))
+    DlibBackend(model_dir=str(tmp_path))
     with pytest.raises(ModelNotFound, match=CNN_DETECTOR_FILE):
-        load_face_backend("dlib", dlib_model_dir=str(tmp_path), dlib_detector="cnn")
+        DlibBackend(model_dir=str(tmp_path), detector="cnn")
 
 
 def test_unknown_backend_and_detector_are_errors():
-    with pytest.raises(ValueError, match="dlib, insightface"):
-        load_face_backend("facenet")
+    with pytest.raises(UserError, match="dlib, insightface"):
+        FACE_BACKENDS.get("facenet")
     with pytest.raises(ValueError, match="hog, cnn"):
-        load_face_backend("dlib", dlib_detector="mtcnn")
+        DlibBackend(detector="mtcnn")
 
 
 @pytest.mark.slow
@@ -186,7 +193,7 @@ def test_dlib_separates_identities_on_the_whole_labelled_set():
     """Measured with dlib 20.0.1 (upsample 0 and 1 alike): same-identity cosine 0.925..0.994 (mean 0.967),
     different 0.715..0.935 (mean 0.831), ROC-AUC 0.99998; leave-one-out identity centroids classify all
     62 photos (smallest margin 0.03, img35)."""
-    backend = load_face_backend("dlib", upsample=0)  # 4x faster than 1 and, here, no false detections
+    backend = DlibBackend(upsample=0)  # 4x faster than 1 and, here, no false detections
     labels, embeddings = [], []
     for identity, names in LABELS["identities"].items():
         for name in names:
@@ -233,7 +240,7 @@ def packs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def firing(packs):
-    return load_face_backend("insightface", model=str(packs["firing"]), device="cpu", det_size=DET_SIZE)
+    return InsightFaceBackend(str(packs["firing"]), device="cpu", det_size=DET_SIZE)
 
 
 def hand_faces(image: np.ndarray, count: int) -> list[Face]:
@@ -267,7 +274,7 @@ def test_insightface_pack_by_name_under_a_root(tmp_path):
     write_pack(tmp_path / "models" / "tinypack")
     write_pack(tmp_path / "models" / "nested" / "nested")  # antelopev2's zip unpacks one level deeper
     for name in ("tinypack", "nested"):
-        backend = load_face_backend("insightface", model=name, model_root=str(tmp_path), det_size=DET_SIZE)
+        backend = InsightFaceBackend(name, root=str(tmp_path), det_size=DET_SIZE)
         assert backend.versions()["pack"] == name
 
 
@@ -280,19 +287,19 @@ def test_insightface_missing_pack_names_the_path_and_never_downloads(tmp_path, m
     monkeypatch.setattr(insightface.utils.storage, "download_file", no_download)
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(ModelNotFound) as missing:
-        load_face_backend("insightface")
+        InsightFaceBackend()
     expected = tmp_path / ".insightface" / "models" / "buffalo_l"
     assert str(expected) in str(missing.value) and "unzip" in str(missing.value)
     assert missing.value.looked_in == [str(expected)]
 
     with pytest.raises(ModelNotFound, match="no_such_pack"):
-        load_face_backend("insightface", model="no_such_pack", model_root=str(tmp_path))
+        InsightFaceBackend("no_such_pack", root=str(tmp_path))
 
 
 def test_insightface_pack_without_detector_is_an_error(tmp_path):
     write_pack(tmp_path / "reconly", detector=False)
     with pytest.raises(ModelNotFound, match="detection model"):
-        load_face_backend("insightface", model=str(tmp_path / "reconly"))
+        InsightFaceBackend(str(tmp_path / "reconly"))
 
 
 def test_insightface_detect_returns_faces_per_image(firing, packs):
@@ -316,7 +323,7 @@ def test_insightface_detect_returns_faces_per_image(firing, packs):
 
 
 def test_insightface_silent_detector_finds_nothing(packs):
-    backend = load_face_backend("insightface", model=str(packs["silent"]), det_size=DET_SIZE)
+    backend = InsightFaceBackend(str(packs["silent"]), det_size=DET_SIZE)
     assert backend.detect([load_photo("img5.jpg"), load_photo("img25.jpg")]) == [[], []]
     assert backend.analyze([load_photo("img5.jpg")]) == [[]]
 
@@ -347,7 +354,7 @@ def test_insightface_batched_embeddings_equal_one_by_one(firing, packs):
         assert many.embedding_norm == pytest.approx(one.embedding_norm, rel=1e-5)  # each face keeps its own norm
     assert not np.allclose(batched[0].embedding, batched[1].embedding, atol=1e-3)  # the input matters
 
-    fixed = load_face_backend("insightface", model=str(packs["batch1"]), det_size=DET_SIZE)
+    fixed = InsightFaceBackend(str(packs["batch1"]), det_size=DET_SIZE)
     for one, many in zip(itertools.chain(*fixed.embed(images, faces)), batched, strict=True):
         np.testing.assert_allclose(one.embedding, many.embedding, atol=1e-5)  # same weights, batch of 1
 
@@ -359,18 +366,17 @@ def test_insightface_analyze_embeds_every_detection(firing):
     assert firing.embed([image], [[]]) == [[]]
 
 
-def test_providers_prefer_cuda_when_onnxruntime_has_it(monkeypatch, caplog):
+def test_providers_prefer_cuda_when_onnxruntime_has_it(monkeypatch):
     monkeypatch.setattr(
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    assert providers_for("auto") == [("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
-    assert providers_for("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
-    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert onnx_providers("auto") == [("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
+    assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    assert providers_for("auto") == ["CPUExecutionProvider"]
-    with caplog.at_level(logging.WARNING):
-        assert providers_for("cuda") == ["CPUExecutionProvider"]
-    assert "running on the CPU" in caplog.text
-    with pytest.raises(ValueError, match="unknown device"):
-        providers_for("tpu")
+    assert onnx_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(UserError, match="onnxruntime-gpu"):  # asked for a GPU: never a silent CPU run
+        onnx_providers("cuda")
+    with pytest.raises(UserError, match="unknown device"):
+        onnx_providers("tpu")

@@ -15,6 +15,8 @@ from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import NAMES, PROVENANCE, extend
 from stages.faces import open_backend
+from stages.faces.dlib_backend import DlibBackend
+from stages.faces.insightface_backend import InsightFaceBackend
 from stages.filter import FilterStage
 from stages.imaging import decode_for_detection, decode_upright
 from tests.conftest import image_bytes
@@ -114,7 +116,7 @@ def test_real_faces_are_kept_with_their_evidence(tmp_path, faces) -> None:
     assert len(face["embedding"]) == 128 and abs(np.linalg.norm(face["embedding"]) - 1) < 1e-4
     config = load_config(resolve_profile("cpu"))  # the raw descriptor's norm, as the backend gives it on the same image
     image, _ = decode_for_detection(real_photo(faces, "img38.jpg"), config.filter.max_pixels, config.face.max_side)
-    (expected,) = open_backend(config.face).analyze([np.asarray(image)])[0]
+    (expected,) = open_backend(config).analyze([np.asarray(image)])[0]
     assert face["embedding_norm"] == pytest.approx(expected.embedding_norm, rel=1e-6)
     assert abs(face["embedding_norm"] - 1) > 0.1
     assert x0 <= face["landmarks"][0] <= x1 and y0 <= face["landmarks"][1] <= y1
@@ -169,7 +171,8 @@ def test_the_preflight_checks_the_model_files_without_loading_them(tmp_path, mon
     """The driver only looks for the files (a resume of a finished run must not pay for a model load)."""
     (tmp_path / "models" / "buffalo_l").mkdir(parents=True)
     (tmp_path / "models" / "buffalo_l" / "det_10g.onnx").write_bytes(b"not read by the preflight")
-    monkeypatch.setattr("stages.faces.load_face_backend", pytest.fail)
+    for backend in (DlibBackend, InsightFaceBackend):
+        monkeypatch.setattr(backend, "__init__", pytest.fail)
     FilterStage.preflight(load_config(resolve_profile(profile), [f"face.model_root={tmp_path}"]))
 
 

@@ -37,7 +37,7 @@ from pipeline.generator.references import IdentityRows, Reference, load_identity
 from pipeline.generator.run import run_generate, stack
 from pipeline.generator.score import open_scorer, score_images
 from stages.clip_tokens import clip_tokenizer
-from stages.faces import load_face_backend
+from stages.faces.insightface_backend import InsightFaceBackend
 from tests import tiny_sdxl
 from tests.conftest import run_cli
 from tests.generator_shards import SHARD, write_shards
@@ -82,7 +82,7 @@ def run_dir(tmp_path_factory, faces) -> Path:
 
 @pytest.fixture(scope="module")
 def arcface_run_dir(tmp_path_factory, faces, models) -> Path:
-    backend = load_face_backend("insightface", model=str(models["arcface_pack"]), device="cpu", det_size=DET_SIZE)
+    backend = InsightFaceBackend(str(models["arcface_pack"]), device="cpu", det_size=DET_SIZE)
     return write_shards(tmp_path_factory.mktemp("arcface-run"), faces, PEOPLE, backend=backend)
 
 

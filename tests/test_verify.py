@@ -20,7 +20,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import VERIFICATION
 from pipeline.engine.markers import part_path, read_markers
 from pipeline.engine.runner import RUN, TaskExecutor
-from stages.faces import load_face_backend
+from stages.faces.dlib_backend import DlibBackend
 from stages.filter import FilterStage
 from stages.verify import VerifyStage
 from tests.conftest import REPO
@@ -42,7 +42,7 @@ DLIB_THRESHOLD = 0.945
 @pytest.fixture(scope="session")
 def corpus(faces) -> Corpus:
     """Photos are detected and embedded once per session, on first use (~0.2 s each)."""
-    return Corpus(load_face_backend("dlib", upsample=0), faces["images"].parent)
+    return Corpus(DlibBackend(upsample=0), faces["images"].parent)
 
 
 @pytest.fixture

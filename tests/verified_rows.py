@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import FACE_EVIDENCE, IMAGE_SIZE, NAMES, PROVENANCE, VERIFICATION, extend
-from stages.faces import load_face_backend
+from stages.faces.dlib_backend import DlibBackend
 from stages.filter import box_side, face_record
 from stages.imaging import decode_upright, shrink
 
@@ -24,7 +24,7 @@ MAX_PIXELS = 89_478_485
 
 @functools.lru_cache(maxsize=1)
 def _backend():
-    return load_face_backend("dlib", upsample=0)
+    return DlibBackend(upsample=0)
 
 
 @functools.cache

@@ -64,7 +64,7 @@ class DownloadSettings(Tuning):
 
 
 class CrawlSection(Section):
-    source: Literal["bing", "baidu", "google", "flickr", "urls", "local"] = "bing"
+    source: str = Field("bing", description="a registered source: bing | baidu | google | flickr | urls | local")
     urls_file: Path | None = None
     local_root: Path | None = None
     max_per_name: int = Field(100, ge=1)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.schema import NAMES, ROW_KEYS
 from stages.base import Stage
 from stages.caption import CaptionStage
+from stages.captioners import CAPTIONERS, pick_estimator
 from stages.crawl import CrawlStage
 from stages.crop import CropStage
+from stages.faces import FACES
 from stages.filter import FilterStage
 from stages.segment import SegmentStage
+from stages.segmenters import SEGMENTERS
+from stages.sources import SOURCES
 from stages.verify import VerifyStage
 
+BACKEND_FAMILIES = (SOURCES, FACES, SEGMENTERS, CAPTIONERS)
 STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage, VerifyStage, CropStage, SegmentStage, CaptionStage)
 SHARD = "shard"  # the final step: not a per-identity stage, it packs identities into shards
 STAGE_NAMES = (*(stage.name for stage in STAGES), SHARD)
@@ -25,6 +31,13 @@ def check_contracts(stages: tuple[type[Stage], ...] = STAGES) -> None:
         if missing:
             raise TypeError(f"stage {stage.name} requires {sorted(missing)}, produced by no earlier stage")
         available |= set(stage.produces.names)
+
+
+def check_backends(config: PipelineConfig) -> None:
+    """Config validation of the backend keys: each names a backend its family's registry holds."""
+    for registry in BACKEND_FAMILIES:
+        registry.selected(config)
+    pick_estimator(config)
 
 
 def stage_class(name: str) -> type[Stage]:

@@ -95,7 +95,7 @@ def run_generate(config: PipelineConfig, run: RunDir, request: Request) -> str:
     adapter = load_adapter(adapter_path)
     encoder = build_encoder(adapter)
     check_faces(encoder, rows, adapter_path)
-    scorer = open_scorer(config.face, {identity.face_backend for identity in rows})
+    scorer = open_scorer(config, {identity.face_backend for identity in rows})
     gen = load_generator(base_model, adapter, encoder, settings)
     cond = condition(gen, request.prompt, stack(gen, refs, request.weights))
     seeds = [settings.seed + k for k in range(settings.num_images)]

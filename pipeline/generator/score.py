@@ -12,18 +12,19 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from pipeline.core.config import FaceSection
+from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.generator.references import Reference
 from stages.faces import Face, FaceBackend, open_backend
 
 
-def open_scorer(settings: FaceSection, shard_backends: set[str]) -> FaceBackend:
+def open_scorer(config: PipelineConfig, shard_backends: set[str]) -> FaceBackend:
+    settings = config.face
     if shard_backends != {settings.backend}:
         raise UserError(f"the shards were embedded with {', '.join(sorted(shard_backends))}, "
                         f"the config's face backend is {settings.backend}",
                         f"pass the run's profile or --set face.backend={min(shard_backends)}")
-    return open_backend(settings)
+    return open_backend(config)
 
 
 def largest_face(faces: Sequence[Face]) -> Face | None:

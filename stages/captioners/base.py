@@ -22,6 +22,7 @@ ESTIMATORS = Registry("caption.gender_model", "stages.captioners")
 
 class Captioner(ABC):
     source: str  # written to `caption_source`, e.g. "blip:Salesforce/blip-image-captioning-large"
+    describes: bool = True  # False: no text of its own; the caption is written from the class word (`write`)
 
     @abstractmethod
     def caption(self, images: Sequence[np.ndarray], seed: int | None = None) -> list[str]:
@@ -30,6 +31,10 @@ class Captioner(ABC):
     @abstractmethod
     def versions(self) -> dict[str, str]:
         """Package versions and the model that produced the captions."""
+
+    def write(self, word: str) -> tuple[str, tuple[int, int]]:
+        """A caption from the class word alone, and the word's character span (backends that do not describe)."""
+        raise NotImplementedError(f"{type(self).__name__} describes images; it does not write from a word")
 
 
 @dataclass(frozen=True)

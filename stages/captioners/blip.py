@@ -9,14 +9,17 @@ with) and starts every caption.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
+from stages.backends import Backend, resolve_device
 
-from .base import Captioner
+from .base import CAPTIONERS, Captioner
 
 HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # config, processor, tokenizer, weights
 
@@ -46,15 +49,24 @@ def resolve_model(name: str) -> Path:
                             [str(folder.resolve()), constants.HF_HUB_CACHE], fix) from exc
 
 
-def resolve_device(device: str) -> str:
-    import torch
+@CAPTIONERS.register
+class BlipCaptioner(Captioner, Backend):
+    name = "blip"
+    fields = ("model", "device", "prompt", "num_beams", "max_new_tokens", "top_p")
 
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return "cuda:0" if device == "cuda" else device
+    @classmethod
+    def check(cls, config: PipelineConfig) -> None:
+        for package in ("torch", "transformers"):
+            if importlib.util.find_spec(package) is None:
+                raise ModelNotFound(f"python package {package!r}", ["this environment"], "pip install torch transformers")
+        resolve_model(config.caption.model)
 
+    @classmethod
+    def load(cls, config: PipelineConfig) -> BlipCaptioner:
+        settings = config.caption
+        return cls(settings.model, device=settings.device, prompt=settings.prompt, num_beams=settings.num_beams,
+                   max_new_tokens=settings.max_new_tokens, top_p=settings.top_p)
 
-class BlipCaptioner(Captioner):
     def __init__(self, model: str, *, device: str = "auto", prompt: str = "", num_beams: int = 3,
                  max_new_tokens: int = 30, top_p: float = 0.9) -> None:
         import torch

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
+from stages.backends import Backend, onnx_providers
 from stages.faces.base import file_sha256
-from stages.faces.insightface_backend import pack_dir, providers_for
+from stages.faces.insightface_backend import pack_dir
 
-from .base import Box, Estimate, Estimator
+from .base import ESTIMATORS, Box, Estimate, Estimator
 
 FILE = "genderage.onnx"
 GENDERS = ("female", "male")  # insightface's class order
@@ -31,15 +33,24 @@ def genderage_file(model: str | None, root: str | None) -> Path:
     return found[0]
 
 
-class InsightFaceGenderAge(Estimator):
+@ESTIMATORS.register
+class InsightFaceGenderAge(Estimator, Backend):
     name = "insightface"
+
+    @classmethod
+    def check(cls, config: PipelineConfig) -> None:
+        genderage_file(config.face.model, _root(config))
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> InsightFaceGenderAge:
+        return cls(config.face.model, _root(config), config.caption.device)
 
     def __init__(self, model: str | None = None, root: str | None = None, device: str = "auto") -> None:
         from insightface.app.common import Face
         from insightface.model_zoo import get_model
 
         path = genderage_file(model, root)
-        self._model = get_model(str(path), providers=providers_for(device))
+        self._model = get_model(str(path), providers=onnx_providers(device))
         if getattr(self._model, "taskname", None) != "genderage":
             raise ModelNotFound(f"a gender/age model at {path} (insightface routes it elsewhere)", [str(path)],
                                 "use the pack's original genderage.onnx")
@@ -57,3 +68,7 @@ class InsightFaceGenderAge(Estimator):
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)
+
+
+def _root(config: PipelineConfig) -> str | None:
+    return str(config.face.model_root) if config.face.model_root else None

@@ -3,10 +3,33 @@
 
 from __future__ import annotations
 
-SOURCE = "template"
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.core.config import PipelineConfig
+from stages.backends import Backend
+
+from .base import CAPTIONERS, Captioner
+
 PREFIX = "a photo of a "
 
 
-def template_caption(word: str) -> tuple[str, tuple[int, int]]:
-    """The caption and the class word's character span in it."""
-    return PREFIX + word, (len(PREFIX), len(PREFIX) + len(word))
+@CAPTIONERS.register
+class TemplateCaptioner(Captioner, Backend):
+    name = "template"
+    source = "template"
+    describes = False
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> TemplateCaptioner:
+        return cls()
+
+    def caption(self, images: Sequence[np.ndarray], seed: int | None = None) -> list[str]:
+        raise NotImplementedError("the template backend writes captions from the class word only")
+
+    def write(self, word: str) -> tuple[str, tuple[int, int]]:
+        return PREFIX + word, (len(PREFIX), len(PREFIX) + len(word))
+
+    def versions(self) -> dict[str, str]:
+        return {"captioner": self.name}

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
+from stages.backends import Backend
 
-from .base import Face, FaceBackend, attach_embeddings, check_image, check_pairing, clip_box, file_sha256
+from .base import FACES, Face, FaceBackend, attach_embeddings, check_image, check_pairing, clip_box, file_sha256
 
 LANDMARKS_FILE = "shape_predictor_68_face_landmarks.dat"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -73,9 +75,19 @@ def five_points(shape) -> np.ndarray:
     )
 
 
-class DlibBackend(FaceBackend):
+@FACES.register
+class DlibBackend(FaceBackend, Backend):
     name = "dlib"
+    fields = ("dlib_detector", "upsample")
     embedding_dim = 128
+
+    @classmethod
+    def check(cls, config: PipelineConfig) -> None:
+        model_files(None, config.face.dlib_detector)
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> DlibBackend:
+        return cls(detector=config.face.dlib_detector, upsample=config.face.upsample)
 
     def __init__(
         self, model_dir: str | None = None, detector: str = "hog", upsample: int = 1, threshold: float = 0.0

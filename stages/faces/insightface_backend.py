@@ -7,17 +7,20 @@ missing pack is an error that says where it was looked for and how to put it the
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import ModelNotFound
+from stages.backends import Backend, onnx_providers
+
 from .base import (
+    FACES,
     Face,
     FaceBackend,
-    ModelNotFound,
     attach_embeddings,
     check_image,
     check_pairing,
@@ -29,9 +32,6 @@ from .base import (
 DEFAULT_PACK = "buffalo_l"
 DEFAULT_ROOT = "~/.insightface"  # insightface's own default root; 2.x reads no environment variable for it
 MAX_RECOGNITION_BATCH = 256  # aligned 112x112 crops per onnxruntime call, bounds GPU memory on crowded batches
-
-logger = logging.getLogger(__name__)
-
 
 def pack_dir(model: str | None, root: str | Path | None) -> Path:
     """An existing directory as given, else the pack `<root>/models/<model>`."""
@@ -64,21 +64,6 @@ def pack_files(model: str | None, folder: Path) -> list[Path]:
     return files
 
 
-def providers_for(device: str) -> list:
-    """onnxruntime providers: CUDA (then CPU) when asked or auto and available, else CPU."""
-    import onnxruntime
-
-    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    available = onnxruntime.get_available_providers()
-    if device != "cpu" and "CUDAExecutionProvider" in available:
-        options = {"device_id": int(device.split(":", 1)[1])} if ":" in device else {}
-        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-    if device.startswith("cuda"):
-        logger.warning("device %s asked for, but onnxruntime offers only %s; running on the CPU", device, available)
-    return ["CPUExecutionProvider"]
-
-
 def route_models(files: list[Path], providers: list) -> dict[str, object]:
     """The first detection and first recognition model among `files`, by insightface's router."""
     from insightface.model_zoo import get_model
@@ -103,8 +88,20 @@ def aligned_crop(image_bgr: np.ndarray, landmarks: np.ndarray, size: int) -> np.
         return norm_crop(image_bgr, landmark=landmarks, image_size=size)
 
 
-class InsightFaceBackend(FaceBackend):
+@FACES.register
+class InsightFaceBackend(FaceBackend, Backend):
     name = "insightface"
+    fields = ("model", "model_root", "device", "det_size", "det_threshold")
+
+    @classmethod
+    def check(cls, config: PipelineConfig) -> None:
+        pack_files(config.face.model, pack_dir(config.face.model, config.face.model_root))
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> InsightFaceBackend:
+        face = config.face
+        root = str(face.model_root) if face.model_root else None
+        return cls(face.model, root=root, device=face.device, det_size=face.det_size, det_threshold=face.det_threshold)
 
     def __init__(
         self,
@@ -119,7 +116,7 @@ class InsightFaceBackend(FaceBackend):
         files = pack_files(model, folder)
         self._pack = model or DEFAULT_PACK
         self._det_size = det_size
-        found = route_models(files, providers_for(device))
+        found = route_models(files, onnx_providers(device))
         for task in ("detection", "recognition"):
             if task not in found:
                 raise missing_pack(model, folder, f"{task} model (none of {[f.name for f in files]} is one)")

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .base import Box, PersonMask, Prompt, Segmenter
+from pipeline.core.config import PipelineConfig
+from stages.backends import Backend
+
+from .base import SEGMENTERS, Box, PersonMask, Prompt, Segmenter
 
 MIN_SAMPLES = 64  # pixels GrabCut needs on each side to fit its colour models (5 Gaussians each)
 
@@ -66,7 +69,15 @@ def face_component(foreground: np.ndarray, face: Box) -> np.ndarray:
     return (parts == centre) & foreground if centre else foreground
 
 
-class GrabCutSegmenter(Segmenter):
+@SEGMENTERS.register
+class GrabCutSegmenter(Segmenter, Backend):
+    name = "cpu"
+    fields = ("grabcut_side", "grabcut_iters")
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> GrabCutSegmenter:
+        return cls(config.segment.grabcut_side, config.segment.grabcut_iters)
+
     source = "grabcut"
 
     def __init__(self, side: int = 320, iterations: int = 5) -> None:

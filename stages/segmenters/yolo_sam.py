@@ -8,13 +8,18 @@ whole batch at once.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .base import Box, PersonMask, Prompt, Segmenter, face_pixels, near_best
-from .checkpoints import read_state_dict, yolo_detector
+from pipeline.core.config import PipelineConfig, SegmentSection
+from pipeline.core.errors import ModelNotFound
+from stages.backends import Backend, resolve_device
+
+from .base import SEGMENTERS, Box, PersonMask, Prompt, Segmenter, face_pixels, near_best
+from .checkpoints import SAM_URL, YOLO_URL, read_state_dict, yolo_detector, yolo_globals
 
 PERSON = 0  # COCO class id
 MIN_FACE_HELD = 0.5  # a person box holds at least half of the face box, or it is someone else's
@@ -51,15 +56,47 @@ def pick_mask(face: Box, masks: np.ndarray, scores: np.ndarray) -> int:
     return near_best(coverage, COVERAGE_TOLERANCE, scores)
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return "cuda:0" if device == "cuda" else device
+# The files segment-anything's authors publish, per model; a user's copy keeps the name.
+SAM_FILES = {"vit_h": "sam_vit_h_4b8939.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_b": "sam_vit_b_01ec64.pth"}
 
 
-class YoloSamSegmenter(Segmenter):
+def weight_paths(settings: SegmentSection) -> tuple[Path, Path]:
+    """The YOLO and SAM checkpoints the config names; relative names live in `weights_dir`."""
+    root = settings.weights_dir.expanduser()
+    sam = settings.sam_checkpoint or Path(SAM_FILES[settings.sam_model])
+    return root / settings.yolo_weights.expanduser(), root / sam.expanduser()
+
+
+@SEGMENTERS.register
+class YoloSamSegmenter(Segmenter, Backend):
+    name = "yolo_sam"
+    fields = ("device", "weights_dir", "yolo_weights", "person_conf", "sam_model", "sam_checkpoint")
+
+    @classmethod
+    def check(cls, config: PipelineConfig) -> None:
+        """The packages and both checkpoints are here, and YOLO's pickle names nothing off the allow-list."""
+        settings = config.segment
+        for package in ("torch", "ultralytics", "segment_anything"):
+            if importlib.util.find_spec(package) is None:
+                fix = "pip install torch torchvision ultralytics segment-anything"
+                raise ModelNotFound(f"python package {package!r}", ["this environment"], fix)
+        yolo, sam = weight_paths(settings)
+        if not yolo.is_file():
+            fix = f"download {yolo.name} from {YOLO_URL} to {yolo}, or set segment.yolo_weights=PATH"
+            raise ModelNotFound(f"YOLO weights {yolo.name!r}", [str(yolo)], fix)
+        if not sam.is_file():
+            official = SAM_FILES[settings.sam_model]
+            fix = f"download {SAM_URL}{official} to {sam}, or set segment.sam_checkpoint=PATH (a {settings.sam_model} file)"
+            raise ModelNotFound(f"segment-anything {settings.sam_model} checkpoint {sam.name!r}", [str(sam)], fix)
+        yolo_globals(yolo)  # unpickles nothing
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> YoloSamSegmenter:
+        cls.check(config)
+        settings = config.segment
+        yolo, sam = weight_paths(settings)
+        return cls(yolo, settings.sam_model, sam, settings.device, settings.person_conf)
+
     def __init__(
         self, yolo_weights: Path, sam_model: str, sam_checkpoint: Path, device: str = "auto", person_conf: float = 0.25
     ) -> None:

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pipeline.core.config import CrawlSection
+from pipeline.core.config import CrawlSection, PipelineConfig
 from pipeline.core.schema import OK
+from stages.backends import Backend, Registry
 
 
 def utc_now() -> datetime:
@@ -30,15 +31,22 @@ class Fetched:
     fetched_at: datetime = field(default_factory=utc_now)
 
 
-class Source(ABC):
+SOURCES = Registry("crawl.source", "stages.sources")
+
+
+class Source(ABC, Backend):
     name: str
 
     def __init__(self, settings: CrawlSection) -> None:
         self.settings = settings
 
     @classmethod
-    def preflight(cls, settings: CrawlSection) -> None:
+    def check(cls, config: PipelineConfig) -> None:
         """Driver-side checks (files exist, engine reachable) before any task runs."""
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> Source:
+        return cls(config.crawl)
 
     @abstractmethod
     def fetch(self, name: str) -> Iterator[Fetched]:

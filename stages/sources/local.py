@@ -8,18 +8,20 @@ from urllib.parse import unquote, urlparse
 
 from slugify import slugify
 
-from pipeline.core.config import CrawlSection
+from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.names import MAX_BASE_LENGTH, identity_slug
 from pipeline.core.schema import DROPPED, FAILED
-from stages.sources.base import Fetched, Source
+from stages.sources.base import SOURCES, Fetched, Source
 
 
+@SOURCES.register
 class LocalSource(Source):
     name = "local"
 
     @classmethod
-    def preflight(cls, settings: CrawlSection) -> None:
+    def check(cls, config: PipelineConfig) -> None:
+        settings = config.crawl
         if settings.local_root is None or not settings.local_root.is_dir():
             raise UserError(
                 f"crawl.local_root is not a folder: {settings.local_root}",

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
-from pipeline.core.config import CrawlSection
+from pipeline.core.config import CrawlSection, PipelineConfig
 from pipeline.core.errors import UserError
-from stages.sources.base import Fetched
+from stages.sources.base import SOURCES, Fetched
 from stages.sources.http import Downloader, DownloadError, HttpSource, UrlTriple
 
 # BingParser's regex runs past a murl without ".jpg" into later JSON fields: such "URLs" hold quotes.
@@ -183,8 +183,9 @@ class SearchSource(HttpSource):
         self._feeding = threading.Lock()  # one feeder queue, and a worker crawls several names at once
 
     @classmethod
-    def preflight(cls, settings: CrawlSection) -> None:
+    def check(cls, config: PipelineConfig) -> None:
         """One request to the engine, so a machine without network stops here, not after a timeout per name."""
+        settings = config.crawl
         if settings.source == "flickr" and not os.environ.get(FLICKR_KEY):
             raise UserError("crawl.source=flickr needs a Flickr API key", f"export {FLICKR_KEY}=<your key>")
         origin = settings.search_base_url or ENGINES[settings.source].origin
@@ -235,3 +236,7 @@ class SearchSource(HttpSource):
         for task in self.parser.parse(PageResponse(page, page_url), **self.engine.parse_kwargs()) or ():
             if isinstance(task, dict) and URL_TEXT.fullmatch(task.get("file_url") or ""):
                 yield (task["file_url"], *self.engine.provenance(self.parser, page, task))
+
+
+for _engine in ENGINES:
+    SOURCES.register(SearchSource, _engine)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from pipeline.core.config import CrawlSection
+from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.names import clean_name
-from stages.sources.base import Fetched
+from stages.sources.base import SOURCES, Fetched
 from stages.sources.http import HttpSource, UrlTriple
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,13 @@ def read_url_list(path: Path) -> UrlList:
     return parsed
 
 
+@SOURCES.register
 class UrlsSource(HttpSource):
     name = "urls"
 
     @classmethod
-    def preflight(cls, settings: CrawlSection) -> None:
+    def check(cls, config: PipelineConfig) -> None:
+        settings = config.crawl
         path = settings.urls_file
         if path is None or not path.is_file():
             raise UserError(f"crawl.urls_file is not a file: {path}", f"set crawl.urls_file to a TSV: {FORMAT}")
