@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run|status|report`. User mistakes print one line and exit 2."""
+"""Command line: `python -m pipeline run|status|report|models|generate`. User mistakes print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -30,12 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="re-run the selected stages even where done")
     run.add_argument("--retry-failed", action="store_true", help="re-run only rows that failed transiently")
     run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
+    run.add_argument("--offline", action="store_true",
+                     help="never download model files: a missing one is an error (config models.offline)")
 
     status = commands.add_parser("status", help="per stage: tasks done, rows kept and dropped by reason")
     _config_options(status)
 
     report = commands.add_parser("report", help="write the QA report: DIR/report/index.html and summary.json")
     _config_options(report)
+
+    models = commands.add_parser("models", help="the profile's model files: list them, fetch the missing, verify sha256")
+    models.add_argument("action", choices=("list", "fetch", "verify"))
+    models.add_argument("--config", help="YAML profile: a path or a name in configs/ (default: default)")
+    models.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key; repeatable")
+    models.add_argument("--mirror", metavar="URL", help="fetch every file as URL/<file> (config models.mirror)")
+    models.add_argument("--offline", action="store_true", help="never download (config models.offline)")
+    models.add_argument("--accept-licenses", action="store_true",
+                        help="accept the licences of the files fetched that require it (else asked, or refused)")
+    models.set_defaults(out=None)
 
     generate = commands.add_parser("generate", help="PhotoMaker-style images of an identity, scored against its photos")
     _config_options(generate)
@@ -52,7 +65,8 @@ def _config_options(command: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
     profile = resolve_profile(args.config)
-    flags = {"run.names": getattr(args, "names", None), "run.out": args.out, "run.address": getattr(args, "address", None)}
+    flags = {"run.names": getattr(args, "names", None), "run.out": args.out, "run.address": getattr(args, "address", None),
+             "models.mirror": getattr(args, "mirror", None), "models.offline": getattr(args, "offline", False)}
     overrides = [*getattr(args, "overrides", []), *(f"{key}={value}" for key, value in flags.items() if value)]
     config = load_config(profile, overrides)
     check_backends(config)
@@ -64,7 +78,7 @@ def _run_dir(config: PipelineConfig, profile: Path) -> RunDir:
 
 
 def _save_run_info(run: RunDir, config: PipelineConfig, profile: Path, identities: list[Identity]) -> None:
-    hashes = {stage.name: config.fingerprint(stage.sections, stage.version) for stage in STAGES}
+    hashes = {stage.name: stage.fingerprint(config) for stage in STAGES}
     header = f"# resolved from {profile}; stage config hashes: {hashes}\n"
     run.write_bytes("config.yaml", (header + config.to_yaml()).encode())
     run.write_json(RUN_INFO, {
@@ -95,10 +109,12 @@ def command_run(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     _ray_environment(config)
     from pipeline.engine.driver import console, run_stages, write_dataset
+    from pipeline.engine.models import ensure_models
     from pipeline.engine.stats import counts_table
 
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
+    ensure_models(config, chosen, args.config)
     for stage in chosen:
         stage.preflight(config)
     run = _run_dir(config, profile)
@@ -139,6 +155,13 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_models(args: argparse.Namespace) -> int:
+    from pipeline.engine.models import models_command
+
+    config, _ = _settings(args)
+    return models_command(args.action, config, args.accept_licenses, args.config)
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from pipeline.generator.cli import overrides, request
     from pipeline.generator.run import run_generate
@@ -155,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": command_run, "status": command_status, "report": command_report,
-                "generate": command_generate}[args.command](args)
+                "generate": command_generate, "models": command_models}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

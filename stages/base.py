@@ -46,6 +46,16 @@ class Stage(ABC):
         self.run = run
 
     @classmethod
+    def fingerprint(cls, config: PipelineConfig) -> str:
+        """What decides the stage's output: its config sections, its version and its constants."""
+        return config.fingerprint(cls.sections, cls.version, cls.constants())
+
+    @classmethod
+    def constants(cls) -> dict[str, Any]:
+        """Values outside the config that decide the output (part of the fingerprint)."""
+        return {}
+
+    @classmethod
     def resources(cls, config: PipelineConfig) -> Resources:
         return getattr(config, cls.name).resources
 

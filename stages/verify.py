@@ -25,9 +25,12 @@ The rule, and why:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
+from pipeline.core.config import VERIFY_BACKEND_DEFAULTS
 from pipeline.core.schema import VERIFICATION
 from stages.base import Row, Stage, drop, keep
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
@@ -55,6 +58,10 @@ def outcome(columns: Row, passed: bool, distinct: int, settings: Settings) -> Ro
 class VerifyStage(Stage):
     name = "verify"
     sections = ("verify",)
+
+    @classmethod
+    def constants(cls) -> dict[str, Any]:
+        return {"backend_defaults": VERIFY_BACKEND_DEFAULTS}
     requires = ("faces", "phash", "face_backend")
     produces = VERIFICATION
     tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate

@@ -160,13 +160,13 @@ def test_insightface_backend_runs_through_the_stage(tmp_path, faces) -> None:
 
 
 def test_a_missing_insightface_pack_is_a_user_error(tmp_path) -> None:
-    config = load_config(resolve_profile("default"), [f"face.model_root={tmp_path}"])
+    config = load_config(resolve_profile("gpu"), [f"face.model_root={tmp_path}"])
     with pytest.raises(UserError, match="buffalo_l") as error:
         FilterStage.preflight(config)
     assert str(tmp_path) in str(error.value)
 
 
-@pytest.mark.parametrize("profile", ["cpu", "default"])
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_the_preflight_checks_the_model_files_without_loading_them(tmp_path, monkeypatch, profile: str) -> None:
     """The driver only looks for the files (a resume of a finished run must not pay for a model load)."""
     (tmp_path / "models" / "buffalo_l").mkdir(parents=True)

@@ -366,7 +366,7 @@ def test_a_reference_crop_scores_as_its_own_face(run_dir: Path) -> None:
     [score] = score_images(scorer, [Image.open(io.BytesIO(ref.crop_image))], [ref], {"angelina_jolie": rows.centroid()})
     assert score["face_found"] and score["sim_to_references"][ref.image_id] > 0.95
     with pytest.raises(UserError, match="embedded with dlib"):
-        open_scorer(load_config(resolve_profile("default")).face, {"dlib"})
+        open_scorer(load_config(resolve_profile("gpu")), {"dlib"})
 
 
 @pytest.mark.slow

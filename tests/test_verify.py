@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.config import VERIFY_BACKEND_DEFAULTS, load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import VERIFICATION
@@ -293,6 +293,14 @@ def test_a_new_verify_threshold_reruns_verify_but_not_filter() -> None:
     base, changed = (load_config(resolve_profile("cpu"), sets) for sets in ([], ["verify.threshold=0.95"]))
     assert base.fingerprint(VerifyStage.sections, 1) != changed.fingerprint(VerifyStage.sections, 1)
     assert base.fingerprint(FilterStage.sections, 1) == changed.fingerprint(FilterStage.sections, 1)
+
+
+def test_a_changed_backend_default_reruns_verify(monkeypatch) -> None:
+    """The per-backend defaults decide verify's output, so they are part of its fingerprint."""
+    config = load_config(resolve_profile("cpu"))
+    before = VerifyStage.fingerprint(config)
+    monkeypatch.setitem(VERIFY_BACKEND_DEFAULTS, "dlib", {**VERIFY_BACKEND_DEFAULTS["dlib"], "threshold": 0.9})
+    assert VerifyStage.fingerprint(config) != before
 
 
 def test_the_stage_contract() -> None:

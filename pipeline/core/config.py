@@ -103,8 +103,7 @@ class FaceSection(Section):
     max_side: int = Field(1280, ge=256, description="images are shrunk to this long side before detection")
 
 
-# Verify thresholds left null take these, by the rows' `face_backend`. Changing a value changes verify's output
-# without changing its config fingerprint: bump VerifyStage.version with it.
+# Verify thresholds left null take these, by the rows' `face_backend`; they are part of verify's fingerprint.
 VERIFY_BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
     # Measured on tests/data/faces (dlib 128-d, L2-normalised): leave-one-out centroid similarity of an
     # identity's own photos >= 0.952, of the nearest other identity <= 0.937; pairs: deepface's dlib cut (cosine
@@ -260,10 +259,11 @@ class PipelineConfig(Section):
     shard: ShardSection = ShardSection()
     generate: GenerateSection = GenerateSection()
 
-    def fingerprint(self, sections: tuple[str, ...], version: int) -> str:
-        """Hash of the config sections a stage reads (scheduling resources excluded)."""
+    def fingerprint(self, sections: tuple[str, ...], version: int, constants: dict[str, Any] | None = None) -> str:
+        """Hash of the config sections a stage reads (scheduling resources excluded) and of the constants
+        outside the config that decide its output (e.g. verify's per-backend defaults)."""
         payload = {name: _without_tuning(getattr(self, name)) for name in sections}
-        text = json.dumps({"sections": payload, "version": version}, sort_keys=True)
+        text = json.dumps({"sections": payload, "version": version, "constants": constants or {}}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

@@ -76,7 +76,7 @@ def plan_stage(
     retry_failed: bool = False,
 ) -> Plan:
     """Which tasks to run: those without a marker matching today's config and today's input."""
-    config_hash = config.fingerprint(stage.sections, stage.version)
+    config_hash = stage.fingerprint(config)
     done = read_markers(run, stage.name)
     inputs = read_markers(run, upstream.name) if upstream else {}
     plan = Plan()
@@ -103,7 +103,7 @@ class TaskExecutor:
         self.run = RunDir(run_uri)
         self.stage = stage(config, self.run)
         self.upstream = upstream
-        self.config_hash = config.fingerprint(stage.sections, stage.version)
+        self.config_hash = stage.fingerprint(config)
         self.setup_error = self._setup()
 
     def _setup(self) -> str | None:
