@@ -16,6 +16,22 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO / "tests" / "data" / "faces"
 
+# Tests never download: a run that lacks a model fails instead of fetching it (subprocesses inherit this).
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The real models the tests run on come from `python -m pipeline models fetch` (the README's test
+    command runs it first); without them, stop at once with that fix rather than fail test by test."""
+    from pipeline.core.config import load_config, resolve_profile
+    from pipeline.engine.models import needed_models
+
+    config = load_config(resolve_profile(None))  # the default profile: every CPU model the tests use
+    missing = [entry.file for entry in needed_models(config) if not entry.path(config.models.cache_dir).is_file()]
+    if missing:
+        raise pytest.UsageError(f"model files missing from {config.models.cache_dir}: {', '.join(missing)}; "
+                                "run `python -m pipeline models fetch` first (see README)")
+
 
 @pytest.fixture(scope="session")
 def faces() -> dict:

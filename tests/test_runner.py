@@ -45,6 +45,13 @@ def test_a_finished_stage_plans_nothing(setup) -> None:
     assert (again.todo, again.skipped) == ([], 3)
 
 
+def test_markers_record_how_long_each_task_took(setup) -> None:
+    run, people, config = setup
+    run_stage(CrawlStage, None, config(), run, people)
+    run_stage(FilterStage, CrawlStage, config(), run, people)
+    assert all(marker.seconds > 0 for marker in read_markers(run, "filter").values())
+
+
 def test_downstream_waits_for_upstream_output(setup) -> None:
     run, people, config = setup
     plan = plan_stage(FilterStage, CrawlStage, config(), run, people)

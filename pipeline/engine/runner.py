@@ -122,18 +122,18 @@ class TaskExecutor:
 
     def execute(self, spec: dict[str, str]) -> TaskResult:
         started, wall = time.monotonic(), time.time()
-        result = TaskResult(spec["task"], error=self.setup_error) if self.setup_error else self._attempt(spec)
+        result = TaskResult(spec["task"], error=self.setup_error) if self.setup_error else self._attempt(spec, started)
         result.started, result.seconds = wall, time.monotonic() - started
         return result
 
-    def _attempt(self, spec: dict[str, Any]) -> TaskResult:
+    def _attempt(self, spec: dict[str, Any], started: float) -> TaskResult:
         try:
-            return self._execute(spec)
+            return self._execute(spec, started)
         except Exception as exc:  # recorded and reported; no marker, so the next run retries it
             log.error("task %s of %s failed:\n%s", spec["task"], self.stage.name, traceback.format_exc())
             return TaskResult(spec["task"], error=f"{type(exc).__name__}: {exc}")
 
-    def _execute(self, spec: dict[str, Any]) -> TaskResult:
+    def _execute(self, spec: dict[str, Any], started: float) -> TaskResult:
         task, name = spec["task"], self.stage.name
         rows = read_input(self.run, self.upstream, spec)
         if spec["mode"] == RETRY:
@@ -145,7 +145,8 @@ class TaskExecutor:
         self.run.write_table(part_path(name, task), output)
         digest = content_digest(output.drop_columns(list(self.stage.volatile)))
         statuses, reasons = count_outcomes(output)
-        marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows, statuses, reasons)
+        marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows,
+                        statuses, reasons, seconds=time.monotonic() - started)
         write_marker(self.run, marker)
         return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons)
 
