@@ -1,4 +1,5 @@
-"""The QA report: units of its parts, then the report of a real cpu-profile run in headless Chromium."""
+"""The QA report: units of its parts, then the report of a real cpu-profile run in headless Chromium
+(Qt WebEngine from PyPI, tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import html
 import json
 import re
 import shutil
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.core.config import VERIFY_BACKEND_DEFAULTS
 from pipeline.core.names import identity_slug
 from pipeline.core.rundir import RunDir
 from pipeline.report import write_report
@@ -26,6 +27,7 @@ from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Histogram
 from pipeline.report.html import link
 from pipeline.report.thumbs import Thumbs
+from tests import browser
 from tests.conftest import image_bytes, run_cli, stage_rows
 from tests.local_tree import build_tree
 from tests.test_object_store import CREDENTIALS, bucket  # noqa: F401 (bucket: a fixture)
@@ -35,8 +37,6 @@ HOSTILE_NAME = """Zoë "Q" O'Hara </table><script>alert('name')</script> & co"""
 HOSTILE_CAPTION = """a photo of a woman "x" </td></table><script>alert('caption')</script> & 'y'"""
 HOSTILE_URL = "javascript:alert('url')"
 SECTIONS = ["overview", "funnel", "identities", "distributions", "guidance", "sheets", "generator"]
-CHROMIUM = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 # Appended to a copy of the page: the browser itself lists images that did not decode.
 PROBE = """<script>window.addEventListener('load', () => {
   const bad = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
@@ -155,25 +155,18 @@ def report_run(tmp_path_factory, faces) -> tuple[Path, dict]:
     return out, json.loads((out / "report" / "summary.json").read_text())
 
 
-def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    command = [*CHROMIUM, f"--user-data-dir={profile}", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
-
-
-def rendered_dom(report: Path, profile: Path) -> str:
+def rendered_dom(report: Path) -> str:
     """The page's DOM after loading from disk, with the probe's verdict on every image."""
     probe = report / "probe.html"
     probe.write_text((report / "index.html").read_text().replace("</body>", PROBE + "</body>"))
     try:
-        return chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri(), profile=profile).stdout
+        return browser.render(probe, until="'broken' in document.body.dataset")
     finally:
         probe.unlink()
 
 
-def assert_renders(report: Path, profile: Path) -> str:
-    dom = rendered_dom(report, profile)
+def assert_renders(report: Path) -> str:
+    dom = rendered_dom(report)
     broken = re.search(r'data-broken="([^"]*)"', dom)
     assert broken and json.loads(html.unescape(broken.group(1))) == [], "the browser found broken images"
     sources = [html.unescape(src) for src in re.findall(r'<img [^>]*src="([^"]+)"', dom)]
@@ -186,9 +179,9 @@ def assert_renders(report: Path, profile: Path) -> str:
 
 
 @pytest.mark.slow
-def test_report_renders_in_chromium_with_every_image(report_run, tmp_path, faces) -> None:
+def test_report_renders_in_chromium_with_every_image(report_run, faces) -> None:
     out, summary = report_run
-    dom = assert_renders(out / "report", tmp_path / "profile")
+    dom = assert_renders(out / "report")
     thumbs = [src for src in re.findall(r'<img [^>]*src="([^"]+)"', dom) if src.startswith("thumbs/")]
     assert len(thumbs) >= 20 and len(summary["contact_sheets"]) == len(IDENTITIES) + 1
     assert [generation["run_id"] for generation in summary["generations"]] == ["20260101-000000-aaaaaa"]
@@ -196,21 +189,20 @@ def test_report_renders_in_chromium_with_every_image(report_run, tmp_path, faces
     assert impostor in [face["image_id"] for face in summary["guidance"]["highest_dropped"]]
     assert impostor[:16] in " ".join(thumbs)  # its face is shown
     shot = out / "report-screenshot.png"
-    chromium("--window-size=1400,5000", f"--screenshot={shot}", (out / "report" / "index.html").as_uri(),
-             profile=tmp_path / "profile")
+    browser.render(out / "report" / "index.html", size=(1400, 5000), screenshot=shot)
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 1000, "a blank screenshot"
     print(f"screenshot: {shot}")
 
 
 @pytest.mark.slow
-def test_hostile_name_caption_and_url_come_out_as_text(report_run, tmp_path) -> None:
+def test_hostile_name_caption_and_url_come_out_as_text(report_run) -> None:
     out, _ = report_run
     page = (out / "report" / "index.html").read_text()
     for text in (HOSTILE_NAME, HOSTILE_CAPTION, HOSTILE_URL):
         assert html.escape(text) in page
     assert page.count("<script") == 1 and page.count("<table") == page.count("</table>")
-    dom = rendered_dom(out / "report", tmp_path / "profile")
+    dom = rendered_dom(out / "report")
     assert dom.count("<script") == 2  # the page's sort and the test's probe: none from data
     assert html.escape(HOSTILE_NAME, quote=False) in dom and html.escape(HOSTILE_CAPTION, quote=False) in dom
     assert not re.search(r'href="javascript:', dom)
@@ -240,7 +232,7 @@ def test_summary_agrees_with_the_stage_tables(report_run) -> None:
     assert sims["kept"]["count"] == sum(row["status"] == "ok" for row in verify)
     impostors = Counter(row["reason"] for row in verify)["not_target_identity"]
     assert sims["dropped: not target identity"]["count"] == impostors >= 1
-    assert summary["verify_threshold"] == 0.945  # the dlib default the cpu profile resolves to
+    assert summary["verify_threshold"] == VERIFY_BACKEND_DEFAULTS["sface"]["threshold"]  # the cpu profile resolves to it
 
 
 @pytest.mark.slow
@@ -273,7 +265,7 @@ def test_a_partial_run_renders_and_lists_what_is_missing(report_run, tmp_path) -
     verify done for one identity only, nothing later."""
     full, _ = report_run
     out = tmp_path / "partial"
-    later = ("crop", "segment", "caption", "shards", "report", "generate")
+    later = ("safety_scores", "safety", "crop", "segment", "caption", "shards", "report", "generate")
     shutil.copytree(full, out, ignore=shutil.ignore_patterns(*later))
     for marker in sorted((out / "stages" / "verify" / "_done").glob("*.json"))[1:]:
         marker.unlink()
@@ -282,9 +274,10 @@ def test_a_partial_run_renders_and_lists_what_is_missing(report_run, tmp_path) -
 
     summary = write_report(RunDir(str(out)))
     stages = {stage["stage"]: stage for stage in summary["stages"]}
-    assert summary["missing_stages"] == ["filter", "verify", "crop", "segment", "caption", "shard"]
+    assert summary["missing_stages"] == ["filter", "verify", "safety_scores", "safety", "crop", "segment", "caption",
+                                        "shard"]
     assert (stages["filter"]["tasks_done"], stages["filter"]["tasks_stale"]) == (len(IDENTITIES), 1)
     assert stages["verify"]["status"] == "partial" and stages["crop"]["status"] == "missing"
-    dom = assert_renders(out / "report", tmp_path / "profile")
+    dom = assert_renders(out / "report")
     assert "crop (not run yet)" in dom and "verify (1/5 identities)" in dom and "Not run yet" in dom
     assert "no data: needs caption, and it has not run yet" in dom

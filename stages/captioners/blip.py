@@ -21,6 +21,7 @@ from stages.backends import Backend, resolve_device
 
 from .base import CAPTIONERS, Captioner
 
+OFFICIAL = "Salesforce/blip-image-captioning-large"  # the manifest's `blip_large`
 HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # config, processor, tokenizer, weights
 
 
@@ -53,6 +54,10 @@ def resolve_model(name: str) -> Path:
 class BlipCaptioner(Captioner, Backend):
     name = "blip"
     fields = ("model", "device", "prompt", "num_beams", "max_new_tokens", "top_p")
+
+    @classmethod
+    def model_names(cls, config: PipelineConfig) -> list[str]:
+        return ["blip_large"] if config.caption.model == OFFICIAL else []
 
     @classmethod
     def check(cls, config: PipelineConfig) -> None:

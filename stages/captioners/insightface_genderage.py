@@ -16,7 +16,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
 from stages.backends import Backend, onnx_providers
 from stages.faces.base import file_sha256
-from stages.faces.insightface_backend import pack_dir
+from stages.faces.insightface_backend import official_pack, pack_dir
 
 from .base import ESTIMATORS, Box, Estimate, Estimator
 
@@ -36,6 +36,10 @@ def genderage_file(model: str | None, root: str | None) -> Path:
 @ESTIMATORS.register
 class InsightFaceGenderAge(Estimator, Backend):
     name = "insightface"
+
+    @classmethod
+    def model_names(cls, config: PipelineConfig) -> list[str]:
+        return official_pack(config)
 
     @classmethod
     def check(cls, config: PipelineConfig) -> None:

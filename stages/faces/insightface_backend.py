@@ -42,6 +42,11 @@ def pack_dir(model: str | None, root: str | Path | None) -> Path:
     return Path(root or DEFAULT_ROOT).expanduser() / "models" / name
 
 
+def official_pack(config: PipelineConfig) -> list[str]:
+    """The manifest's entry for the default pack (fetched and unpacked by `models fetch`); others are the user's."""
+    return [DEFAULT_PACK] if config.face.model == DEFAULT_PACK else []
+
+
 def onnx_files(folder: Path) -> list[Path]:
     """The pack's ONNX files; some packs (antelopev2) unzip into a folder of the same name inside."""
     return sorted(folder.glob("*.onnx")) or sorted(folder.glob("*/*.onnx"))
@@ -92,6 +97,10 @@ def aligned_crop(image_bgr: np.ndarray, landmarks: np.ndarray, size: int) -> np.
 class InsightFaceBackend(FaceBackend, Backend):
     name = "insightface"
     fields = ("model", "model_root", "device", "det_size", "det_threshold")
+
+    @classmethod
+    def model_names(cls, config: PipelineConfig) -> list[str]:
+        return official_pack(config)
 
     @classmethod
     def check(cls, config: PipelineConfig) -> None:

@@ -73,6 +73,15 @@ class YoloSamSegmenter(Segmenter, Backend):
     fields = ("device", "weights_dir", "yolo_weights", "person_conf", "sam_model", "sam_checkpoint")
 
     @classmethod
+    def model_names(cls, config: PipelineConfig) -> list[str]:
+        """The official files, where the config keeps them in the model cache; other paths are the user's."""
+        settings = config.segment
+        if settings.weights_dir.expanduser() != config.models.cache_dir.expanduser():
+            return []
+        return [*(["yolov8x"] if settings.yolo_weights == Path("yolov8x.pt") else []),
+                *([f"sam_{settings.sam_model}"] if settings.sam_checkpoint is None else [])]
+
+    @classmethod
     def check(cls, config: PipelineConfig) -> None:
         """The packages and both checkpoints are here, and YOLO's pickle names nothing off the allow-list."""
         settings = config.segment

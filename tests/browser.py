@@ -1,0 +1,155 @@
+"""A headless Chromium for tests, from PyPI: Qt WebEngine (PySide6-WebEngine), offscreen, in a child process.
+
+`render(page)` loads an HTML file from disk, waits until the page's scripts have run, and returns the DOM as
+`chromium --dump-dom` prints it; with `screenshot=` it also saves the viewport as a PNG. Only local requests
+(file:, data:, blob:) are let through, so a page can never reach the network. Run as a script, this file is the child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PySide6.QtWebEngineCore import QWebEnginePage, QWebEngineUrlRequestInterceptor
+    from PySide6.QtWebEngineWidgets import QWebEngineView
+    from PySide6.QtWidgets import QApplication
+
+ENGINE = "PySide6.QtWebEngineWidgets"
+INSTALL_HINT = "the test extra brings it: pip install -e \".[test]\" (package PySide6-WebEngine)"
+# Offscreen, no GPU, no sandbox (tests may run as root), and none of Chromium's background requests.
+CHROMIUM_FLAGS = ("--disable-gpu --no-sandbox --disable-quic --no-first-run --disable-background-networking "
+                  "--disable-component-update --disable-sync")
+ENV = {"QT_QPA_PLATFORM": "offscreen", "QT_QUICK_BACKEND": "software", "QTWEBENGINE_DISABLE_SANDBOX": "1",
+       "QTWEBENGINE_CHROMIUM_FLAGS": CHROMIUM_FLAGS}
+LOCAL_SCHEMES = {"file", "data", "blob", "about", "qrc"}
+LOADED = "document.readyState === 'complete'"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its package is missing
+        return False
+
+
+def render(page: Path, *, until: str = LOADED, size: tuple[int, int] = (1400, 5000), screenshot: Path | None = None,
+           timeout: float = 120) -> str:
+    """The DOM of `page` once the JS expression `until` is true (after the load event by default)."""
+    assert _installed(ENGINE), f"Qt WebEngine is missing: {INSTALL_HINT}"
+    with tempfile.TemporaryDirectory(prefix="browser-") as scratch:
+        dom = Path(scratch) / "dom.html"
+        command = [sys.executable, __file__, str(page), "--dom", str(dom), "--until", until,
+                   "--size", f"{size[0]}x{size[1]}", "--timeout", str(timeout)]
+        if screenshot is not None:
+            command += ["--screenshot", str(screenshot)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 30, check=False,
+                                env={**os.environ, "HOME": scratch})
+        assert result.returncode == 0, f"the browser failed on {page}:\n{result.stderr[-3000:]}"
+        return dom.read_text(encoding="utf-8")
+
+
+# The child: everything below runs in the process that holds Qt.
+
+def _wait(app: QApplication, done: Callable[[], object], timeout: float, what: str) -> None:
+    """Spin Qt's event loop until `done()` or the deadline."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the page did not get to {what!r} within {timeout:.0f} s")
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def _evaluate(app: QApplication, page: QWebEnginePage, script: str, timeout: float) -> object:
+    """The value of a JS expression, evaluated in an isolated world (the page's scripts cannot redefine it)."""
+    from PySide6.QtWebEngineCore import QWebEngineScript
+
+    box: list = []
+    page.runJavaScript(script, QWebEngineScript.ScriptWorldId.ApplicationWorld, box.append)
+    _wait(app, lambda: box, timeout, script)
+    return box[0]
+
+
+def _local_only() -> QWebEngineUrlRequestInterceptor:
+    """A request interceptor that blocks anything but local schemes, naming each on stderr."""
+    from PySide6.QtWebEngineCore import QWebEngineUrlRequestInterceptor
+
+    class LocalOnly(QWebEngineUrlRequestInterceptor):
+        def interceptRequest(self, info) -> None:  # Qt's name and signature
+            url = info.requestUrl()
+            if url.scheme() not in LOCAL_SCHEMES:
+                print(f"blocked: {url.toString()}", file=sys.stderr)
+                info.block(True)
+
+    return LocalOnly()
+
+
+def _show(app: QApplication, view: QWebEngineView, args: argparse.Namespace) -> None:
+    """Load the page in the offscreen view, then write its DOM and maybe a screenshot."""
+    from PySide6.QtCore import QUrl
+
+    page = view.page()
+    loaded: list[bool] = []
+    crashed: list[tuple] = []
+    page.loadFinished.connect(loaded.append)
+    page.renderProcessTerminated.connect(lambda status, code: crashed.append((status, code)))
+    page.load(QUrl.fromLocalFile(str(Path(args.page).resolve())))
+    _wait(app, lambda: loaded or crashed, args.timeout, "loadFinished")
+    assert loaded == [True] and not crashed, f"the page did not load: {args.page} {crashed}"
+    _wait(app, lambda: _evaluate(app, page, f"!!({args.until})", args.timeout), args.timeout, args.until)
+    dom = _evaluate(app, page, "document.documentElement.outerHTML", args.timeout)
+    Path(args.dom).write_text(dom, encoding="utf-8")
+    if args.screenshot:  # two animation frames: the last layout has been painted
+        _evaluate(app, page, "requestAnimationFrame(() => requestAnimationFrame(() => window.painted = true))",
+                  args.timeout)
+        _wait(app, lambda: _evaluate(app, page, "window.painted === true", args.timeout), args.timeout, "paint")
+        assert view.grab().save(args.screenshot, "PNG"), f"cannot write {args.screenshot}"
+    assert not crashed, f"the page's renderer ended: {crashed}"
+
+
+def _child(args: argparse.Namespace) -> None:
+    os.environ.update(ENV)  # before Qt starts
+    try:
+        import shiboken6
+        from PySide6.QtWebEngineCore import QWebEnginePage, QWebEngineProfile, QWebEngineSettings
+        from PySide6.QtWebEngineWidgets import QWebEngineView
+        from PySide6.QtWidgets import QApplication
+    except ImportError as error:  # the package, or a system library it links against
+        sys.exit(f"Qt WebEngine does not load ({error}); {INSTALL_HINT}")
+    app = QApplication([sys.argv[0]])
+    profile = QWebEngineProfile()  # off the record: no cache or cookies on disk
+    interceptor = _local_only()
+    profile.setUrlRequestInterceptor(interceptor)
+    profile.settings().setAttribute(QWebEngineSettings.WebAttribute.ShowScrollBars, False)  # as --hide-scrollbars
+    view = QWebEngineView()
+    view.setPage(QWebEnginePage(profile, view))  # the view owns its page
+    view.resize(*args.size)
+    view.show()
+    try:
+        _show(app, view, args)
+    finally:
+        shiboken6.delete(view)  # the page goes before the profile, as Qt asks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("page")
+    parser.add_argument("--dom", required=True)
+    parser.add_argument("--until", default=LOADED)
+    parser.add_argument("--size", type=lambda s: tuple(int(n) for n in s.split("x")), default=(1400, 5000))
+    parser.add_argument("--screenshot")
+    parser.add_argument("--timeout", type=float, default=120)
+    _child(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
