@@ -16,10 +16,17 @@ def test_every_shipped_profile_validates(profile) -> None:
     assert isinstance(load_config(profile), PipelineConfig)
 
 
-def test_defaults_are_the_papers_values() -> None:
-    config = load_config(resolve_profile(None))
-    assert config.filter.min_short_side == 512
+@pytest.mark.parametrize("profile", ["cpu", "gpu", "cluster"])
+def test_web_crawl_profiles_keep_the_papers_values(profile: str) -> None:
+    config = load_config(resolve_profile(profile))
+    assert (config.filter.min_short_side, config.filter.min_face_size) == (512, 256)
     assert config.crawl.allow_private_addresses is False
+
+
+def test_the_default_profile_is_the_example_that_runs_anywhere() -> None:
+    config = load_config(resolve_profile(None))
+    assert (config.crawl.source, config.face.backend, config.segment.backend) == ("local", "sface", "modnet")
+    assert config.crawl.local_root is not None and config.crawl.local_root.is_dir()
 
 
 def test_overrides_are_typed_and_nested() -> None:
