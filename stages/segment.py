@@ -62,6 +62,9 @@ class SegmentStage(ModelStage):
             return drop("no_person_mask", f"{source}: the mask is empty", **evidence)
         if coverage < least:
             return drop("no_person_mask", f"mask covers {coverage:.0%} of the face box (< {least:.0%})", **evidence)
+        most = self.config.segment.max_mask_area
+        if evidence["mask_area"] > most:
+            return drop("mask_fills_crop", f"mask fills {evidence['mask_area']:.0%} of the crop (> {most:.0%})", **evidence)
         return keep(**evidence)
 
 

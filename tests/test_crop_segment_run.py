@@ -44,7 +44,7 @@ def run_stage(stage, upstream, config, run, people) -> int:
 def test_crop_then_segment_writes_parts_and_resumes(tmp_path, faces) -> None:
     run = RunDir(str(tmp_path / "run"))
     people = write_verify_output(run, faces)
-    config = load_config(resolve_profile("cpu"), ["segment.backend=cpu", "crop.size=512"])
+    config = load_config(resolve_profile("cpu"), ["crop.size=512"])
     assert run_stage(CropStage, Verify, config, run, people) == 2
     assert run_stage(SegmentStage, CropStage, config, run, people) == 2
 
@@ -53,12 +53,12 @@ def test_crop_then_segment_writes_parts_and_resumes(tmp_path, faces) -> None:
         assert crops.num_rows == len(names) and crops["status"].to_pylist() == ["ok"] * len(names)
         assert masks["image_id"].to_pylist() == crops["image_id"].to_pylist()
         for row in masks.filter(pc.equal(masks["status"], "ok")).to_pylist():
-            assert decode_mask(row["mask"]).shape == (512, 512) and row["mask_source"] == "grabcut"
+            assert decode_mask(row["mask"]).shape == (512, 512) and row["mask_source"].startswith("modnet:")
         assert read_markers(run, "segment")[slug].rows_out == len(names)
 
     assert run_stage(CropStage, Verify, config, run, people) == 0  # resumed: nothing to redo
     assert run_stage(SegmentStage, CropStage, config, run, people) == 0
-    stricter = load_config(resolve_profile("cpu"), ["segment.backend=cpu", "crop.size=512", "segment.min_face_coverage=0.99"])
+    stricter = load_config(resolve_profile("cpu"), ["crop.size=512", "segment.min_face_coverage=0.99"])
     assert run_stage(CropStage, Verify, stricter, run, people) == 0  # a segment threshold never re-crops
     assert run_stage(SegmentStage, CropStage, stricter, run, people) == 2
     reasons = set(pc.unique(run.read_table(part_path("segment", "george_clooney"))["reason"]).to_pylist())
