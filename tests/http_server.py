@@ -2,8 +2,9 @@
 
 Photos come from tests/data/faces/images. Search-result pages are written in the formats the
 installed icrawler parsers read (Bing, Baidu, Google, Flickr's API), listing `search_results`.
-Every other route misbehaves in one way. `requests` logs every request line the server received,
-so a test can assert what was (or was never) fetched.
+Every other route misbehaves in one way. `files` serves exact paths as a test sets them (robots.txt,
+tdmrep.json, images it made). `requests` logs every request line the server received, so a test
+can assert what was (or was never) fetched.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class LocalServer(ThreadingHTTPServer):
         self._times_asked: Counter[str] = Counter()  # the same, counted: O(1) per request under load
         self.user_agents: set[str] = set()
         self.search_results: dict[str, list[tuple[str, str]]] = {}  # name -> [(image url, page url)]
+        self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}  # path -> (status, body, headers)
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0  # requests being answered at once, and the peak
         self.scheme = "http"
@@ -139,6 +141,8 @@ class Handler(BaseHTTPRequestHandler):
         self.query = {key: values[0] for key, values in parse_qs(parts.query).items()}
         route, _, self.rest = parts.path.lstrip("/").partition("/")
         handler = getattr(self, f"route_{route.replace('-', '_')}", None) if route else self.route_root
+        if parts.path in self.server.files:
+            handler = self.route_file
         self.server.count_in_flight(+1)
         try:
             (handler or self.route_missing)()
@@ -272,7 +276,27 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, self.photo(self.rest), X_Robots_Tag="noai")
 
     def route_noimageai(self) -> None:
-        self.send(200, self.photo(self.rest), X_Robots_Tag="otherbot: noindex, noimageai")
+        self.send(200, self.photo(self.rest), X_Robots_Tag="noindex, noimageai")
+
+    def route_file(self) -> None:
+        status, body, headers = self.server.files[urlsplit(self.path).path]
+        self.send(status, body, headers.get("Content-Type", "application/octet-stream"),
+                  **{name.replace("-", "_"): value for name, value in headers.items() if name != "Content-Type"})
+
+    def route_headers(self) -> None:
+        """/headers/<photo>?Header-Name=value...: the photo with those response headers."""
+        self.send(200, self.photo(self.rest), **{name.replace("-", "_"): value for name, value in self.query.items()})
+
+    def route_headers_endless(self) -> None:
+        """/headers-endless?Header-Name=value...: those headers, then a body that never ends: refused on the
+        headers, or the client would meet too_large."""
+        self.send_response(200)
+        for name, value in self.query.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self._stream_zeros(lambda chunk: self.wfile.write(chunk))
 
     # -- search engines, in the formats icrawler's parsers read -------------------------------------
     def route_bing(self) -> None:

@@ -90,7 +90,9 @@ def test_urls_source_fetches_its_names_rows_only(server: LocalServer, tmp_path: 
     assert [(item.status, item.reason) for item in fetched] == [(OK, None), (DROPPED, "http_404")]
     assert (fetched[0].page_url, fetched[0].license, fetched[0].http_status) == ("http://page.invalid/", "CC0-1.0", 200)
     assert list(source.fetch("Nobody")) == []
-    assert server.hits() == Counter({"/img/img33.jpg": 1, "/status/404": 1})  # max_per_name; Brad Pitt never asked
+    # max_per_name; Brad Pitt never asked; robots.txt and tdmrep.json once for the host
+    site_files = {"/robots.txt": 1, "/.well-known/tdmrep.json": 1}
+    assert server.hits() == Counter({"/img/img33.jpg": 1, "/status/404": 1, **site_files})
 
 
 # -- search engines: icrawler's feeders and parsers, our downloader --------------------------------------
@@ -166,7 +168,7 @@ def test_flickr_needs_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cli_without_network_stops_at_once_with_one_line(tmp_path: Path) -> None:
     engine = ["--set", "crawl.search_base_url=http://127.0.0.1:9", "--set", "crawl.allowed_networks=[127.0.0.1/32]"]
-    result = run_cli("run", "--stage", "crawl", "--out", str(tmp_path / "run"), *engine)
+    result = run_cli("run", "--stage", "crawl", "--config", "cpu", "--out", str(tmp_path / "run"), *engine)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the bing search engine"), result.stderr
@@ -250,7 +252,8 @@ def test_urls_source_end_to_end_with_retry(server: LocalServer, tmp_path: Path) 
     before = len(server.requests)
     retry = run_cli("run", "--stage", "crawl", "--retry-failed", "--config", str(config), "--out", str(out))
     assert retry.returncode == 0, retry.stderr
-    assert Counter(server.requests[before:]) == Counter(TRANSIENT)  # only the transient failures, once each
+    # only the transient failures, once each; a new crawl worker asks for robots.txt and tdmrep.json again
+    assert Counter(server.requests[before:]) == Counter([*TRANSIENT, "/robots.txt", "/.well-known/tdmrep.json"])
     after = outcomes(out, "crawl")
     assert after[("Angelina Jolie", server.url("/flaky/1/img4.jpg"))] == "ok"
     assert after[("Angelina Jolie", server.url("/status/503"))] == "http_503"

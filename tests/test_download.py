@@ -64,7 +64,7 @@ ROUTES = [
     ("/endless-chunked", DROPPED, "too_large"),  # Content-Length says 1000, chunks never end
     ("/gzip-bomb", DROPPED, "too_large"),  # 64 KiB on the wire, 64 MiB decoded
     ("/noai/img2.jpg", DROPPED, "robots_noai"),
-    ("/noimageai/img2.jpg", DROPPED, "robots_noai"),  # "otherbot: noindex, noimageai"
+    ("/noimageai/img2.jpg", DROPPED, "robots_noai"),  # "noindex, noimageai"
     ("/to?url=ftp://127.0.0.1/x.jpg", DROPPED, "bad_url"),  # redirect to another scheme
     ("/to?url=file:///etc/passwd", DROPPED, "bad_url"),
 ]
@@ -234,7 +234,9 @@ def test_dns_rebinding_cannot_swap_the_checked_address(
 ) -> None:
     """The first answer is allowed, every later one private: only one lookup is made and used."""
     lookups = fake_dns(monkeypatch, {"rebind.invalid": [["127.0.0.1"], ["10.0.0.8"]]})
-    fetched = Downloader(crawl_settings()).fetch_image(f"http://rebind.invalid:{server.server_address[1]}/img/img2.jpg")
+    one_request = {"robots_txt": False, "tdmrep": False}  # robots.txt and tdmrep.json would be requests of their own
+    downloader = Downloader(crawl_settings(consent=one_request))
+    fetched = downloader.fetch_image(f"http://rebind.invalid:{server.server_address[1]}/img/img2.jpg")
     assert fetched.status == OK
     assert lookups == ["rebind.invalid"] and connects == ["127.0.0.1"]
 

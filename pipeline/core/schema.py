@@ -34,6 +34,8 @@ PROVENANCE = pa.schema(
         pa.field("raw_path", pa.string()),  # relative to the run directory
         pa.field("num_bytes", pa.int64()),
         pa.field("image_format", pa.string()),  # decided from the bytes, never from a header
+        # JSON {check: outcome}: the consent signals checked for this row and what they said (README, "Consent")
+        pa.field("consent", pa.string()),
     ]
 )
 
@@ -63,6 +65,12 @@ FACE = pa.struct(
         pa.field("embedding", pa.list_(pa.float32())),  # L2-normalised; 128-d (dlib) or 512-d (ArcFace)
         # L2 norm of the backend's raw vector: raw = embedding * embedding_norm
         pa.field("embedding_norm", pa.float32()),
+        # quality evidence (stages/faces/quality.py), measured once; verify.quality decides from it
+        pa.field("sharpness", pa.float32()),  # variance of the Laplacian of the face region at a fixed size
+        pa.field("yaw", pa.float32()),  # degrees, from the landmarks; > 0: turned toward the image's right
+        pa.field("pitch", pa.float32()),  # degrees; > 0: chin up
+        pa.field("roll", pa.float32()),  # degrees, the eye line; > 0: clockwise in the image
+        pa.field("image_share", pa.float32()),  # face box area / image area
     ]
 )
 
@@ -86,6 +94,32 @@ VERIFICATION = pa.schema(
         pa.field("identity_competing", pa.bool_()),  # a second large cluster: namesakes or mixed results
         pa.field("identity_kept", pa.int32()),  # images of this identity that verification kept
         pa.field("dup_group", pa.string()),  # near-duplicates (same photo resized/re-encoded) share it
+        pa.field("large_faces", pa.int32()),  # faces at least half the target face's side, the target included
+    ]
+)
+
+# Decisions across identities (the hygiene stage): one photo under two names, two names for one person, merges.
+HYGIENE = pa.schema(
+    [
+        pa.field("kept_under", pa.string()),  # the identity that keeps this photo instead (claimed, merged away)
+        pa.field("merged_from", pa.string()),  # the identity a row joined this one from (hygiene.merge)
+        pa.field("possible_same_person", pa.list_(pa.string())),  # identities whose centroid is as close as own photos
+        pa.field("same_person_similarity", pa.float32()),  # centroid cosine to the closest of them
+    ]
+)
+
+# Evidence for the governance rules (minors, sexual content), computed once by safety_scores.
+SAFETY_SCORES = pa.schema(
+    [
+        pa.field("nsfw_score", pa.float32()),  # the NSFW classifier's probability of sexual content, whole image, 0..1
+        pa.field("safety_age", pa.float32()),  # years: the gender/age model's estimate for the target face
+        pa.field("safety_models", pa.string()),  # JSON: classifier, age model, package versions, model hashes
+    ]
+)
+
+SAFETY = pa.schema(
+    [
+        pa.field("identity_median_age", pa.float32()),  # median safety_age of the identity's rows that reached safety
     ]
 )
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pipeline.core.config import CrawlSection, PipelineConfig
+from pipeline.core.optout import OptOutList
 from pipeline.core.schema import OK
 from stages.backends import Backend, Registry
 
@@ -29,6 +30,7 @@ class Fetched:
     reason: str | None = None
     detail: str | None = None
     fetched_at: datetime = field(default_factory=utc_now)
+    consent: dict[str, str] = field(default_factory=dict)  # consent check -> outcome (`stages.sources.consent`)
 
 
 SOURCES = Registry("crawl.source", "stages.sources")
@@ -37,8 +39,9 @@ SOURCES = Registry("crawl.source", "stages.sources")
 class Source(ABC, Backend):
     name: str
 
-    def __init__(self, settings: CrawlSection) -> None:
+    def __init__(self, settings: CrawlSection, optout: OptOutList | None = None) -> None:
         self.settings = settings
+        self.optout = optout or OptOutList()  # its domains and URLs are refused before any request
 
     @classmethod
     def check(cls, config: PipelineConfig) -> None:
@@ -46,7 +49,8 @@ class Source(ABC, Backend):
 
     @classmethod
     def load(cls, config: PipelineConfig) -> Source:
-        return cls(config.crawl)
+        governance = config.governance
+        return cls(config.crawl, OptOutList.read(governance.optout, governance.optout_phash_bits))
 
     @abstractmethod
     def fetch(self, name: str) -> Iterator[Fetched]:

@@ -3,14 +3,18 @@
 Hosts and their answers are untrusted. Every download: only http(s); the address checked on the
 connected socket (`addresses`), redirects followed by hand and each hop checked again; a connect
 and a read timeout plus a deadline for the whole download; the size capped while streaming, after
-gzip/deflate decoding too (no bomb gets past the cap); `X-Robots-Tag: noai` honoured; bounded
-retries with exponential backoff for transient failures only; a global and a per-host limit on
-downloads in flight. What the bytes are is decided later from the bytes, never from a header.
+gzip/deflate decoding too (no bomb gets past the cap); bounded retries with exponential backoff
+for transient failures only; a global and a per-host limit on downloads in flight. What the bytes
+are is decided later from the bytes, never from a header.
+
+An image download also obeys the consent signals (`consent`): the licence allow-list and the
+opt-out list before anything is sent; robots.txt and tdmrep.json of each hop's origin, fetched
+once per origin through this same downloader (same address policy) and kept for the worker's
+life; X-Robots-Tag and tdm-reservation on the response headers, before a byte of the body is read.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import zlib
@@ -20,20 +24,35 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-import certifi
 from urllib3 import BaseHTTPResponse, HTTPHeaderDict, Timeout
 from urllib3.exceptions import HTTPError, LocationParseError, NewConnectionError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from pipeline.core.config import CrawlSection
+from pipeline.core.optout import OptOutList
 from pipeline.core.schema import DROPPED, FAILED
+from pipeline.core.tls import ca_bundle
 from stages.sources.addresses import AddressPolicy, AddressRefused, GuardedPoolManager
 from stages.sources.base import Fetched, Source
+from stages.sources.consent import (
+    OFF,
+    UNREACHABLE,
+    Evidence,
+    OncePerKey,
+    RobotsTxt,
+    SiteFile,
+    TdmRules,
+    origin,
+    product_token,
+    screen,
+    tdm_header_refusal,
+    x_robots_refusal,
+)
 
 REDIRECTS = {301, 302, 303, 307, 308}
-NOAI = {"noai", "noimageai"}
 CHUNK = 64 * 1024
 ACCEPT_IMAGES = "image/avif,image/webp,image/jpeg,image/png,image/*;q=0.8,*/*;q=0.5"
+ACCEPT_SITE_FILES = "text/plain,application/json;q=0.9,*/*;q=0.5"
 
 UrlTriple = tuple[str, str | None, str | None]  # url, page_url, license
 
@@ -44,6 +63,10 @@ class DownloadError(Exception):
     def __init__(self, reason: str, detail: str, transient: bool = False, http_status: int | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail, self.transient, self.http_status = reason, detail, transient, http_status
+
+
+class SiteRefusal(DownloadError):
+    """Decided by an origin's robots.txt or tdmrep.json, kept per worker: never retried within a download."""
 
 
 @dataclass
@@ -104,16 +127,16 @@ def check_url(url: str) -> str:
     return host
 
 
-def robots_noai(headers: HTTPHeaderDict) -> bool:
-    """X-Robots-Tag carries noai / noimageai, for any user agent (the conservative reading)."""
-    words = {word for value in headers.getlist("X-Robots-Tag") for word in re.findall(r"[a-z]+", value.lower())}
-    return bool(words & NOAI)
-
-
 class Downloader:
-    def __init__(self, settings: CrawlSection) -> None:
+    def __init__(self, settings: CrawlSection, optout: OptOutList | None = None) -> None:
         self.settings = settings
         self.options = settings.download
+        self.consent = settings.consent
+        self.optout = optout or OptOutList()
+        self.token = product_token(self.options.user_agent)
+        # Per crawl worker (its names share them), for the worker's life: one request per origin and file.
+        self._robots = OncePerKey(lambda site: RobotsTxt.from_file(self.site_file(f"{site}/robots.txt")))
+        self._tdmrep = OncePerKey(lambda site: TdmRules.from_file(self.site_file(f"{site}/.well-known/tdmrep.json")))
         policy = AddressPolicy(settings.allow_private_addresses, tuple(settings.allowed_networks))
         self.http = GuardedPoolManager(
             policy,
@@ -121,7 +144,7 @@ class Downloader:
             maxsize=self.options.per_host_concurrency,
             headers={"User-Agent": self.options.user_agent, "Accept-Encoding": "gzip, deflate"},
             cert_reqs="CERT_REQUIRED",
-            ca_certs=certifi.where(),
+            ca_certs=ca_bundle(),
         )
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
@@ -140,38 +163,86 @@ class Downloader:
                 future.cancel()
 
     def fetch_image(self, url: str, page_url: str | None = None, license_: str | None = None) -> Fetched:
+        """An image, with the consent checks around it; `consent` of the result says what they found."""
+        evidence: Evidence = {}
         try:
-            response = self.fetch(url, accept=ACCEPT_IMAGES, respect_noai=self.settings.respect_noai)
+            refusal = screen(url, page_url, license_, self.settings.allowed_licenses, self.optout, evidence)
+            if refusal:
+                raise DownloadError(*refusal)
+            response = self.fetch(url, accept=ACCEPT_IMAGES, evidence=evidence)
         except DownloadError as error:
             status = FAILED if error.transient else DROPPED
-            return Fetched(url, None, page_url, license_, error.http_status, status, error.reason, error.detail)
-        return Fetched(url, response.body, page_url, license_, response.status)
+            return Fetched(url, None, page_url, license_, error.http_status, status, error.reason, error.detail,
+                           consent=evidence)  # fmt: skip
+        return Fetched(url, response.body, page_url, license_, response.status, consent=evidence)
 
-    def fetch(self, url: str, accept: str = "*/*", respect_noai: bool = False) -> Response:
-        """GET with retries and exponential backoff for transient failures only."""
+    def site_file(self, url: str) -> SiteFile:
+        """robots.txt or tdmrep.json: its body, or why there is none."""
+        try:
+            return SiteFile(url, self.fetch(url, accept=ACCEPT_SITE_FILES).body)
+        except DownloadError as error:
+            return SiteFile(url, error=error.reason, detail=error.detail, transient=error.transient)
+
+    def fetch(self, url: str, accept: str = "*/*", evidence: Evidence | None = None) -> Response:
+        """GET with retries and exponential backoff for transient failures only; with `evidence`, the
+        consent checks of an image download run on every hop and are recorded there."""
         attempt = 0
         while True:
             try:
-                return self.get(url, accept, respect_noai)
+                return self.get(url, accept, evidence)
             except DownloadError as error:
-                if not error.transient or attempt >= self.options.retries:
+                if not error.transient or isinstance(error, SiteRefusal) or attempt >= self.options.retries:
                     raise
             time.sleep(self.options.backoff * 2**attempt)
             attempt += 1
 
-    def get(self, url: str, accept: str = "*/*", respect_noai: bool = False, deadline: float | None = None) -> Response:
+    def get(
+        self, url: str, accept: str = "*/*", evidence: Evidence | None = None, deadline: float | None = None
+    ) -> Response:
         """One attempt: follow up to `max_redirects` redirects, each hop checked like the first."""
-        deadline = deadline or self.options.deadline
-        ends_at = time.monotonic() + deadline
+        ends_at: float | None = None
         for _ in range(self.settings.max_redirects + 1):
-            response = self._hop(url, accept, ends_at)
+            if evidence is not None:
+                self._check_site(url, evidence)
+            # the deadline starts once the first origin's robots.txt and tdmrep.json are known
+            ends_at = ends_at or time.monotonic() + (deadline or self.options.deadline)
+            response = self._hop(url, accept, ends_at, evidence)
             location = response.headers.get("Location")
             if response.status not in REDIRECTS or not location:
-                return self._accept(response, respect_noai)
+                return self._accept(response)
             url = urljoin(url, location)
         raise DownloadError("too_many_redirects", f"more than {self.settings.max_redirects} redirects, last to {url}")
 
-    def _accept(self, response: Response, respect_noai: bool) -> Response:
+    def _check_site(self, url: str, evidence: Evidence) -> None:
+        """robots.txt and tdmrep.json of the URL's origin, before any request to it."""
+        check_url(url)  # a URL we would not fetch has no robots.txt worth asking for
+        site = origin(url)
+        if self.consent.robots_txt:
+            robots = self._robots.get(site)
+            refusal = robots.refusal(url, self.token, evidence)
+            if refusal:
+                raise SiteRefusal(*refusal, transient=robots.outcome == UNREACHABLE and robots.transient)
+        else:
+            evidence["robots_txt"] = OFF
+        if self.consent.tdmrep:
+            refusal = self._tdmrep.get(site).refusal(url, evidence)
+            if refusal:
+                raise SiteRefusal(*refusal)
+        else:
+            evidence["tdmrep_json"] = OFF
+
+    def _check_headers(self, headers: HTTPHeaderDict, evidence: Evidence) -> None:
+        """X-Robots-Tag and tdm-reservation: both recorded, the first refusal raised."""
+        noai = x_robots_refusal(headers.getlist("X-Robots-Tag"), self.token, self.consent.x_robots_tag, evidence)
+        if self.consent.tdmrep:
+            reserved = tdm_header_refusal(headers.get("tdm-reservation"), evidence)
+        else:
+            reserved, evidence["tdm_header"] = None, OFF
+        refusal = noai or reserved
+        if refusal:
+            raise DownloadError(*refusal)
+
+    def _accept(self, response: Response) -> Response:
         status = response.status
         if status == 429 or status >= 500:
             raise DownloadError(
@@ -179,12 +250,9 @@ class Downloader:
             )
         if status != 200:
             raise DownloadError(f"http_{status}", f"{response.url} answered {status}", http_status=status)
-        if respect_noai and robots_noai(response.headers):
-            detail = f"X-Robots-Tag: {', '.join(response.headers.getlist('X-Robots-Tag'))}"
-            raise DownloadError("robots_noai", detail, http_status=status)
         return response
 
-    def _hop(self, url: str, accept: str, ends_at: float) -> Response:
+    def _hop(self, url: str, accept: str, ends_at: float, evidence: Evidence | None = None) -> Response:
         host = check_url(url)
         with self._host_slot(host), _transport_errors(url):
             raw = self.http.request(
@@ -199,6 +267,8 @@ class Downloader:
             )
             complete = False
             try:
+                if raw.status == 200 and evidence is not None:  # refused on the headers: the body is never read
+                    self._check_headers(raw.headers, evidence)
                 body = self._read(raw, ends_at) if raw.status == 200 else b""
                 complete = raw.status == 200
             except DownloadError as error:
@@ -269,9 +339,9 @@ def _describe(url: str, exc: Exception) -> str:
 class HttpSource(Source):
     """A source whose candidates are URLs, all downloaded by the one safe `Downloader`."""
 
-    def __init__(self, settings: CrawlSection) -> None:
-        super().__init__(settings)
-        self.downloader = Downloader(settings)
+    def __init__(self, settings: CrawlSection, optout: OptOutList | None = None) -> None:
+        super().__init__(settings, optout)
+        self.downloader = Downloader(settings, self.optout)
 
     def refetch(self, urls: Iterable[UrlTriple]) -> Iterator[Fetched]:
         return self.downloader.fetch_all(urls)

@@ -13,6 +13,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.names import MAX_BASE_LENGTH, identity_slug
 from pipeline.core.schema import DROPPED, FAILED
 from stages.sources.base import SOURCES, Fetched, Source
+from stages.sources.consent import screen
 
 
 @SOURCES.register
@@ -44,16 +45,21 @@ class LocalSource(Source):
             yield Fetched(url="", status=DROPPED, reason="no_source_folder", detail=f"no folder for {name!r}")
             return
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        yield from self.refetch((path.as_uri(), None, None) for path in files[: self.settings.max_per_name])
+        yield from self.refetch((path.absolute().as_uri(), None, None) for path in files[: self.settings.max_per_name])
 
     def refetch(self, urls: Iterable[tuple[str, str | None, str | None]]) -> Iterator[Fetched]:
         for url, page_url, license_ in urls:
+            evidence: dict[str, str] = {}  # a file has no robots.txt or headers: licence and opt-out only
+            refusal = screen(url, page_url, license_, self.settings.allowed_licenses, self.optout, evidence)
+            if refusal:
+                yield Fetched(url, None, page_url, license_, None, DROPPED, *refusal, consent=evidence)
+                continue
             try:
                 data = Path(unquote(urlparse(url).path)).read_bytes()
             except OSError as exc:  # a flaky mount is worth a retry
-                yield Fetched(url=url, status=FAILED, reason="read_error", detail=str(exc))
+                yield Fetched(url=url, status=FAILED, reason="read_error", detail=str(exc), consent=evidence)
                 continue
-            yield Fetched(url=url, data=data, page_url=page_url, license=license_)
+            yield Fetched(url=url, data=data, page_url=page_url, license=license_, consent=evidence)
 
 
 def _is_folder(path: Path) -> bool:

@@ -22,6 +22,7 @@ from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 from pipeline.core.config import CrawlSection, PipelineConfig
 from pipeline.core.errors import UserError
+from pipeline.core.optout import OptOutList
 from stages.sources.base import SOURCES, Fetched
 from stages.sources.http import Downloader, DownloadError, HttpSource, UrlTriple
 
@@ -167,10 +168,10 @@ class _Session:
 class SearchSource(HttpSource):
     """Query = name + `crawl.search_terms`; up to `max_per_name` image URLs, then our downloader."""
 
-    def __init__(self, settings: CrawlSection) -> None:
+    def __init__(self, settings: CrawlSection, optout: OptOutList | None = None) -> None:
         from icrawler.utils import Signal
 
-        super().__init__(settings)
+        super().__init__(settings, optout)
         self.name = settings.source
         self.engine = ENGINES[settings.source]
         signal = Signal()

@@ -1,0 +1,174 @@
+"""Opt-out lists (`governance.optout`): people, sites and images that must not be in the dataset.
+
+A UTF-8 text file, one entry a line as `kind:value`; blank lines and lines starting with `#` are
+skipped (no comments after an entry: URLs may hold `#`):
+
+    name:Jane Doe                      a person as written in the names list (case and spacing ignored)
+    domain:example.org                 a host and all its subdomains, as the image URL's or the page URL's host
+    url:https://example.org/jane/      a URL prefix of the image or page URL (http and https alike, host case ignored)
+    sha256:<64 hex digits>             the exact image bytes (a row's `image_id`)
+    phash:<16 hex digits>              a perceptual hash (a row's `phash`: imagehash.phash of the upright image);
+                                       matches copies within `governance.optout_phash_bits` bits (re-encoded, resized)
+
+A malformed line or a missing file is an error naming the file and line: an opt-out is never
+silently ignored. The crawl checks names before any request, domains and URLs before a download
+and hashes on the downloaded bytes; the shard step checks every entry again on the rows it
+writes, so entries added after the crawl still keep those rows out of the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.core.errors import UserError
+from pipeline.core.names import clean_name
+
+OPTED_OUT_IDENTITY, OPTED_OUT_URL, OPTED_OUT_IMAGE = "opted_out_identity", "opted_out_url", "opted_out_image"
+FORMAT = "one `kind:value` a line, kind one of name, domain, url, sha256, phash"
+SHA256 = re.compile(r"[0-9a-f]{64}")
+PHASH = re.compile(r"[0-9a-f]{16}")  # imagehash's default 8x8 phash, as the filter stage stores it
+HOST = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+HTTP_URL = re.compile(r"(?i)https?://[^/?#]")
+
+
+@dataclass(frozen=True)
+class OptOutList:
+    names: frozenset[str] = frozenset()  # casefolded, spacing normalised
+    domains: frozenset[str] = frozenset()  # lower-case ASCII (IDNA) host names
+    url_prefixes: tuple[str, ...] = ()  # `url_key` form
+    sha256: frozenset[str] = frozenset()
+    phashes: tuple[int, ...] = ()
+    phash_bits: int = 8
+    digest: str = field(default="", compare=False)  # of the entries: a changed list re-writes the shards
+
+    @classmethod
+    def read(cls, paths: list[Path], phash_bits: int) -> OptOutList:
+        entries: dict[str, set[Any]] = {kind: set() for kind in PARSERS}
+        for path in paths:
+            for number, line in enumerate(_lines(path), 1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    kind, value = _entry(path, number, line)
+                    entries[kind].add(value)
+        text = repr(sorted((kind, sorted(values)) for kind, values in entries.items())) + f"/{phash_bits}"
+        return cls(
+            names=frozenset(entries["name"]),
+            domains=frozenset(entries["domain"]),
+            url_prefixes=tuple(sorted(entries["url"])),
+            sha256=frozenset(entries["sha256"]),
+            phashes=tuple(sorted(entries["phash"])),
+            phash_bits=phash_bits,
+            digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.domains or self.url_prefixes or self.sha256 or self.phashes)
+
+    @property
+    def has_urls(self) -> bool:
+        return bool(self.domains or self.url_prefixes)
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.sha256 or self.phashes)
+
+    def name_listed(self, name: str | None) -> bool:
+        return bool(name) and _name_key(name or "") in self.names
+
+    def url_listed(self, *urls: str | None) -> str | None:
+        """The first of `urls` (image, page) a domain or URL-prefix entry covers, or None."""
+        for url in filter(None, urls):
+            host = _ascii_host(urlsplit(url).hostname or "")
+            if host and any(host == domain or host.endswith("." + domain) for domain in self.domains):
+                return url
+            if url_key(url).startswith(self.url_prefixes):
+                return url
+        return None
+
+    def image_listed(self, image_id: str | None, phash: str | None) -> str | None:
+        """Why the image is listed ("sha256", "phash within N bits"), or None."""
+        if image_id and image_id in self.sha256:
+            return "sha256"
+        if phash and self.phashes:
+            value = int(phash, 16)
+            nearest = min((value ^ listed).bit_count() for listed in self.phashes)
+            if nearest <= self.phash_bits:
+                return f"phash within {nearest} bits"
+        return None
+
+    def match(self, row: dict[str, Any]) -> tuple[str, str] | None:
+        """(reason, detail) when a row (name, url, page_url, image_id, phash) is opted out, or None."""
+        if self.name_listed(row.get("name")):
+            return OPTED_OUT_IDENTITY, f"{row.get('name')!r} is on the opt-out list"
+        url = self.url_listed(row.get("url"), row.get("page_url"))
+        if url:
+            return OPTED_OUT_URL, f"{url} is covered by the opt-out list"
+        why = self.image_listed(row.get("image_id"), row.get("phash"))
+        if why:
+            return OPTED_OUT_IMAGE, f"the image is on the opt-out list ({why})"
+        return None
+
+
+def url_key(url: str) -> str:
+    """host[:port]/path?query of an http(s) URL (scheme dropped, host lower-cased); other URLs as they are."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return url
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return url
+    return f"{_ascii_host(parts.hostname)}{port}{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+
+
+def _ascii_host(host: str) -> str:
+    host = host.strip().rstrip(".").lower()
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
+
+
+def _name_key(name: str) -> str:
+    return clean_name(name).casefold()
+
+
+def _domain(value: str) -> str | None:
+    host = _ascii_host(value)
+    return host if HOST.fullmatch(host) else None
+
+
+def _url(value: str) -> str | None:
+    key = url_key(value) if HTTP_URL.match(value) else value
+    return key if key != value else None  # url_key leaves what it cannot parse as it is
+
+
+PARSERS = {  # kind -> value normaliser (None: malformed)
+    "name": lambda value: _name_key(value) or None,
+    "domain": _domain,
+    "url": _url,
+    "sha256": lambda value: value.lower() if SHA256.fullmatch(value.lower()) else None,
+    "phash": lambda value: int(value, 16) if PHASH.fullmatch(value.lower()) else None,
+}
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"cannot read opt-out file {path}: {exc}", "fix governance.optout: UTF-8 files, " + FORMAT
+        ) from exc
+
+
+def _entry(path: Path, number: int, line: str) -> tuple[str, Any]:
+    kind, colon, value = line.strip().partition(":")
+    parse = PARSERS.get(kind.strip().lower())
+    parsed = parse(value.strip()) if colon and parse else None
+    if parsed is None:
+        raise UserError(f"opt-out file {path} line {number} is not a valid entry: {line.strip()[:80]!r}", FORMAT)
+    return kind.strip().lower(), parsed
