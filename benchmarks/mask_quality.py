@@ -2,7 +2,7 @@
 
     python benchmarks/mask_quality.py [--sides 512 320 256]
 
-Crops are cut by the crop stage (crop.size=512) around dlib faces (tests/segment_crops.py): one per
+Crops are cut by the crop stage (crop.size=512) around the faces of `--faces` (sface, the cpu profile's; or dlib) (tests/segment_crops.py): one per
 single-person photo, one per face of each group photo. Each backend runs through the segment stage,
 so drops are the stage's. Per backend: masks/s through the stage (and CPU seconds per mask, which
 shared cores disturb less); mean coverage of the target face box (the stage's `mask_face_coverage`:
@@ -125,13 +125,14 @@ def print_table(results: list[Result]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sides", nargs="+", type=int, default=[512, 320, 256], help="modnet_side values")
+    parser.add_argument("--faces", default="sface", choices=("sface", "dlib"), help="face backend the crops are cut around")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="masks-") as scratch:
         run = RunDir(scratch)
         started = time.perf_counter()
-        crops = crop_rows(run, corpus_photos())
+        crops = crop_rows(run, corpus_photos(), backend=args.faces)
         print(f"{crops.num_rows} crops (512 px) from {len(corpus_photos())} photos in "
-              f"{time.perf_counter() - started:.1f} s (dlib faces, crop stage)\n")
+              f"{time.perf_counter() - started:.1f} s ({args.faces} faces, crop stage)\n")
         runs = [(f"modnet:{side}", ["segment.backend=modnet", f"segment.modnet_side={side}"]) for side in args.sides]
         results = [measure(label, crops, run, *overrides) for label, overrides in runs]
     print_table(results)

@@ -1,6 +1,6 @@
 """Crops as the crop stage hands them to segment, from real photos (test and benchmark helper).
 
-Faces come from dlib as in tests/verified_rows.py; the crop stage itself cuts the crops. A group
+Faces come from dlib (or `backend`) as in tests/verified_rows.py; the crop stage itself cuts the crops. A group
 photo (identities.json's `group_photos`, and insightface's `t1.jpg`: six people at a table) gives
 one crop per detected face, each face the target in turn, so every other face is someone the mask
 must leave out. Other photos give one crop, around their largest face.
@@ -38,11 +38,11 @@ def group_names() -> set[str]:
     return {*json.loads((FACES / "identities.json").read_text())["group_photos"], FRIENDS}
 
 
-def crop_rows(run: RunDir, photos: list[Path], size: int = 512) -> pa.Table:
+def crop_rows(run: RunDir, photos: list[Path], size: int = 512, backend: str = "dlib") -> pa.Table:
     """The crops the crop stage keeps (too small ones are dropped there); `image_id` is `<stem>-<target face>`."""
     groups, rows = group_names(), []
     for photo in photos:
-        row = verified_row(run, photo)
+        row = verified_row(run, photo, backend=backend)
         targets = range(len(row["faces"])) if photo.name in groups else [row["target_face"]]
         rows += [{**row, "image_id": f"{photo.stem}-{k}", "target_face": k} for k in targets]
     stage = CropStage(load_config(resolve_profile("cpu"), [f"crop.size={size}"]), run)

@@ -51,7 +51,7 @@ def test_a_single_person_mask_covers_the_face_and_not_the_crop(masked) -> None:
     for image_id in ("img1-0", "img38-0", "img57-0"):
         row = masked[image_id]
         assert row["status"] == "ok", row["detail"]
-        assert row["mask_source"] == "modnet:320"  # the cpu profile's side
+        assert row["mask_source"] == "modnet:512"  # the cpu profile's side
         mask, face = decode_mask(row["mask"]), row["crop_faces"][row["target_face"]]["box"]
         assert mask.shape == (512, 512)
         assert face_coverage(mask, core(face)) == 1.0, image_id
