@@ -8,17 +8,23 @@ from pipeline.core.schema import NAMES, ROW_KEYS
 from stages.base import Stage
 from stages.caption import CaptionStage
 from stages.captioners import CAPTIONERS, pick_estimator
+from stages.classifiers import CLASSIFIERS
 from stages.crawl import CrawlStage
 from stages.crop import CropStage
 from stages.faces import FACES
 from stages.filter import FilterStage
+from stages.hygiene import HygieneStage
+from stages.safety import SafetyScoresStage, SafetyStage
 from stages.segment import SegmentStage
 from stages.segmenters import SEGMENTERS
 from stages.sources import SOURCES
 from stages.verify import VerifyStage
 
-BACKEND_FAMILIES = (SOURCES, FACES, SEGMENTERS, CAPTIONERS)
-STAGES: tuple[type[Stage], ...] = (CrawlStage, FilterStage, VerifyStage, CropStage, SegmentStage, CaptionStage)
+BACKEND_FAMILIES = (SOURCES, FACES, SEGMENTERS, CAPTIONERS, CLASSIFIERS)
+STAGES: tuple[type[Stage], ...] = (
+    CrawlStage, FilterStage, VerifyStage, HygieneStage, SafetyScoresStage, SafetyStage, CropStage, SegmentStage,
+    CaptionStage,
+)
 SHARD = "shard"  # the final step: not a per-identity stage, it packs identities into shards
 STAGE_NAMES = (*(stage.name for stage in STAGES), SHARD)
 

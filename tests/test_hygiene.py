@@ -1,0 +1,290 @@
+"""Checks across identities (the hygiene stage), on the labelled photos through the CLI on the cpu profile
+(YuNet + SFace), and the centroid searches on synthetic data.
+
+The photo tree: Angelina Jolie's photos split into two folders that share one photo (two names for one
+person, one photo crawled for both), Katy Perry's and Scarlett Johansson's folders, each with the same
+group photo of the two of them side by side (one photo, a different target face in each folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageOps
+
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import UserError
+from pipeline.core.names import Identity
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import FACE_EVIDENCE, NAMES, ROW_KEYS, VERIFICATION, extend
+from pipeline.engine.markers import Marker, part_path, write_marker
+from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
+from stages.cross_identity import DECISION_SCHEMA, SAME_PERSON, close_pairs, merge_groups, shared_keys
+from stages.hygiene import DECISIONS, Decisions, HygieneStage
+from stages.verify import VerifyStage
+from tests.conftest import FACES, cpu_run_args, run_cli, stage_rows
+
+SHARED = "img6.jpg"  # in both Jolie folders
+FOLDERS = {
+    "jolie_a": ["img1.jpg", "img2.jpg", "img4.jpg", "img5.jpg", SHARED],
+    "jolie_b": [SHARED, "img7.jpg", "img10.jpg", "img11.jpg"],
+    "katy_perry": ["img26.jpg", "img27.jpg", "img28.jpg", "img42.jpg", "img44.jpg", "img45.jpg", "img46.jpg"],
+    "scarlett_johansson": ["img8.jpg", "img9.jpg", "img47.jpg", "img48.jpg", "img49.jpg", "img51.jpg"],
+}
+GROUP = "group.jpg"  # Katy Perry (img43) and Scarlett Johansson (img50) side by side, in both their folders
+MERGE = "hygiene.merge=[[jolie_a, jolie_b]]"
+
+
+def upright(name: str) -> Image.Image:
+    with Image.open(FACES / "images" / name) as image:
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def group_photo(left: str, right: str, height: int = 900) -> bytes:
+    halves = [upright(name) for name in (left, right)]
+    halves = [half.resize((round(half.width * height / half.height), height)) for half in halves]
+    canvas = Image.new("RGB", (sum(half.width for half in halves), height))
+    canvas.paste(halves[0], (0, 0))
+    canvas.paste(halves[1], (halves[0].width, 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hygiene")
+    group = group_photo("img43.jpg", "img50.jpg")
+    for folder, photos in FOLDERS.items():
+        (root / "photos" / folder).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(FACES / "images" / photo, root / "photos" / folder / photo)
+    for folder in ("katy_perry", "scarlett_johansson"):
+        (root / "photos" / folder / GROUP).write_bytes(group)
+    (root / "names.txt").write_text("\n".join(FOLDERS) + "\n")
+    return root
+
+
+def run(tree: Path, *extra: str) -> str:
+    args = cpu_run_args(tree / "names.txt", tree / "run", tree / "photos", "--set", "filter.min_short_side=256", *extra)
+    result = run_cli("run", "--stage", "all", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+def snapshot(out: Path) -> dict[str, int]:
+    """Every file of the stages and shards with its modification time."""
+    return {str(path): path.stat().st_mtime_ns for folder in ("stages", "shards") for path in (out / folder).rglob("*")}
+
+
+def image_id(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def hygiene_rows(out: Path, identity: str) -> list[dict]:
+    return [row for row in stage_rows(out, "hygiene") if row["identity"] == identity]
+
+
+@pytest.fixture(scope="module")
+def first(tree: Path) -> Path:
+    run(tree)
+    return tree / "run"
+
+
+@pytest.fixture(scope="module")
+def again(tree: Path, first: Path) -> tuple[dict, dict, str]:
+    before = snapshot(first)
+    log = run(tree)
+    return before, snapshot(first), log
+
+
+@pytest.fixture(scope="module")
+def merged(tree: Path, again) -> tuple[Path, dict]:
+    before = snapshot(tree / "run")
+    run(tree, "--set", MERGE)
+    return tree / "run", before
+
+
+@pytest.mark.slow
+def test_the_same_photo_under_two_names_ends_in_one_identity(first: Path) -> None:
+    copies = [row for row in stage_rows(first, "hygiene") if row["image_id"] == image_id(FACES / "images" / SHARED)]
+    assert sorted(row["identity"] for row in copies) == ["jolie_a", "jolie_b"]
+    kept = [row for row in copies if row["status"] == "ok"]
+    dropped = [row for row in copies if row["status"] != "ok"]
+    assert len(kept) == len(dropped) == 1
+    assert dropped[0]["reason"] == "claimed_by_other_identity" and dropped[0]["kept_under"] == kept[0]["identity"]
+    assert kept[0]["identity"] in dropped[0]["detail"]
+    done = json.loads((first / "stages/hygiene/_run/done.json").read_text())
+    # two cross-identity near-duplicates: the shared photo (one face: claimed) and the group photo (two faces)
+    assert {key: done["counts"][key] for key in ("near_duplicates", "same_face", "claimed")} == {
+        "near_duplicates": 2, "same_face": 1, "claimed": 1}
+
+
+@pytest.mark.slow
+def test_two_folders_of_one_person_are_flagged_on_both(first: Path) -> None:
+    for identity, other in (("jolie_a", "jolie_b"), ("jolie_b", "jolie_a")):
+        rows = hygiene_rows(first, identity)
+        assert rows and all(row["possible_same_person"] == [other] for row in rows)
+        assert all(row["same_person_similarity"] >= 0.5 for row in rows)  # sface: verify.threshold
+        assert sum(row["status"] == "ok" for row in rows) >= 3  # flagged, kept
+    for identity in ("katy_perry", "scarlett_johansson"):
+        assert all(row["possible_same_person"] is None for row in hygiene_rows(first, identity))
+    summary = json.loads((first / "report" / "summary.json").read_text())["hygiene"]
+    assert [(pair["identity"], pair["other"]) for pair in summary["pairs"]] == [("jolie_a", "jolie_b")]
+    html = (first / "report" / "index.html").read_text()
+    section = html[html.index('<section id="hygiene"') :].split("</section>")[0]
+    assert section.count('class="pair"') == 1 and section.count("<img") >= 6  # both identities' kept photos
+
+
+@pytest.mark.slow
+def test_a_group_photo_with_two_faces_is_kept_under_both(first: Path, tree: Path) -> None:
+    group = image_id(tree / "photos" / "katy_perry" / GROUP)
+    rows = [row for row in stage_rows(first, "hygiene") if row["image_id"] == group]
+    assert sorted(row["identity"] for row in rows) == ["katy_perry", "scarlett_johansson"]
+    assert all(row["status"] == "ok" for row in rows)
+    boxes = {row["identity"]: row["faces"][row["target_face"]]["box"] for row in rows}
+    assert boxes["katy_perry"][2] <= boxes["scarlett_johansson"][0]  # Katy on the left, Scarlett on the right
+
+
+@pytest.mark.slow
+def test_a_rerun_does_nothing(again) -> None:
+    before, after, log = again
+    assert before == after
+    assert "hygiene" in log and "+4 done" in log
+
+
+@pytest.mark.slow
+def test_merge_joins_two_identities(merged) -> None:
+    out, before = merged
+    assert all(row["reason"] == "merged_into_other_identity" and row["kept_under"] == "jolie_a"
+               for row in hygiene_rows(out, "jolie_b"))
+    joined = hygiene_rows(out, "jolie_a")
+    moved = [row for row in joined if row["merged_from"] == "jolie_b"]
+    assert len(moved) == len(FOLDERS["jolie_b"]) and all(row["identity"] == "jolie_a" for row in moved)
+    shared = [row for row in joined if row["image_id"] == image_id(FACES / "images" / SHARED)]
+    assert sorted(row["reason"] or "ok" for row in shared) == ["duplicate", "ok"]  # one photo, once
+    assert all(row["possible_same_person"] is None for row in joined)
+    index = pq.read_table(out / "shards" / "_index.parquet").to_pylist()
+    assert "jolie_b" not in {entry["identity"] for entry in index}
+    shard_rows = pq.read_table(out / "shards" / index[0]["shard"], columns=["identity", "merged_from"]).to_pylist()
+    assert {"identity": "jolie_a", "merged_from": "jolie_b"} in shard_rows
+    # the merge re-runs the later stages only for the two identities it changed
+    for stage in ("safety_scores", "crop", "caption"):
+        for identity in ("katy_perry", "scarlett_johansson"):
+            marker = str(out / "stages" / stage / "_done" / f"{identity}.json")
+            assert before[marker] == snapshot(out)[marker]
+
+
+def test_pair_search_finds_exactly_the_planted_pairs() -> None:
+    rng = np.random.default_rng(7)
+    count, dim, block = 3000, 64, 512  # several blocks, the last one partial
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    planted = {(3, 4), (10, 2900), (511, 512), (1000, 1999), (2998, 2999)}  # in a block, across blocks, at edges
+    for a, b in planted:
+        vectors[b] = 0.9 * vectors[a] + 0.1 * vectors[b]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    centroids = vectors.astype(np.float16)
+    i, j, sims = close_pairs(centroids, np.arange(count), 0.8, block)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == planted and (i < j).all()
+    expected = np.einsum("nd,nd->n", centroids[i].astype(np.float32), centroids[j].astype(np.float32))
+    assert np.allclose(sims, expected, atol=1e-5)
+    rows = np.arange(0, count, 2)  # a subset of rows (identities with photos) keeps global indices
+    i, j, _ = close_pairs(centroids, rows, 0.8, block)
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(a, b) for a, b in planted if a % 2 == b % 2 == 0}
+
+
+def test_shared_keys_pairs_the_identities_holding_one_photo() -> None:
+    keys = np.array([5, 9, 5, 7, 9, 5, 9], dtype=np.uint64)
+    owners = np.array([0, 0, 1, 1, 1, 2, 0], dtype=np.int32)  # key 9 twice in identity 0: once
+    assert shared_keys(keys, owners) == {(0, 1), (0, 2), (1, 2)}
+
+
+def test_merge_groups_resolve_names_and_refuse_mistakes() -> None:
+    people = [Identity("ann", "Ann"), Identity("bob-1", "Bob"), Identity("cy", "cy")]
+    assert merge_groups(people, [["Bob", "ann"]]) == [("bob-1", "ann"), ("cy",)]
+    with pytest.raises(UserError, match="'Dee'"):
+        merge_groups(people, [["ann", "Dee"]])
+    with pytest.raises(UserError, match="twice"):
+        merge_groups(people, [["ann", "Bob"], ["cy", "ann"]])
+
+
+def test_a_merge_naming_nobody_stops_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "names.txt").write_text("ann\nbob\n")
+    config = PipelineConfig.model_validate({"run": {"names": str(tmp_path / "names.txt")},
+                                            "hygiene": {"merge": [["ann", "nobody"]]}})
+    with pytest.raises(UserError, match="nobody"):
+        HygieneStage.preflight(config)
+
+
+def test_the_fingerprint_follows_the_hygiene_and_verify_sections() -> None:
+    base = PipelineConfig()
+    changed = [{"hygiene": {"merge": [["a", "b"]]}}, {"hygiene": {"same_person_similarity": 0.7}},
+               {"verify": {"min_images": 4}}]
+    for change in changed:
+        assert HygieneStage.fingerprint(PipelineConfig.model_validate(change)) != HygieneStage.fingerprint(base)
+    scheduling = PipelineConfig.model_validate({"hygiene": {"resources": {"num_cpus": 2}}})
+    assert HygieneStage.fingerprint(scheduling) == HygieneStage.fingerprint(base)
+
+
+def verified_rows(identity: str, photos: list[tuple[str, np.ndarray]]) -> pa.Table:
+    """Verify's kept rows for synthetic photos: (image_id, embedding) each, one face, its own dup group."""
+    rows = [{"identity": identity, "name": identity, "image_id": image, "status": "ok", "phash": image[:16],
+             "face_backend": "sface", "target_face": 0, "dup_group": image,
+             "faces": [{"box": [0, 0, 100, 100], "landmarks": [0.0] * 10, "score": 1.0,
+                        "embedding": vector.tolist(), "embedding_norm": 1.0}]}
+            for image, vector in photos]
+    return pa.Table.from_pylist(rows, schema=extend(ROW_KEYS, NAMES, FACE_EVIDENCE, VERIFICATION))
+
+
+def test_decisions_that_change_rerun_only_their_identities(tmp_path: Path) -> None:
+    """A new identity holding a's photo changes a's decisions, not b's: only a's task is redone."""
+    rng = np.random.default_rng(1)
+    u, v = np.eye(16)[0], np.eye(16)[1]
+
+    def near(axis: np.ndarray) -> np.ndarray:
+        vector = axis + 0.05 * rng.standard_normal(16)
+        return vector / np.linalg.norm(vector)
+
+    photos = {"a": [(f"{k}a" * 32, near(u)) for k in range(3)], "b": [(f"{k}b" * 32, near(v)) for k in range(3)]}
+    photos["c"] = [photos["a"][0], *((f"{k}c" * 32, near(u)) for k in range(1, 3))]
+    run, config = RunDir(str(tmp_path / "run")), PipelineConfig()
+    for slug, own in photos.items():
+        table = verified_rows(slug, own)
+        run.write_table(part_path("verify", slug), table)
+        write_marker(run, Marker("verify", slug, "h", "i", content_digest(table), 3, 3, {"ok": 3}, {}))
+
+    def plan(slugs: str) -> list[str]:
+        todo = plan_stage(HygieneStage, VerifyStage, config, run, [Identity(s, s) for s in slugs]).todo
+        executor = TaskExecutor(HygieneStage, "verify", config, run.uri)
+        assert all(executor.execute(spec).error is None for spec in todo)
+        return sorted(spec["task"] for spec in todo)
+
+    assert plan("ab") == ["a", "b"]
+    assert plan("ab") == []
+    assert plan("abc") == ["a", "c"]
+    a, c = (run.read_table(part_path("hygiene", slug)).to_pylist() for slug in "ac")
+    assert a[0]["possible_same_person"] == ["c"] and c[0]["possible_same_person"] == ["a"]
+    claimed = [row for row in a + c if row["image_id"] == photos["a"][0][0] and row["status"] != "ok"]
+    assert len(claimed) == 1 and claimed[0]["reason"] == "claimed_by_other_identity"
+
+
+def test_a_task_reads_its_own_decisions_across_row_groups(tmp_path: Path) -> None:
+    run = RunDir(str(tmp_path / "run"))
+    slugs = ["a", "b", "b", "b", "c", "e"]
+    decisions = pa.Table.from_pylist([{"identity": slug, "decision": SAME_PERSON, "other": str(k)}
+                                      for k, slug in enumerate(slugs)], schema=DECISION_SCHEMA)
+    with run.open_atomic(DECISIONS) as stream:
+        pq.write_table(decisions, stream, row_group_size=2)  # b spans two row groups
+    found = Decisions(run)
+    assert [row["other"] for row in found.of("b")] == ["1", "2", "3"]
+    assert [row["other"] for row in found.of("e")] == ["5"]
+    assert found.of("d") == [] and found.of("0") == [] and found.of("z") == []
