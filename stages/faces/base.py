@@ -42,14 +42,19 @@ class Face:
 class FaceBackend(ABC):
     name: str
     embedding_dim: int
+    _versions: dict[str, str]  # set once the models are loaded
 
-    @abstractmethod
     def versions(self) -> dict[str, str]:
         """Package versions and model files (name and sha256) that produced this backend's output."""
+        return dict(self._versions)
 
-    @abstractmethod
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces in each image (HxWx3 uint8 RGB), without embeddings."""
+        return [self._detect_one(check_image(image)) for image in images]
+
+    @abstractmethod
+    def _detect_one(self, image: np.ndarray) -> list[Face]:
+        """The faces of one checked image."""
 
     @abstractmethod
     def embed(self, images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> list[list[Face]]:

@@ -120,12 +120,6 @@ class DlibBackend(FaceBackend, Backend):
             out[f"{role}_sha256"] = file_sha256(path)
         return out
 
-    def versions(self) -> dict[str, str]:
-        return dict(self._versions)
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        return [self._detect_one(check_image(image)) for image in images]
-
     def embed(self, images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> list[list[Face]]:
         check_pairing(images, faces)
         vectors = [

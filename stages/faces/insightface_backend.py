@@ -136,9 +136,6 @@ class InsightFaceBackend(FaceBackend, Backend):
         self.embedding_dim = int(self._recognizer.output_shape[-1])
         self._versions = self._describe()
 
-    def versions(self) -> dict[str, str]:
-        return dict(self._versions)
-
     def _describe(self) -> dict[str, str]:
         import insightface
         import onnxruntime
@@ -155,9 +152,6 @@ class InsightFaceBackend(FaceBackend, Backend):
             out[f"{role}_model"] = Path(model.model_file).name
             out[f"{role}_sha256"] = file_sha256(Path(model.model_file))
         return out
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        return [self._detect_one(check_image(image)) for image in images]
 
     def embed(self, images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> list[list[Face]]:
         check_pairing(images, faces)

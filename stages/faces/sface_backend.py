@@ -89,12 +89,6 @@ class SFaceBackend(FaceBackend, Backend):
             "embedding": "sface(crop) + sface(mirrored crop)",
         }
 
-    def versions(self) -> dict[str, str]:
-        return dict(self._versions)
-
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        return [self._detect_one(check_image(image)) for image in images]
-
     def embed(self, images: Sequence[np.ndarray], faces: Sequence[Sequence[Face]]) -> list[list[Face]]:
         check_pairing(images, faces)
         crops = []
