@@ -12,7 +12,9 @@ from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, read_names
 from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
 from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_backends, check_contracts, selected
+from pipeline.export import FORMAT_NAMES
 
 RUN_INFO = "run.json"
 
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local instance)")
     run.add_argument("--offline", action="store_true",
                      help="never download model files: a missing one is an error (config models.offline)")
+    run.add_argument("--accept-licenses", action="store_true",
+                     help="accept the licences of model files fetched first that require it (else asked, or refused)")
 
     status = commands.add_parser("status", help="per stage: tasks done, rows kept and dropped by reason")
     _config_options(status)
@@ -49,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--accept-licenses", action="store_true",
                         help="accept the licences of the files fetched that require it (else asked, or refused)")
     models.set_defaults(out=None)
+
+    export = commands.add_parser("export", help="the shards as WebDataset tars or JSONL for trainers")
+    export.add_argument("--format", required=True, choices=FORMAT_NAMES, help="what to write")
+    _config_options(export)
+    export.add_argument("--dest", help="destination folder or URI (default: <run>/exports/<format>)")
+
+    remove = commands.add_parser("remove", help="take an identity, photo, URL or domain out of a run for good (takedown)")
+    _config_options(remove)
+    from pipeline.remove import add_arguments as remove_arguments
+
+    remove_arguments(remove)
 
     generate = commands.add_parser("generate", help="PhotoMaker-style images of an identity, scored against its photos")
     _config_options(generate)
@@ -114,7 +129,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
-    ensure_models(config, chosen, args.config)
+    ensure_models(config, chosen, args.config, args.accept_licenses)
     for stage in chosen:
         stage.preflight(config)
     run = _run_dir(config, profile)
@@ -126,10 +141,26 @@ def command_run(args: argparse.Namespace) -> int:
     failed = sum(summary.tasks_failed for summary in summaries)
     if failed:
         console.print(f"[red]{failed} tasks failed[/] (see the log above); run the same command again to retry them")
+    elif args.stage == "all":
+        _finish_dataset(run)
     return 1 if failed else 0
 
 
+def _finish_dataset(run: RunDir) -> None:
+    """After a whole run: warn when the dataset is empty, and write the QA report."""
+    from pipeline.engine.driver import console
+    from pipeline.engine.shards import shard_counts
+    from pipeline.report import index_uri, write_report
+
+    if not shard_counts(run).statuses[OK]:
+        console.print("[yellow]warning:[/] the dataset is empty: no image passed every stage; "
+                      "the report's funnel shows where they dropped")
+    write_report(run)
+    console.print(f"QA report: {index_uri(run)}")
+
+
 def command_status(args: argparse.Namespace) -> int:
+    from pipeline.core.removals import TAKEN_DOWN, load_ledger, removals_line
     from pipeline.engine.driver import console
     from pipeline.engine.shards import shard_counts
     from pipeline.engine.stats import counts_from_markers, counts_table
@@ -142,6 +173,7 @@ def command_status(args: argparse.Namespace) -> int:
     tasks = {slug for slug, _ in info["identities"]}
     rows = [counts_from_markers(run, stage.name, tasks, info["stage_hashes"].get(stage.name)) for stage in STAGES]
     console.print(counts_table(f"status of {run.uri}", [*rows, shard_counts(run)]))
+    console.print(removals_line(load_ledger(run), sum(row.reasons[TAKEN_DOWN] for row in rows)))
     return 0
 
 
@@ -162,6 +194,26 @@ def command_models(args: argparse.Namespace) -> int:
     return models_command(args.action, config, args.accept_licenses, args.config)
 
 
+def command_export(args: argparse.Namespace) -> int:
+    config, profile = _settings(args)
+    _ray_environment(config)
+    from pipeline.export.run import FORMATS, default_dest, export_dataset
+
+    run = _run_dir(config, profile)
+    dest = RunDir(args.dest or default_dest(run, args.format))
+    done = export_dataset(run, dest, FORMATS[args.format], config.run.address)
+    print(f"{done.dest}: {done.samples} samples; {done.written} shards written, {done.unchanged} unchanged, "
+          f"{done.removed} removed")
+    return 0
+
+
+def command_remove(args: argparse.Namespace) -> int:
+    from pipeline.remove import command_remove as remove
+
+    config, profile = _settings(args)
+    return remove(_run_dir(config, profile), args)
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from pipeline.generator.cli import overrides, request
     from pipeline.generator.run import run_generate
@@ -178,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": command_run, "status": command_status, "report": command_report,
-                "generate": command_generate, "models": command_models}[args.command](args)
+                "generate": command_generate, "models": command_models,
+                "export": command_export, "remove": command_remove}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -77,6 +77,20 @@ def test_a_second_run_does_no_work(tree, finished) -> None:
 
 
 @pytest.mark.slow
+def test_a_whole_run_writes_the_qa_report(finished) -> None:
+    assert (finished / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_that_keeps_nothing_says_so(tree, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("run", "--stage", "all", *args(tree, out, "--set", "filter.min_short_side=100000"))
+    assert result.returncode == 0, result.stderr
+    assert "warning: the dataset is empty" in result.stderr
+    assert "This dataset is empty" in (out / "shards" / "README.md").read_text()
+
+
+@pytest.mark.slow
 def test_a_new_filter_threshold_reruns_filter_only(tree, finished, tmp_path) -> None:
     out = tmp_path / "run"
     shutil.copytree(finished, out)

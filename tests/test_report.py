@@ -36,7 +36,7 @@ IDENTITIES = ["angelina_jolie", "matt_damon", "katy_perry", "george_clooney"]
 HOSTILE_NAME = """Zoë "Q" O'Hara </table><script>alert('name')</script> & co"""
 HOSTILE_CAPTION = """a photo of a woman "x" </td></table><script>alert('caption')</script> & 'y'"""
 HOSTILE_URL = "javascript:alert('url')"
-SECTIONS = ["overview", "funnel", "identities", "distributions", "guidance", "sheets", "generator"]
+SECTIONS = ["overview", "funnel", "governance", "identities", "distributions", "guidance", "sheets", "generator"]
 # Appended to a copy of the page: the browser itself lists images that did not decode.
 PROBE = """<script>window.addEventListener('load', () => {
   const bad = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
@@ -220,6 +220,7 @@ def test_summary_agrees_with_the_stage_tables(report_run) -> None:
         assert stage["reasons"] == reasons and stage["rows_in"] == previous_kept and stage["status"] == "done"
         previous_kept = stage["kept"]
     assert summary["missing_stages"] == [] and summary["shards"]["rows"] == previous_kept
+    assert summary["governance"]["dataset_rows"] == previous_kept and summary["governance"]["ledger"]["requests"] == 0
     verify, caption, crawl = (stage_rows(out, name) for name in ("verify", "caption", "crawl"))
     for identity in summary["identities"]:
         mine = [row for row in verify if row["identity"] == identity["slug"] and row["status"] == "ok"]
@@ -265,7 +266,7 @@ def test_a_partial_run_renders_and_lists_what_is_missing(report_run, tmp_path) -
     verify done for one identity only, nothing later."""
     full, _ = report_run
     out = tmp_path / "partial"
-    later = ("safety_scores", "safety", "crop", "segment", "caption", "shards", "report", "generate")
+    later = ("hygiene", "safety_scores", "safety", "crop", "segment", "caption", "shards", "report", "generate")
     shutil.copytree(full, out, ignore=shutil.ignore_patterns(*later))
     for marker in sorted((out / "stages" / "verify" / "_done").glob("*.json"))[1:]:
         marker.unlink()
@@ -274,8 +275,8 @@ def test_a_partial_run_renders_and_lists_what_is_missing(report_run, tmp_path) -
 
     summary = write_report(RunDir(str(out)))
     stages = {stage["stage"]: stage for stage in summary["stages"]}
-    assert summary["missing_stages"] == ["filter", "verify", "safety_scores", "safety", "crop", "segment", "caption",
-                                        "shard"]
+    assert summary["missing_stages"] == ["filter", "verify", "hygiene", "safety_scores", "safety", "crop", "segment",
+                                        "caption", "shard"]
     assert (stages["filter"]["tasks_done"], stages["filter"]["tasks_stale"]) == (len(IDENTITIES), 1)
     assert stages["verify"]["status"] == "partial" and stages["crop"]["status"] == "missing"
     dom = assert_renders(out / "report")

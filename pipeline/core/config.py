@@ -118,9 +118,9 @@ class FaceSection(Section):
     backend: str = Field("insightface", description="a registered face backend: insightface | sface | dlib")
     model: str = Field("buffalo_l", description="insightface pack name or directory of ONNX files")
     model_root: Path | None = Field(None, description="insightface root holding models/<pack>; default ~/.insightface")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (insightface; dlib runs on the CPU)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N (insightface; dlib and sface run on the CPU)")
     det_size: int = Field(640, ge=32, description="SCRFD input side")
-    det_threshold: float = Field(0.5, ge=0, le=1, description="SCRFD score cut")
+    det_threshold: float = Field(0.5, ge=0, le=1, description="detector score cut (SCRFD, YuNet)")
     dlib_detector: Literal["hog", "cnn"] = "hog"
     upsample: int = Field(0, ge=0, le=2, description="dlib: times the image is doubled before detecting")
     max_side: int = Field(1280, ge=256, description="images are shrunk to this long side before detection")
@@ -159,17 +159,18 @@ class FaceQualitySection(Section):
     min_sharpness: float = Field(
         25.0, ge=0, description="variance of the Laplacian of the face region at 160 px; below: blurry_face"
     )
-    max_yaw: float = Field(45.0, ge=0, le=90, description="degrees either way, from the landmarks; beyond: extreme_pose")
+    max_yaw: float = Field(45.0, ge=0, le=90, description="degrees either way, estimated; beyond: extreme_pose")
     max_pitch: float = Field(45.0, ge=0, le=90, description="degrees up or down; beyond: extreme_pose")
     min_image_share: float = Field(
-        0.01, ge=0, le=1, description="face box area / image area; below: small_face_share (crops enforce crop.face_share)"
+        0.01, ge=0, le=1, description="face box area / image area; below: small_face_share (crops have crop.face_share)"
     )
     min_face_score: float | None = Field(
         None, description="detector score, on the detector's scale; below: low_face_score. null: the backend's default "
         "(none for a backend without one)"
     )
     max_large_faces: int | None = Field(
-        None, ge=1, description="faces at least half the target's side, the target included; more: many_faces. null: any"
+        None, ge=1, description="faces at least half the target's side, the target included; more: many_faces. "
+        "null: no limit"
     )
 
     def face_score(self, backend: str) -> float | None:

@@ -1,7 +1,9 @@
 """The run directory, on a local disk or any pyarrow filesystem (`s3://...` on a cluster).
 
-Everything is written to a temporary name and renamed, so a reader never sees half a file; a
-task's done-marker is written after its part, so listing markers is the whole resume logic.
+A reader never sees half a file: on a local disk everything is written to a temporary name and
+renamed; on an object store a whole object written in one request is atomic already (S3's rename is
+a copy and a delete), so what is written from memory goes there directly. A task's done-marker is
+written after its part, so the markers are the whole resume logic.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class RunDir:
         self.uri = uri if "://" in uri else str(Path(uri).expanduser().resolve())
         self.fs, self.root = _split_uri(self.uri)
         self._made: set[str] = set()  # folders this process created: one create_dir call each
+        self.object_store = not isinstance(self.fs, pafs.LocalFileSystem)
+        self.cache: dict[str, Any] = {}  # what one command derived from the run (the marker indexes), read once
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RunDir, (self.uri,))
@@ -46,7 +50,12 @@ class RunDir:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        with self.open_atomic(rel) as stream:
+        if not self.object_store:
+            with self.open_atomic(rel) as stream:
+                stream.write(data)
+            return
+        # The whole object in hand: it is sent on close, in one request, or not at all (no folders to make).
+        with self.fs.open_output_stream(self.path(rel)) as stream:
             stream.write(data)
 
     @contextmanager
@@ -80,6 +89,8 @@ class RunDir:
         self.write_bytes(rel, buffer.getvalue())
 
     def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        if self.object_store:  # one GET for the whole part, not one per footer and column chunk
+            return pq.read_table(pa.BufferReader(self.read_bytes(rel)), columns=columns)
         return pq.read_table(self.path(rel), filesystem=self.fs, columns=columns)
 
     def write_json(self, rel: str, obj: Any) -> None:

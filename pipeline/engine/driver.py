@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -33,12 +34,16 @@ import stages
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity
+from pipeline.core.optout import OptOutList
+from pipeline.core.removals import load_ledger
 from pipeline.core.rundir import RunDir
-from pipeline.core.schema import OK
-from pipeline.engine.markers import read_markers
+from pipeline.core.schema import DROPPED, OK
+from pipeline.engine import governance
+from pipeline.engine.governance_card import card_section
+from pipeline.engine.markers import Marker, read_markers, record_markers
 from pipeline.engine.registry import STAGES, upstream_of
 from pipeline.engine.runner import SETUP_FAILED, Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
-from pipeline.engine.shards import dataset_card, finish, is_current, plan_shards, write_shard
+from pipeline.engine.shards import dataset_card, finish, is_current, opted_out_counts, plan_shards, write_shard
 from pipeline.engine.stats import StageCounts, counts_from_markers, counts_table
 from stages.base import ModelStage, Stage
 
@@ -110,19 +115,23 @@ def _no_gpu(stage: type[Stage], wanted: float, config: PipelineConfig) -> None:
 
 def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir, plan: Plan) -> StageCounts:
     summary = StageCounts(stage.name, tasks_total=len(plan.todo), tasks_skipped=plan.skipped)
+    record_markers(run, stage.name, plan.empty)
     if not plan.todo:
         return summary
     connect(config.run.address)  # only now: a finished run resumes without starting Ray
-    run.remove_temporaries(f"stages/{stage.name}")
+    if not run.object_store:  # there parts and markers are written whole, never as temporaries
+        run.remove_temporaries(f"stages/{stage.name}")
     for spec in plan.todo:  # only unfinished tasks can have left a temporary behind
         for folder in stage.task_folders(spec["task"]):
             run.remove_temporaries(folder)
     results = _task_results(stage, upstream, config, run, plan.todo)
     setup_errors: list[str] = []
-    with _progress() as progress:
+    index = MarkerIndexWriter(run, stage.name)
+    with _progress() as progress, index:
         bar = progress.add_task(stage.name, total=len(plan.todo), rows="")
         for row in results.iter_rows():
             result = result_from_row(row)
+            index.add(result.marker)
             summary.timed(result.started, result.seconds)
             if result.error:
                 summary.tasks_failed += 1
@@ -141,6 +150,32 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
                         f"check the {' and '.join(stage.sections)} settings and their model files; the "
                         "workers' log has the traceback, and finished work is kept")
     return summary
+
+
+class MarkerIndexWriter:
+    """The stage's marker index, from its tasks' results: written every `every` seconds and at the end,
+    errors and interrupts included; a driver killed in between leaves markers the next plan reads."""
+
+    def __init__(self, run: RunDir, stage: str, every: float = 30.0) -> None:
+        self.run, self.stage, self.every = run, stage, every
+        self.pending: list[Marker] = []
+        self.written = time.monotonic()
+
+    def add(self, marker: dict | None) -> None:
+        if marker is not None:
+            self.pending.append(Marker.from_json(marker))
+        if time.monotonic() - self.written > self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        record_markers(self.run, self.stage, self.pending)
+        self.pending, self.written = [], time.monotonic()
+
+    def __enter__(self) -> MarkerIndexWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.flush()
 
 
 def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir,
@@ -239,24 +274,36 @@ def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity
     specs = [{"target": plan.file(i), "identities": ids} for i, ids in enumerate(plan.shards)]
     shards = ray.data.from_items(specs, override_num_blocks=max(1, len(specs))).map_batches(
         _write_shards,
-        fn_kwargs={"run_uri": run.uri, "upstream": last.name, "row_group_rows": config.shard.row_group_rows},
+        fn_kwargs={"run_uri": run.uri, "upstream": last.name, "row_group_rows": config.shard.row_group_rows,
+                   "optout": plan.optout},
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=config.shard.resources.num_cpus,
     )
     results = [json.loads(row["result"]) for row in shards.iter_rows()]
-    funnel = [counts_from_markers(run, stage.name, {i.slug for i in identities}, None) for stage in STAGES]
-    finish(run, plan, results, dataset_card(config, _plain(counts_table("funnel", funnel)), results))
+    finish(run, plan, results, card(config, run, identities, results))
     written = sum(row["num_rows"] for result in results for row in result["index"])
+    opted_out = opted_out_counts(results)  # rows the opt-out list covers now: counted as dropped here
     counts = StageCounts("shard", tasks_total=len(plan.shards))
-    counts.add(written, {OK: written}, {})
+    counts.add(written + opted_out.total(), {OK: written, DROPPED: opted_out.total()}, dict(opted_out))
     counts.tasks_done = len(results)
     return counts
 
 
-def _write_shards(batch: pa.Table, run_uri: str, upstream: str, row_group_rows: int) -> dict[str, list[str]]:
+def card(config: PipelineConfig, run: RunDir, identities: list[Identity], results: list[dict]) -> str:
+    """The dataset card of these shard results: the funnel and governance as the markers and the ledger say now."""
+    funnel = [counts_from_markers(run, stage.name, {i.slug for i in identities}, None) for stage in STAGES]
+    shards = sorted({row["shard"] for result in results for row in result["index"]})
+    facts = governance.gather(run, config, funnel, load_ledger(run), shards)
+    return dataset_card(config, _plain(counts_table("funnel", funnel)), results, card_section(facts))
+
+
+def _write_shards(
+    batch: pa.Table, run_uri: str, upstream: str, row_group_rows: int, optout: OptOutList
+) -> dict[str, list[str]]:
     run = RunDir(run_uri)
-    results = [write_shard(run, upstream, spec["target"], spec["identities"], row_group_rows) for spec in batch.to_pylist()]
+    results = [write_shard(run, upstream, spec["target"], spec["identities"], row_group_rows, optout)
+               for spec in batch.to_pylist()]  # fmt: skip
     return {"result": [json.dumps(result) for result in results]}
 
 

@@ -1,19 +1,36 @@
-"""Done-markers: the whole resume logic is listing them.
+"""Done-markers: the whole resume logic is reading them.
 
 `stages/<stage>/_done/<task>.json` is written after the task's part, atomically. It records what
 the task consumed (`input_digest`: the upstream part's digest) and under which stage config
 (`config_hash`), so a task is done exactly when both still match.
+
+Reading one marker per task costs a request per identity and stage on an object store, so the
+driver also keeps `stages/<stage>/_markers.parquet`, every marker of the stage in one file, rewritten
+from the results it gets back. The marker files stay the truth: the index is read once per command,
+tasks it lacks are looked up in their marker files (listed when many are missing: a listing answers
+1000 keys a request), and what they add is written back. A task killed after its marker but before
+the index is found done; one killed before its marker runs again, once. On a local disk, where a
+listing is cheap, the index is also checked against it (files newer than it or gone from it).
+A task whose input has no `ok` row is done without running: it has no part and no marker file,
+only its entry in the index (`part` false); readers of its part get nothing.
 """
 
 from __future__ import annotations
 
+import json
+import posixpath
 from collections import Counter
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from pipeline.core.rundir import RunDir
+from pipeline.core.rundir import TMP_MARK, RunDir
 from pipeline.core.schema import FAILED, OK
 
 
@@ -23,6 +40,16 @@ def part_path(stage: str, task: str) -> str:
 
 def marker_path(stage: str, task: str) -> str:
     return f"stages/{stage}/_done/{task}.json"
+
+
+def index_path(stage: str) -> str:
+    return f"stages/{stage}/_markers.parquet"
+
+
+EMPTY_DIGEST = "empty"  # the output digest of a task that had no input row
+LIST_ABOVE = 50  # missing tasks beyond which one listing (1000 keys a request) beats a read each
+READERS = 32  # concurrent marker reads: object-store requests wait on the network, not the CPU
+INDEX_SCHEMA = pa.schema([pa.field("task", pa.string()), pa.field("marker", pa.string())])
 
 
 @dataclass
@@ -37,6 +64,8 @@ class Marker:
     statuses: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    node: str = ""  # address of the Ray node that ran the task (on a cluster: which host); "" outside Ray
+    part: bool = True  # false: no input row, so no part and no marker file, only an index entry
 
     @property
     def kept(self) -> int:
@@ -62,13 +91,135 @@ def count_outcomes(table: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
     return dict(statuses), dict(Counter(reason or "unknown" for reason in not_kept))
 
 
-def write_marker(run: RunDir, marker: Marker) -> None:
+def read_part(run: RunDir, stage: str, task: str, columns: list[str] | None = None) -> pa.Table:
+    """A task's part; an empty task has none: no rows then, in the columns asked for (typed as text)."""
+    try:
+        return run.read_table(part_path(stage, task), columns)
+    except FileNotFoundError:
+        return pa.table({name: pa.array([], pa.string()) for name in columns or ["status", "reason"]})
+
+
+def empty_marker(stage: str, task: str, config_hash: str, input_digest: str) -> Marker:
+    return Marker(stage, task, config_hash, input_digest, EMPTY_DIGEST, 0, 0, part=False)
+
+
+def write_marker_file(run: RunDir, marker: Marker) -> None:
+    """A worker's write: the driver adds the marker to the index from the task's result."""
     run.write_json(marker_path(marker.stage, marker.task), asdict(marker))
 
 
-def read_markers(run: RunDir, stage: str) -> dict[str, Marker]:
-    markers = {}
-    for filename in run.list_files(f"stages/{stage}/_done", ".json"):
-        marker = Marker.from_json(run.read_json(f"stages/{stage}/_done/{filename}"))
-        markers[marker.task] = marker
-    return markers
+def write_marker(run: RunDir, marker: Marker) -> None:
+    """A marker written outside a stage's run (a takedown, a test): its file, then the index."""
+    write_marker_file(run, marker)
+    record_markers(run, marker.stage, [marker])
+
+
+def forget_markers(run: RunDir, stage: str, tasks: Collection[str]) -> None:
+    """These tasks are no longer done: their files, then their index entries, go."""
+    if not tasks:
+        return
+    for task in tasks:
+        run.delete(marker_path(stage, task))
+    known = _loaded(run, stage)
+    for task in tasks:
+        known.pop(task, None)
+    _save_index(run, stage, known)
+
+
+def record_markers(run: RunDir, stage: str, markers: Collection[Marker]) -> None:
+    """Add markers to the stage's index (the driver, from its tasks' results, or empty tasks)."""
+    if not markers:
+        return
+    known = _loaded(run, stage)
+    known.update((marker.task, marker) for marker in markers)
+    _save_index(run, stage, known)
+
+
+def read_markers(run: RunDir, stage: str, tasks: Collection[str] | None = None) -> dict[str, Marker]:
+    """The stage's markers by task (do not modify it). `tasks`: those wanted, looked up in their files
+    when the index lacks them; without it, what the index holds (on a local disk, checked by a listing)."""
+    known = _loaded(run, stage)
+    listed = stage in run.cache["listed"]  # this command saw every marker file already
+    missing = [task for task in tasks if task not in known] if tasks is not None and not listed else []
+    found = _read_files(run, stage, missing) if missing else {}
+    if found:
+        known.update(found)
+        _save_index(run, stage, known)
+    return known
+
+
+def _loaded(run: RunDir, stage: str) -> dict[str, Marker]:
+    """The index, read once per command (per RunDir); rebuilt from the marker files when absent.
+    On a local disk each call also lists the files, so markers written behind its back count."""
+    cache, checked = run.cache.setdefault("markers", {}), run.cache.setdefault("checked", {})
+    run.cache.setdefault("listed", set())
+    if stage not in cache:
+        cache[stage] = _load(run, stage)
+    elif not run.object_store:
+        now = datetime.now(timezone.utc)
+        if _check_against_files(run, stage, cache[stage], checked[stage]):
+            _save_index(run, stage, cache[stage])
+        checked[stage] = now
+    return cache[stage]
+
+
+def _load(run: RunDir, stage: str) -> dict[str, Marker]:
+    try:
+        data = run.read_bytes(index_path(stage))
+    except FileNotFoundError:
+        run.cache["checked"][stage] = datetime.now(timezone.utc)
+        known = _read_files(run, stage, None)
+        if known:
+            _save_index(run, stage, known)
+        return known
+    rows = pq.read_table(pa.BufferReader(data)).to_pydict()
+    known = {task: Marker.from_json(json.loads(text)) for task, text in zip(rows["task"], rows["marker"], strict=True)}
+    if not run.object_store:
+        now = datetime.now(timezone.utc)
+        if _check_against_files(run, stage, known, run.fs.get_file_info(run.path(index_path(stage))).mtime):
+            _save_index(run, stage, known)
+        run.cache["checked"][stage] = now
+    return known
+
+
+def _check_against_files(run: RunDir, stage: str, known: dict[str, Marker], since: datetime) -> bool:
+    """Local disk: markers written (at or after `since`) or removed behind the index's back."""
+    files = {info.base_name.removesuffix(".json"): info.mtime for info in _listing(run, stage)}
+    run.cache["listed"].add(stage)
+    gone = [task for task, marker in known.items() if marker.part and task not in files]
+    newer = [task for task, mtime in files.items() if task not in known or mtime is None or mtime >= since]
+    for task in gone:
+        del known[task]
+    known.update(_read_files(run, stage, newer))
+    return bool(gone or newer)
+
+
+def _listing(run: RunDir, stage: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(run.path(f"stages/{stage}/_done"), allow_not_found=True)
+    return [info for info in run.fs.get_file_info(selector) if info.is_file and info.base_name.endswith(".json")
+            and TMP_MARK not in info.base_name]
+
+
+def _read_files(run: RunDir, stage: str, tasks: list[str] | None) -> dict[str, Marker]:
+    """Marker files, read concurrently: these tasks' (those that have one), else all the listing shows."""
+    if tasks is None or len(tasks) > LIST_ABOVE:
+        listed = {posixpath.splitext(info.base_name)[0] for info in _listing(run, stage)}
+        run.cache["listed"].add(stage)
+        tasks = sorted(listed) if tasks is None else [task for task in tasks if task in listed]
+    with ThreadPoolExecutor(READERS) as pool:
+        markers = pool.map(lambda task: _read_file(run, stage, task), tasks)
+        return {marker.task: marker for marker in markers if marker is not None}
+
+
+def _read_file(run: RunDir, stage: str, task: str) -> Marker | None:
+    try:
+        return Marker.from_json(run.read_json(marker_path(stage, task)))
+    except FileNotFoundError:
+        return None
+
+
+def _save_index(run: RunDir, stage: str, known: dict[str, Marker]) -> None:
+    tasks = sorted(known)
+    texts = [json.dumps(asdict(known[task]), separators=(",", ":")) for task in tasks]
+    table = pa.table([pa.array(tasks, pa.string()), pa.array(texts, pa.string())], schema=INDEX_SCHEMA)
+    run.write_table(index_path(stage), table)

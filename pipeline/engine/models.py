@@ -23,11 +23,12 @@ from pipeline.core.models import ModelFile, manifest
 from stages.backends import Backend
 from stages.base import Stage
 from stages.captioners import CAPTIONERS, ESTIMATORS, pick_estimator
+from stages.classifiers import CLASSIFIERS
 from stages.faces import FACES
 from stages.faces.insightface_backend import DEFAULT_ROOT
 from stages.segmenters import SEGMENTERS
 
-FAMILIES = (FACES, SEGMENTERS, CAPTIONERS)  # estimators too, through pick_estimator (`auto` is no backend name)
+FAMILIES = (FACES, SEGMENTERS, CAPTIONERS, CLASSIFIERS)  # estimators too, through pick_estimator (`auto` is no backend name)
 TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of HF_HUB_OFFLINE
 
 console = Console(stderr=True)
@@ -129,10 +130,11 @@ def fetch_missing(config: PipelineConfig, entries: list[ModelFile], accepted: bo
     return len(missing)
 
 
-def ensure_models(config: PipelineConfig, stages: Iterable[type[Stage]], profile_arg: str | None) -> None:
+def ensure_models(config: PipelineConfig, stages: Iterable[type[Stage]], profile_arg: str | None,
+                  accepted: bool = False) -> None:
     """A run's first step: the model files of the chosen stages' backends, fetched when missing."""
     sections = {section for stage in stages for section in stage.sections}
-    fetched = fetch_missing(config, needed_models(config, sections), False, profile_arg)
+    fetched = fetch_missing(config, needed_models(config, sections), accepted, profile_arg)
     if fetched:
         console.print(f"fetched {fetched} model files into place")
 

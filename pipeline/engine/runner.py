@@ -25,7 +25,8 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import NAMES, OK
-from pipeline.engine.markers import Marker, count_outcomes, part_path, read_markers, write_marker
+from pipeline.engine.hygiene import refresh as refresh_whole_run
+from pipeline.engine.markers import Marker, count_outcomes, empty_marker, part_path, read_markers, write_marker_file
 from stages.base import ModelStage, Stage
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Plan:
     todo: list[dict[str, str]] = field(default_factory=list)
     skipped: int = 0
     missing: list[str] = field(default_factory=list)  # identities without upstream output
+    empty: list[Marker] = field(default_factory=list)  # tasks without input rows: done without running
 
 
 @dataclass
@@ -52,6 +54,7 @@ class TaskResult:
     reasons: dict[str, int] = field(default_factory=dict)
     started: float = 0.0  # wall clock (epoch seconds), comparable across the workers of one machine or cluster
     seconds: float = 0.0
+    marker: dict[str, Any] | None = None  # what the worker wrote, for the driver's marker index
 
 
 def name_digest(name: str) -> str:
@@ -76,9 +79,11 @@ def plan_stage(
     retry_failed: bool = False,
 ) -> Plan:
     """Which tasks to run: those without a marker matching today's config and today's input."""
+    refresh_whole_run(stage, upstream, config, run, identities, force)  # the hygiene stage's decisions first
     config_hash = stage.fingerprint(config)
-    done = read_markers(run, stage.name)
-    inputs = read_markers(run, upstream.name) if upstream else {}
+    slugs = [identity.slug for identity in identities]
+    done = read_markers(run, stage.name, slugs)
+    inputs = read_markers(run, upstream.name, slugs) if upstream else {}
     plan = Plan()
     for identity in identities:
         if upstream and identity.slug not in inputs:
@@ -87,7 +92,11 @@ def plan_stage(
         digest = inputs[identity.slug].output_digest if upstream else name_digest(identity.name)
         spec = {"task": identity.slug, "name": identity.name, "input_digest": digest, "mode": RUN}
         marker = done.get(identity.slug)
-        if force or marker is None or not marker.matches(config_hash, digest):
+        stale = force or marker is None or not marker.matches(config_hash, digest)
+        if stale and upstream and not inputs[identity.slug].kept:  # nothing to process: no Ray call, no part
+            plan.empty.append(empty_marker(stage.name, identity.slug, config_hash, digest))
+            plan.skipped += 1
+        elif stale:
             plan.todo.append(spec)
         elif retry_failed and marker.failed:
             plan.todo.append({**spec, "mode": RETRY})
@@ -104,6 +113,7 @@ class TaskExecutor:
         self.stage = stage(config, self.run)
         self.upstream = upstream
         self.config_hash = stage.fingerprint(config)
+        self.node = node_address()
         self.setup_error = self._setup()
 
     def _setup(self) -> str | None:
@@ -146,9 +156,9 @@ class TaskExecutor:
         digest = content_digest(output.drop_columns(list(self.stage.volatile)))
         statuses, reasons = count_outcomes(output)
         marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows,
-                        statuses, reasons, seconds=time.monotonic() - started)
-        write_marker(self.run, marker)
-        return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons)
+                        statuses, reasons, seconds=time.monotonic() - started, node=self.node)
+        write_marker_file(self.run, marker)
+        return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons, marker=asdict(marker))
 
     def _process(self, rows: pa.Table, prepared: bytes | None) -> pa.Table:
         """`infer` on what a CPU worker prepared, else the whole of `process` here."""
@@ -156,6 +166,13 @@ class TaskExecutor:
             return self.stage.process(rows)
         assert isinstance(self.stage, ModelStage)
         return self.stage.infer(rows, pickle.loads(prepared))
+
+
+def node_address() -> str:
+    """The address of the Ray node this process runs on; "" when an executor is called outside Ray."""
+    import ray  # here: the driver imports this module before it needs Ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else ""
 
 
 def first_line(exc: BaseException) -> str:

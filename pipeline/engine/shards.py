@@ -5,6 +5,10 @@ planning reads no data; each shard is then written by a Ray task, streamed one i
 into row groups, to a temporary name. `_index.parquet` (identity -> shard, first row, rows) is
 written after every shard, then shards of an older plan are removed: a reader that follows the
 index never sees a half-written or stale shard. A plan whose inputs are unchanged is not redone.
+
+The opt-out list (`governance.optout`) is applied again here, as it reads now: rows it covers are
+left out and counted (`opted_out` in the results and the card), and a changed list changes the
+plan's fingerprint, so shards are rewritten without it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +24,8 @@ import pyarrow.parquet as pq
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity
+from pipeline.core.optout import OptOutList
+from pipeline.core.removals import load_ledger
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.engine.markers import Marker, part_path
@@ -38,6 +44,7 @@ class ShardPlan:
 
     shards: list[list[str]]
     fingerprint: str
+    optout: OptOutList = field(default_factory=OptOutList)
 
     def file(self, index: int) -> str:
         return f"{SHARDS}/train-{index:05d}-of-{len(self.shards):05d}.parquet"
@@ -58,33 +65,52 @@ def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dic
         shards[-1].append(identity.slug)
         rows_in_last += marker.kept
         digests.append((identity.slug, marker.output_digest))
-    text = json.dumps({"shard": config.shard.model_dump(mode="json", exclude={"resources"}), "inputs": digests})
-    return ShardPlan(shards, hashlib.sha256(text.encode()).hexdigest()[:16])
+    optout = OptOutList.read(config.governance.optout, config.governance.optout_phash_bits)
+    text = json.dumps({"shard": config.shard.model_dump(mode="json", exclude={"resources"}), "inputs": digests,
+                       "optout": optout.digest})  # fmt: skip
+    return ShardPlan(shards, hashlib.sha256(text.encode()).hexdigest()[:16], optout)
 
 
 def is_current(run: RunDir, plan: ShardPlan) -> bool:
     return run.exists(DONE) and run.read_json(DONE).get("fingerprint") == plan.fingerprint
 
 
-def write_shard(run: RunDir, upstream: str, target: str, identities: list[str], row_group_rows: int) -> dict:
-    """One shard, streamed identity by identity; returns its index rows and provenance counts."""
+def without_opted_out(table: pa.Table, optout: OptOutList) -> tuple[pa.Table, Counter[str]]:
+    """The rows the opt-out list does not cover, and how many it left out, by reason."""
+    if not optout or not table.num_rows:
+        return table, Counter()
+    columns = [name for name in ("name", "url", "page_url", "image_id", "phash") if name in table.column_names]
+    verdicts = [optout.match(row) for row in table.select(columns).to_pylist()]
+    return table.filter(pa.array([verdict is None for verdict in verdicts])), Counter(v[0] for v in verdicts if v)
+
+
+def write_shard(
+    run: RunDir, upstream: str, target: str, identities: list[str], row_group_rows: int,
+    optout: OptOutList | None = None,
+) -> dict:
+    """One shard, streamed identity by identity; returns its index rows, provenance and opt-out counts."""
     index, counts, first_row = [], {key: Counter() for key in PROVENANCE_COUNTS}, 0
+    opted_out: Counter[str] = Counter()
     writer: pq.ParquetWriter | None = None
+    removals = load_ledger(run)  # a takedown made after these rows were written still keeps them out
     with run.open_atomic(target) as stream:
         for identity in identities:
             table = run.read_table(part_path(upstream, identity))
-            table = table.filter(pc.equal(table["status"], OK)).drop_columns(ROW_STATUS)
+            table, taken_down = removals.withhold(table.filter(pc.equal(table["status"], OK)))
+            table, left_out = without_opted_out(table.drop_columns(ROW_STATUS), optout or OptOutList())
+            opted_out.update(taken_down + left_out)
             if writer is None:
                 writer = pq.ParquetWriter(stream, table.schema, compression="zstd")
             writer.write_table(table.cast(writer.schema), row_group_size=row_group_rows)
-            index.append({"identity": identity, "shard": target.rsplit("/", 1)[1], "row_start": first_row,
-                          "num_rows": table.num_rows})
+            if table.num_rows:  # an identity the opt-out list emptied is not in the index
+                index.append({"identity": identity, "shard": target.rsplit("/", 1)[1], "row_start": first_row,
+                              "num_rows": table.num_rows})
             first_row += table.num_rows
             for key in PROVENANCE_COUNTS:
                 counts[key].update(str(value) for value in table[key].to_pylist())
         if writer is not None:
             writer.close()
-    return {"index": index, "counts": {key: dict(counter) for key, counter in counts.items()}}
+    return {"index": index, "counts": {key: dict(counter) for key, counter in counts.items()}, "opted_out": opted_out}
 
 
 def finish(run: RunDir, plan: ShardPlan, results: list[dict], card: str) -> None:
@@ -92,7 +118,9 @@ def finish(run: RunDir, plan: ShardPlan, results: list[dict], card: str) -> None
     rows = sorted((row for result in results for row in result["index"]), key=lambda r: (r["shard"], r["row_start"]))
     run.write_table(INDEX, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
     run.write_bytes(f"{SHARDS}/README.md", card.encode())
-    run.write_json(DONE, {"fingerprint": plan.fingerprint, "shards": len(plan.shards), "rows": sum(r["num_rows"] for r in rows)})
+    written = sum(r["num_rows"] for r in rows)
+    run.write_json(DONE, {"fingerprint": plan.fingerprint, "shards": len(plan.shards), "rows": written,
+                          "opted_out": dict(opted_out_counts(results))})  # fmt: skip
     current = {plan.file(i).rsplit("/", 1)[1] for i in range(len(plan.shards))}
     for name in run.list_files(SHARDS, ".parquet"):
         if name.startswith("train-") and name not in current:
@@ -119,13 +147,22 @@ def shard_counts(run: RunDir) -> StageCounts:
     return counts
 
 
-def dataset_card(config: PipelineConfig, funnel: str, results: list[dict]) -> str:
+def opted_out_counts(results: list[dict]) -> Counter[str]:
+    """Rows the opt-out list left out of these shards, by reason."""
+    total: Counter[str] = Counter()
+    for result in results:
+        total.update(result.get("opted_out", {}))
+    return total
+
+
+def dataset_card(config: PipelineConfig, funnel: str, results: list[dict], governance: str = "") -> str:
     """shards/README.md: what is in the dataset, how it was made, and where it came from."""
     rows = [row for result in results for row in result["index"]]
     provenance = {key: Counter() for key in PROVENANCE_COUNTS}
     for result in results:
         for key, counts in result["counts"].items():
             provenance[key].update(counts)
+    opted_out = opted_out_counts(results)
     lines = [
         "# Dataset card",
         "",
@@ -137,6 +174,8 @@ def dataset_card(config: PipelineConfig, funnel: str, results: list[dict]) -> st
             "Each row is one verified photo of its identity; the columns are documented in the pipeline's "
             "README. Every image keeps its source URL and page: check each source's terms before use."
         ),
+        *(["", "**This dataset is empty**: no image passed every stage (the funnel below shows where they dropped)."]
+          if not rows else []),
         "",
         "## Funnel (rows per stage)",
         "",
@@ -148,7 +187,11 @@ def dataset_card(config: PipelineConfig, funnel: str, results: list[dict]) -> st
         "",
         *(f"- {key}: " + ", ".join(f"{value} {count:,}" for value, count in counts.most_common(20))
           for key, counts in provenance.items()),
+        *([f"- left out by the opt-out list when these shards were written: {sum(opted_out.values()):,} rows"
+           + "".join(f", {reason} {count:,}" for reason, count in opted_out.most_common())]
+          if config.governance.optout else []),
         "",
+        *([governance, ""] if governance else []),
         "## Config",
         "",
         "```yaml",

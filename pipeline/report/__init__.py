@@ -7,11 +7,14 @@ Everything is written through the RunDir, so the report sits beside a run on dis
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from pipeline.core.rundir import RunDir
-from pipeline.report import gallery, generator, sections
+from pipeline.report import gallery, generator, governance, hygiene, sections
 from pipeline.report.data import gather
 from pipeline.report.figures import verify_threshold, write_figures
 from pipeline.report.html import page
+from pipeline.report.quality import pairs_section
 from pipeline.report.sheets import build_sheet, choose, guidance_tile
 from pipeline.report.state import load_state
 from pipeline.report.summary import summary
@@ -40,17 +43,25 @@ def write_report(run: RunDir) -> dict:
     kept = [guidance_tile(c, names.get(c.identity, c.identity), thumbs) for c in gathered.guidance.lowest_kept()]
     dropped = [guidance_tile(c, names.get(c.identity, c.identity), thumbs) for c in gathered.guidance.highest_dropped()]
     records = generator.read_records(run)
+    consent, consent_numbers = governance.build(run, state)
+    across, across_numbers = hygiene.build(run, state, gathered.identities, thumbs)
     body = [
         ("overview", "Overview", sections.overview(state, state.missing())),
         ("funnel", "Funnel", sections.funnel(state)),
+        ("governance", "Governance", consent),
         ("identities", "Identities", sections.identity_table(gathered.identities, {s.slug for s in chosen})),
+        ("hygiene", "Across identities", across),
         ("distributions", "Distributions", sections.figures(figures)),
+        ("pairs", "Training pairs", pairs_section(gathered.pairs, names, gathered.training)),
         ("guidance", "Threshold guidance", gallery.guidance(kept, dropped, threshold)),
         ("sheets", "Contact sheets", gallery.sheets(sheets, len(state.identities))),
         ("generator", "Reference generator", generator.render(records, thumbs)),
     ]
     run.write_bytes(INDEX, page("Dataset QA report", body).encode())
     numbers = summary(state, gathered, threshold, [s.slug for s in chosen], generator.summaries(records))
+    numbers["governance"] = consent_numbers
+    numbers["hygiene"] = across_numbers
+    numbers["training_pairs"] = {slug: asdict(counts) for slug, counts in gathered.pairs.items()}
     run.write_json(SUMMARY, numbers)
     thumbs.prune()
     return numbers

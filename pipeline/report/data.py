@@ -9,18 +9,21 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pipeline.core.config import TrainingSection
+from pipeline.core.pairs import PairCounts
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
-from pipeline.engine.markers import part_path
+from pipeline.engine.markers import read_part
 from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Distributions
+from pipeline.report.quality import add_quality, identity_pairs
 from pipeline.report.state import RunState
 
 NOT_TARGET = "not_target_identity"  # verify's threshold decision; other verify drops are about counts
 COLUMNS = {
     "filter": ["status", "width", "height", "faces"],
     "verify": ["identity", "image_id", "status", "reason", "detail", "sim_to_centroid", "identity_purity",
-               "identity_competing", "raw_path", "target_face", "faces", "face_backend"],
+               "identity_competing", "raw_path", "target_face", "faces", "face_backend", "dup_group"],
     "segment": ["status", "mask_area"],
     "caption": ["status", "caption", "class_word", "class_word_disagrees"],
 }
@@ -54,10 +57,12 @@ class Gathered:
     dists: Distributions = field(default_factory=Distributions)
     guidance: Guidance = field(default_factory=Guidance)
     face_backends: set[str] = field(default_factory=set)
+    training: TrainingSection = field(default_factory=TrainingSection)  # the rules pairs are counted under
+    pairs: dict[str, PairCounts] = field(default_factory=dict)  # identity slug -> its training pairs
 
 
 def gather(run: RunDir, state: RunState) -> Gathered:
-    result = Gathered([])
+    result = Gathered([], training=state.config.training)
     for identity in state.identities:
         stats = IdentityStats(identity.slug, identity.name)
         for stage in state.done_stages(identity.slug):
@@ -65,7 +70,7 @@ def gather(run: RunDir, state: RunState) -> Gathered:
             if stage.name == "crawl":
                 stats.crawled = stats.kept
             if stage.name in COLUMNS:
-                rows = run.read_table(part_path(stage.name, identity.slug), COLUMNS[stage.name]).to_pylist()
+                rows = read_part(run, stage.name, identity.slug, COLUMNS[stage.name]).to_pylist()
                 READERS[stage.name](rows, stats, result)
         result.identities.append(stats)
     return result
@@ -100,6 +105,10 @@ def _verify(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
     for row in rows:
         if row["sim_to_centroid"] is not None and (row["status"] == OK or row["reason"] == NOT_TARGET):
             result.guidance.offer(row, kept=row["status"] == OK)
+    add_quality(rows, result.dists.hists)
+    pairs = identity_pairs(rows, result.training)
+    if pairs is not None:
+        result.pairs[stats.slug] = pairs
 
 
 def _segment(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
-from pipeline.engine.markers import part_path
+from pipeline.engine.markers import read_part
 from pipeline.report.data import IdentityStats
 from pipeline.report.guidance import Candidate
 from pipeline.report.state import RunState
@@ -51,7 +51,7 @@ def build_sheet(run: RunDir, state: RunState, stats: IdentityStats, thumbs: Thum
     done = state.done_stages(stats.slug)
     kept_rows: list[dict] = []
     if done:
-        table = run.read_table(part_path(done[-1].name, stats.slug))
+        table = read_part(run, done[-1].name, stats.slug)
         kept_rows = table.filter(pc.equal(table["status"], OK)).to_pylist()
     kept_rows.sort(key=lambda row: (row.get("sim_to_centroid") is None, row.get("sim_to_centroid") or 0.0))
     # Later stages first: their drops say more about the identity than a failed download does.
@@ -68,7 +68,7 @@ def build_sheet(run: RunDir, state: RunState, stats: IdentityStats, thumbs: Thum
 def _dropped_rows(run: RunDir, stage: str, slug: str) -> list[dict]:
     """Not-kept rows of one stage, without image bytes."""
     extra = FACE_COLUMNS.get(stage, ["faces", "target_face", "sim_to_centroid"])
-    table = run.read_table(part_path(stage, slug), DROP_COLUMNS + extra)
+    table = read_part(run, stage, slug, DROP_COLUMNS + extra)
     return table.filter(pc.not_equal(table["status"], OK)).to_pylist()
 
 
