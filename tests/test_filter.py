@@ -106,8 +106,8 @@ def real_photo(faces: dict, name: str) -> bytes:
 
 
 def test_real_faces_are_kept_with_their_evidence(tmp_path, faces) -> None:
-    # img38 (george_clooney, 1275x675, one large face) and couple.jpg (two people)
-    single, couple = filter_many(tmp_path, [real_photo(faces, "img38.jpg"), real_photo(faces, "couple.jpg")],
+    # img34 (leonardo_dicaprio, 1600x1065, one large face) and couple.jpg (two people)
+    single, couple = filter_many(tmp_path, [real_photo(faces, "img34.jpg"), real_photo(faces, "couple.jpg")],
                                  "filter.min_face_size=100", "filter.min_short_side=256")
     assert single["status"] == "ok" and len(single["faces"]) == 1
     face = single["faces"][0]
@@ -115,18 +115,18 @@ def test_real_faces_are_kept_with_their_evidence(tmp_path, faces) -> None:
     assert 0 <= x0 < x1 <= single["width"] and 0 <= y0 < y1 <= single["height"]
     assert len(face["embedding"]) == 128 and abs(np.linalg.norm(face["embedding"]) - 1) < 1e-4
     config = load_config(resolve_profile("cpu"))  # the raw descriptor's norm, as the backend gives it on the same image
-    image, _ = decode_for_detection(real_photo(faces, "img38.jpg"), config.filter.max_pixels, config.face.max_side)
+    image, _ = decode_for_detection(real_photo(faces, "img34.jpg"), config.filter.max_pixels, config.face.max_side)
     (expected,) = open_backend(config).analyze([np.asarray(image)])[0]
     assert face["embedding_norm"] == pytest.approx(expected.embedding_norm, rel=1e-6)
     assert abs(face["embedding_norm"] - 1) > 0.1
     assert x0 <= face["landmarks"][0] <= x1 and y0 <= face["landmarks"][1] <= y1
-    assert single["face_backend"] == "dlib" and "dlib" in json.loads(single["face_models"])
+    assert single["face_backend"] == "sface" and json.loads(single["face_models"])["backend"] == "sface"
     assert len(single["phash"]) == 16
     assert couple["status"] == "ok" and couple["num_detected"] == 2
 
 
 def test_small_faces_are_dropped_with_the_size_found(tmp_path, faces) -> None:
-    row = filter_one(tmp_path, real_photo(faces, "img38.jpg"), "filter.min_face_size=2000")
+    row = filter_one(tmp_path, real_photo(faces, "img34.jpg"), "filter.min_face_size=2000")
     assert row["reason"] == "face_too_small" and row["num_detected"] == 1
     assert row["detail"].startswith("largest face")
 

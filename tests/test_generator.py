@@ -48,6 +48,8 @@ TINY = {"width": 32, "height": 32, "steps": 4, "start_merge_step": 2}
 TOKENS = {"v1": 1, "v2": 2}  # ID tokens per reference
 DET_SIZE = 128  # the tiny insightface pack's detector input: small, so firing everywhere stays cheap
 
+DLIB_RUN = ["--config", "cpu", "--set", "face.backend=dlib"]  # the test shards are embedded with dlib
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -272,7 +274,7 @@ def test_v2_on_shards_from_before_embedding_norm_is_one_clear_error(models, arcf
     faces = [[{k: v for k, v in face.items() if k != "embedding_norm"} for face in row]
              for row in table["faces"].to_pylist()]
     pq.write_table(table.set_column(table.schema.get_field_index("faces"), "faces", pa.array(faces, old_face)), shard)
-    args = ["generate", "--config", "cpu", "--identity", "angelina_jolie", "--prompt", "a woman img",
+    args = ["generate", *DLIB_RUN, "--identity", "angelina_jolie", "--prompt", "a woman img",
             "--base-model", str(models["base"]), "--adapter", str(models["v2_bin"]),
             "--set", "face.backend=insightface", "--set", f"face.model={models['arcface_pack']}",
             "--set", "face.device=cpu", "--set", f"face.det_size={DET_SIZE}"]
@@ -313,13 +315,13 @@ def test_a_v2_file_on_dlib_shards_is_one_clear_error_before_sdxl_loads(models, r
         raise SDXLLoaded
 
     monkeypatch.setattr(generator_run, "load_generator", load_generator)
-    args = ["generate", "--config", "cpu", "--out", str(run_dir), "--identity", "mark_zuckerberg", "--prompt",
+    args = ["generate", *DLIB_RUN, "--out", str(run_dir), "--identity", "mark_zuckerberg", "--prompt",
             "a man img", "--base-model", str(models["base"]), "--adapter", str(models["v2_bin"])]
     assert main(args) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "v2 file: it needs 512-d insightface ArcFace embeddings" in error
     assert "the shards hold 128-d ones (dlib)" in error and "face.backend=insightface" in error
-    config = load_config(resolve_profile("cpu"), [f"generate.base_model={models['base']}",
+    config = load_config(resolve_profile("cpu"), [DLIB_RUN[-1], f"generate.base_model={models['base']}",
                                                    f"generate.adapter={models['v1_bin']}"])
     with pytest.raises(SDXLLoaded):  # the same shards pass the checks with a v1 file
         run_generate(config, RunDir(str(run_dir)), Request("a man img", ["mark_zuckerberg"], [2], None))
@@ -361,7 +363,7 @@ def test_references_prefer_distinct_photos_over_near_duplicates() -> None:
 def test_a_reference_crop_scores_as_its_own_face(run_dir: Path) -> None:
     """Real dlib on a real crop: the sanity score's plumbing, checked where the answer is known."""
     rows = load_identity(RunDir(str(run_dir)), "angelina_jolie")
-    scorer = open_scorer(load_config(resolve_profile("cpu")).face, {rows.face_backend})
+    scorer = open_scorer(load_config(resolve_profile("cpu"), ["face.backend=dlib"]), {rows.face_backend})
     ref = rows.references[0]
     [score] = score_images(scorer, [Image.open(io.BytesIO(ref.crop_image))], [ref], {"angelina_jolie": rows.centroid()})
     assert score["face_found"] and score["sim_to_references"][ref.image_id] > 0.95
@@ -377,7 +379,7 @@ def test_generate_end_to_end_through_the_cli(models, run_dir: Path, arcface_run_
                              "--set", "face.device=cpu", "--set", f"face.det_size={DET_SIZE}"]}[version]
     run_dir = {"v1": run_dir, "v2": arcface_run_dir}[version]
     result = run_cli(
-        "generate", "--config", "cpu", "--out", str(run_dir), "--identity", "angelina_jolie", "--identity",
+        "generate", *DLIB_RUN, "--out", str(run_dir), "--identity", "angelina_jolie", "--identity",
         "mark_zuckerberg", "--num-ref", "2", "--num-ref", "1", "--prompt", "a portrait of a woman img, studio light",
         "--seed", "7", "--steps", "3", "--start-merge-step", "1", "--num-images", "2", "--base-model",
         str(models["base"]), "--adapter", str(models[f"{version}_bin"]), "--set", "generate.width=64",
