@@ -2,7 +2,10 @@
 
 One item per target row: the target crop with its person mask, caption and class word, plus 1-4
 reference crops of the same identity, each from another near-duplicate group than the target (and
-than each other), so the ID images never show the target photo, even resized or re-encoded.
+than each other), so the ID images never show the target photo, even resized or re-encoded, and
+none whose face is more alike than `copy_paste_max` (its shoot, not the person: it would teach
+copy-paste); photos whose head turns away from the target's pose are drawn more often
+(pipeline/core/pairs.py has the rules).
 
 ```python
 from torch.utils.data import DataLoader
@@ -12,7 +15,8 @@ dataset = IdentityDataset("runs/default/shards", num_refs=(1, 4), image_size=512
 loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=4, collate_fn=collate_references)
 ```
 
-Only small columns (identity, image_id, dup_group) are read when the dataset is built; image bytes
+Only small columns (identity, image_id, dup_group, the faces) are read when the dataset is built, and
+only each row's yaw and its too-alike pairs are kept from the faces; image bytes
 are read per item, one Parquet row group at a time, with a few row groups cached per worker (an
 identity's rows are contiguous, so a target and its references usually share one). No file stays
 open between reads, so the dataset pickles cheaply into DataLoader workers under any start method.
@@ -37,10 +41,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pipeline.core.config import TrainingSection
+from pipeline.core.pairs import pose_weights, too_similar, weighted_sample
 from pipeline.core.rundir import RunDir
 
 INDEX_FILE = "_index.parquet"
-PLAN_COLUMNS = ["identity", "image_id", "dup_group"]
+PLAN_COLUMNS = ["identity", "image_id", "dup_group", "faces", "target_face", "face_backend"]
 ITEM_COLUMNS = ["identity", "image_id", "crop_image", "mask", "caption", "class_word", "class_word_tokens"]
 TOKEN_PAD = -1  # never a valid token position
 
@@ -60,11 +66,13 @@ class IdentityDataset(Dataset):
       reference_ids      list of K image_ids
 
     H = W = `image_size` when given, else the stored crop side (one per run: `crop.size`).
-    References come from K distinct `dup_group`s other than the target's, drawn from a generator
+    References come from K distinct `dup_group`s other than the target's, never with a target face
+    more alike than `copy_paste_max` (None: `training.copy_paste_max`'s default for the shards' face
+    backend), drawn with weights that grow with the yaw difference to the target, from a generator
     seeded by (seed, index): the same shards and arguments give the same epoch in any worker and
-    any order; pass a new seed per epoch for new references. A target whose identity has fewer
-    than num_refs[0] other duplicate groups cannot be served and is skipped: such identities are
-    listed in `skipped_identities`, their rows counted in `skipped_rows`.
+    any order; pass a new seed per epoch for new references. A target with fewer than num_refs[0]
+    groups left under these rules cannot be served and is skipped: such rows are counted in
+    `skipped_rows`, identities none of whose rows can be served are listed in `skipped_identities`.
     `transform`, when given, maps each finished item (a dict) to the item returned.
     """
 
@@ -76,12 +84,14 @@ class IdentityDataset(Dataset):
         seed: int = 0,
         transform: Callable[[Item], Item] | None = None,
         *,
+        copy_paste_max: float | None = None,
         cached_row_groups: int = 4,
     ) -> None:
         low, high = num_refs
         if not 1 <= low <= high:
             raise ValueError(f"num_refs must satisfy 1 <= low <= high, got {num_refs}")
         self.num_refs, self.image_size, self.seed, self.transform = (low, high), image_size, seed, transform
+        self._rules = TrainingSection(copy_paste_max=copy_paste_max)
         self._root = RunDir(str(shards_dir))  # local path or any pyarrow URI (s3://...); pickles by URI
         self._cached_row_groups = cached_row_groups
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
@@ -94,8 +104,9 @@ class IdentityDataset(Dataset):
         for entry in entries:
             by_shard.setdefault(entry["shard"], []).append(entry)
         self._shards = list(by_shard)
-        shard_of, row_of, group_of, image_ids, offsets, total = [], [], [], [], {}, 0
+        shard_of, row_of, group_of, image_ids, yaws, offsets, total = [], [], [], [], [], {}, 0
         self._row_group_starts: list[list[int]] = []
+        self._blocked: dict[int, np.ndarray] = {}  # target row -> rows too alike to serve it (only where any)
         for number, shard in enumerate(self._shards):
             offsets[shard] = total
             table, starts = self._read_plan_columns(shard, by_shard[shard])
@@ -106,10 +117,12 @@ class IdentityDataset(Dataset):
             key = pc.coalesce(table["dup_group"], table["image_id"]).combine_chunks()
             group_of.append(key.dictionary_encode().indices.to_numpy().astype(np.int64))
             image_ids.append(table["image_id"].combine_chunks())
+            yaws.append(self._plan_faces(table, group_of[-1], by_shard[shard], total))
             total += table.num_rows
         self._shard_of = np.concatenate(shard_of) if shard_of else np.zeros(0, np.int32)
         self._row_of = np.concatenate(row_of) if row_of else np.zeros(0, np.int64)
         self._group_of = np.concatenate(group_of) if group_of else np.zeros(0, np.int64)
+        self._yaw = np.concatenate(yaws) if yaws else np.zeros(0, np.float32)
         self._image_ids = pa.chunked_array(image_ids, pa.string()).combine_chunks()
         self._spans = [(offsets[e["shard"]] + e["row_start"], e["num_rows"], e["identity"]) for e in entries]
         self._select_targets()
@@ -126,18 +139,40 @@ class IdentityDataset(Dataset):
             raise ValueError(f"{shard} does not hold the rows {INDEX_FILE} lists; re-run `pipeline run --stage shard`")
         return table, [0, *np.cumsum(sizes).tolist()]
 
+    def _plan_faces(self, table: pa.Table, groups: np.ndarray, entries: list[dict], offset: int) -> np.ndarray:
+        """The shard's target-face yaws (NaN where unmeasured); records each identity's too-alike pairs."""
+        vectors, yaws = target_faces(table)
+        backends = table["face_backend"].to_pylist()
+        for entry in entries:
+            rows = np.arange(entry["row_start"], entry["row_start"] + entry["num_rows"])
+            blocked = too_similar(vectors[rows], groups[rows], self._rules.resolved(backends[rows[0]]))
+            for target, mask in zip(rows, blocked, strict=True):
+                if mask.any():
+                    self._blocked[offset + int(target)] = offset + rows[mask]
+        return yaws
+
     def _select_targets(self) -> None:
-        """Keep the rows of identities with at least num_refs[0] duplicate groups besides the target's."""
+        """Keep the rows with at least num_refs[0] duplicate groups the reference rules allow them."""
         targets, self.skipped_identities, self.skipped_rows = [], [], 0
         self._span_of = np.zeros(len(self._row_of), dtype=np.int32)
         for number, (start, count, identity) in enumerate(self._spans):
             self._span_of[start : start + count] = number
-            if len(np.unique(self._group_of[start : start + count])) - 1 >= self.num_refs[0]:
-                targets.append(np.arange(start, start + count))
-            else:
+            rows = np.arange(start, start + count)
+            served = [row for row in rows if len(np.unique(self._group_of[self._candidates(row)])) >= self.num_refs[0]]
+            targets.append(np.asarray(served, dtype=np.int64))
+            self.skipped_rows += count - len(served)
+            if not served:
                 self.skipped_identities.append(identity)
-                self.skipped_rows += count
         self._targets = np.concatenate(targets) if targets else np.zeros(0, np.int64)
+
+    def _candidates(self, target: int) -> np.ndarray:
+        """Global rows that may serve `target` as references: its identity's, another group, not too alike."""
+        start, count, _ = self._spans[self._span_of[target]]
+        rows = np.arange(start, start + count)
+        usable = self._group_of[rows] != self._group_of[target]
+        if target in self._blocked:
+            usable &= ~np.isin(rows, self._blocked[target])
+        return rows[usable]
 
     def __len__(self) -> int:
         return len(self._targets)
@@ -161,16 +196,17 @@ class IdentityDataset(Dataset):
         return self.transform(item) if self.transform else item
 
     def reference_rows(self, index: int) -> list[int]:
-        """Global rows of item `index`'s references: distinct groups other than the target's, seeded."""
+        """Global rows of item `index`'s references: one photo from each of some allowed groups, seeded,
+        groups whose photo turns away from the target's pose drawn more often."""
         index = range(len(self))[index]
         target = int(self._targets[index])
-        start, count, _ = self._spans[self._span_of[target]]
-        rows = np.arange(start, start + count)
-        groups = self._group_of[rows]
-        others = [int(g) for g in np.unique(groups) if g != self._group_of[target]]
+        candidates = self._candidates(target)
+        groups = self._group_of[candidates]
         rng = random.Random(f"{self.seed}:{index}")  # str seeds hash the same in every process
-        chosen = rng.sample(others, rng.randint(self.num_refs[0], min(self.num_refs[1], len(others))))
-        return [int(rng.choice(rows[groups == group])) for group in chosen]
+        photos = [int(rng.choice(candidates[groups == group])) for group in np.unique(groups)]
+        count = rng.randint(self.num_refs[0], min(self.num_refs[1], len(photos)))
+        weights = pose_weights(self._yaw[photos], float(self._yaw[target]))
+        return [photos[i] for i in weighted_sample(rng, weights.tolist(), count)]
 
     def _read_row(self, row: int) -> dict[str, Any]:
         shard, local = int(self._shard_of[row]), int(self._row_of[row])
@@ -198,6 +234,18 @@ class IdentityDataset(Dataset):
         state = self.__dict__.copy()
         state["_cache"] = OrderedDict()  # workers read their own rows; don't ship image bytes to them
         return state
+
+
+def target_faces(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's target-face embedding, L2-normalised (rows x dim), and yaw (NaN where unmeasured), in arrow."""
+    faces = table["faces"].combine_chunks()
+    offsets = faces.offsets.to_numpy()
+    targets = faces.flatten().take(pa.array(offsets[:-1] - offsets[0] + table["target_face"].to_numpy()))
+    vectors = targets.field("embedding").flatten().to_numpy().reshape(len(targets), -1).astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    has_yaw = targets.type.get_field_index("yaw") >= 0  # shards written before filter measured pose lack it
+    yaws = targets.field("yaw").to_numpy(zero_copy_only=False) if has_yaw else np.full(len(targets), np.nan)
+    return vectors, np.asarray(yaws, dtype=np.float32)
 
 
 def decode_image(data: bytes, size: int | None) -> torch.Tensor:

@@ -4,7 +4,8 @@
 detection; `infer` (the face model's actors) finds and embeds the faces and judges them.
 
 Every face whose box reaches `filter.min_face_size` is kept in the row with its embedding (unit
-vector and raw norm), so verify can re-decide with new thresholds without running a model again.
+vector and raw norm) and its quality evidence (sharpness, head pose, share of the image), so verify
+can re-decide with new thresholds without running a model again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.schema import FACE_EVIDENCE, IMAGE_SIZE
 from stages.base import ModelStage, Row, drop, keep
 from stages.faces import FACES, Face, open_backend
+from stages.faces.quality import head_pose, sharpness
 from stages.imaging import ImageRejected, decode_for_detection, probe
 
 
@@ -40,7 +42,9 @@ class FilterStage(ModelStage):
     sections = ("filter", "face")
     requires = ("raw_path",)
     produces = pa.schema([*IMAGE_SIZE, *FACE_EVIDENCE])
-    version = 2  # 2: faces carry `embedding_norm`
+    # 2: faces carry `embedding_norm`; 3: and quality evidence (sharpness, yaw/pitch/roll, image_share), which needs
+    # the decoded pixels: a run made before it re-runs filter once, since verify's gates read it
+    version = 3
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
@@ -87,23 +91,27 @@ class FilterStage(ModelStage):
     def _detect(self, candidates: list[Candidate]) -> None:
         if not candidates:
             return
-        found = self.backend.analyze([np.asarray(c.image) for c in candidates])
-        for candidate, faces in zip(candidates, found, strict=True):
-            candidate.verdict = self._judge(faces, candidate.scale, candidate.columns or {})
+        pixels = [np.asarray(c.image) for c in candidates]
+        found = self.backend.analyze(pixels)
+        for candidate, image, faces in zip(candidates, pixels, found, strict=True):
+            candidate.verdict = self._judge(faces, candidate.scale, candidate.columns or {}, image)
             candidate.image = None  # done with the pixels
 
-    def _judge(self, faces: list[Face], scale: float, columns: Row) -> Row:
+    def _judge(self, faces: list[Face], scale: float, columns: Row, pixels: np.ndarray) -> Row:
         evidence = {**columns, "num_detected": len(faces), "face_backend": self.backend.name,
                     "face_models": self.models}
         if not faces:
             return drop("no_face", "the detector found no face", **evidence)
         records = [face_record(face, scale) for face in faces]
-        large = [record for record in records if box_side(record["box"]) >= self.config.filter.min_face_size]
+        minimum = self.config.filter.min_face_size
+        large = [pair for pair in zip(faces, records, strict=True) if box_side(pair[1]["box"]) >= minimum]
         if not large:
             biggest = max(box_side(record["box"]) for record in records)
-            detail = f"largest face {biggest:.0f} px < {self.config.filter.min_face_size}"
+            detail = f"largest face {biggest:.0f} px < {minimum}"
             return drop("face_too_small", detail, **evidence)
-        return keep(**evidence, faces=large)
+        area = columns["width"] * columns["height"]
+        measured = [{**record, **face_quality(face, record, pixels, area)} for face, record in large]
+        return keep(**evidence, faces=measured)
 
 
 def face_record(face: Face, scale: float) -> Row:
@@ -115,6 +123,19 @@ def face_record(face: Face, scale: float) -> Row:
         "score": float(face.score),
         "embedding": face.embedding.astype(np.float32).tolist(),
         "embedding_norm": float(face.embedding_norm),
+    }
+
+
+def face_quality(face: Face, record: Row, pixels: np.ndarray, image_area: int) -> Row:
+    """Quality evidence of a face: landmarks in the pixels it was detected on, the share in full-size pixels."""
+    yaw, pitch, roll = head_pose(face.landmarks)
+    x0, y0, x1, y1 = record["box"]
+    return {
+        "sharpness": sharpness(pixels, face.landmarks),
+        "yaw": yaw,
+        "pitch": pitch,
+        "roll": roll,
+        "image_share": (x1 - x0) * (y1 - y0) / image_area,
     }
 
 

@@ -19,7 +19,10 @@ The rule, and why:
 4. Near-duplicates (the same photo resized, re-encoded, cropped or mirrored) share a `dup_group`:
    connected components of "phash within `dup_hamming` bits, or target faces at least
    `dup_similarity` alike"; the group is named by its smallest image_id.
-5. An identity needs `min_images` distinct kept photos (duplicate groups), since training takes
+5. The target face must pass the quality gates of `verify.quality` (stages/face_gates.py: pose,
+   sharpness, detector score, share of the image, large faces), each with its own drop reason; they
+   read the evidence filter stored, so re-tuning one re-runs verify only.
+6. An identity needs `min_images` distinct kept photos (duplicate groups), since training takes
    reference and target from different photos; otherwise its kept rows drop as `too_few_images`.
 """
 
@@ -30,26 +33,30 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.config import VERIFY_BACKEND_DEFAULTS
+from pipeline.core.config import FACE_SCORE_DEFAULTS, VERIFY_BACKEND_DEFAULTS
 from pipeline.core.schema import VERIFICATION
 from stages.base import Row, Stage, drop, keep
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
+from stages.face_gates import LARGE_FACE_RATIO, Gates, failures, large_faces
 
 
-def image_columns(decision: Decision, image: int, first_face: int, group: str) -> Row:
+def image_columns(decision: Decision, image: int, target: int, faces: list[Row], group: str) -> Row:
     runner_up = decision.runner_up[image]
     return {
-        "target_face": int(decision.target[image] - first_face),  # index within the image's own faces
+        "target_face": target,  # index within the image's own faces
         "sim_to_centroid": float(decision.sim[image]),
         "runner_up_sim": None if np.isnan(runner_up) else float(runner_up),
         "dup_group": group,
+        "large_faces": large_faces(faces, target),
     }
 
 
-def outcome(columns: Row, passed: bool, distinct: int, settings: Settings) -> Row:
+def outcome(columns: Row, passed: bool, failed: list[tuple[str, str]], distinct: int, settings: Settings) -> Row:
     if not passed:
         detail = f"best face {columns['sim_to_centroid']:.3f} < {settings.threshold}"
         return drop("not_target_identity", detail, **columns)
+    if failed:  # the first reason names the row; the detail lists every gate it fails, for re-tuning
+        return drop(failed[0][0], "; ".join(detail for _, detail in failed), **columns)
     if distinct < settings.min_images:
         return drop("too_few_images", f"{distinct} distinct photos kept < {settings.min_images}", **columns)
     return keep(**columns)
@@ -61,7 +68,8 @@ class VerifyStage(Stage):
 
     @classmethod
     def constants(cls) -> dict[str, Any]:
-        return {"backend_defaults": VERIFY_BACKEND_DEFAULTS}
+        return {"backend_defaults": VERIFY_BACKEND_DEFAULTS, "face_score_defaults": FACE_SCORE_DEFAULTS,
+                "large_face_ratio": LARGE_FACE_RATIO}
     requires = ("faces", "phash", "face_backend")
     produces = VERIFICATION
     tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate
@@ -80,22 +88,26 @@ class VerifyStage(Stage):
 
     def verify(self, rows: list[Row]) -> dict[str, Row]:
         """image_id -> the verify columns, for rows that all have faces, sorted by image_id."""
-        settings = Settings.of(self.config.verify, backend_of(rows))
+        backend = backend_of(rows)
+        settings, gates = Settings.of(self.config.verify, backend), Gates.of(self.config.verify.quality, backend)
         folder = Folder.of(rows)
         decision = decide(folder, settings)
         groups = dup_groups(folder, decision.target, settings)
-        distinct = len({groups[i] for i in np.flatnonzero(decision.passed)})
+        targets = decision.target - np.searchsorted(folder.owner, np.arange(folder.num_images))
+        failed = [failures(row["faces"], int(target), gates) for row, target in zip(rows, targets, strict=True)]
+        usable = decision.passed & np.array([not found for found in failed])
+        distinct = len({groups[i] for i in np.flatnonzero(usable)})  # photos training can use
         identity = {
             "cluster_size": decision.cluster_size,
             "identity_purity": decision.cluster_size / folder.num_images,
             "identity_competing": decision.competing,
-            "identity_kept": int(decision.passed.sum()) if distinct >= settings.min_images else 0,
+            "identity_kept": int(usable.sum()) if distinct >= settings.min_images else 0,
         }
-        first_face = np.searchsorted(folder.owner, np.arange(folder.num_images))
         return {
             image_id: outcome(
-                {**identity, **image_columns(decision, i, first_face[i], groups[i])},
+                {**identity, **image_columns(decision, i, int(targets[i]), rows[i]["faces"], groups[i])},
                 bool(decision.passed[i]),
+                failed[i],
                 distinct,
                 settings,
             )

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from pipeline.core.config import TrainingSection
 from pipeline.training import IdentityDataset, collate_references
 from tests.conftest import REPO, run_cli
 from tests.local_tree import build_tree
@@ -146,10 +147,17 @@ def test_each_item_is_its_target_with_references_of_other_photos_of_its_identity
         assert 1 <= len(references) <= 4 and item["references"].shape[0] == len(references)
         assert all(ref["identity"] == target["identity"] for ref in references)
         assert all(ref["dup_group"] != target["dup_group"] for ref in references)  # not the target, nor its copies
+        assert all(similarity(ref, target) <= TrainingSection().resolved("sface") for ref in references)  # its shoot
         assert len({ref["dup_group"] for ref in references}) == len(references)  # nor twice the same photo
         for tensor, ref in zip(item["references"], references, strict=True):
             assert torch.equal(tensor, decoded(ref["crop_image"]))
     assert sorted(seen) == sorted(rows)  # every row is a target once
+
+
+def similarity(a: dict, b: dict) -> float:
+    """Cosine of two rows' target faces."""
+    x, y = (np.asarray(row["faces"][row["target_face"]]["embedding"]) for row in (a, b))
+    return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
 
 def reference_ids(dataset: IdentityDataset, order: list[int]) -> dict[int, list[str]]:
@@ -169,14 +177,14 @@ def test_references_depend_only_on_seed_and_index(shards: Path) -> None:
 @pytest.mark.slow
 def test_num_refs_bounds_hold_and_identities_that_cannot_meet_them_are_skipped(shards: Path, rows: dict) -> None:
     groups = groups_per_identity(rows)
-    exact = IdentityDataset(shards, num_refs=(4, 4), image_size=32)
+    exact = IdentityDataset(shards, num_refs=(4, 4), image_size=32, copy_paste_max=1.0)  # no copy-paste rule here
     short = [identity for identity in IDENTITIES if groups[identity] - 1 < 4]
     assert short and exact.skipped_identities == short  # the run has one: the test must see a skip
     assert exact.skipped_rows == sum(1 for row in rows.values() if row["identity"] in short)
     assert len(exact) == len(rows) - exact.skipped_rows
     assert {len(exact[i]["reference_ids"]) for i in range(len(exact))} == {4}
     assert not {exact[i]["identity"] for i in range(len(exact))} & set(short)
-    ranged = IdentityDataset(shards, num_refs=(2, 3), image_size=32)
+    ranged = IdentityDataset(shards, num_refs=(2, 3), image_size=32, copy_paste_max=1.0)
     assert {len(ranged[i]["reference_ids"]) for i in range(len(ranged))} == {2, 3}
 
 

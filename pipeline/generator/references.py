@@ -1,4 +1,9 @@
-"""Reference photos from the shards: an identity's rows, a sample of distinct photos, its centroid."""
+"""Reference photos from the shards: an identity's rows, a sample of distinct photos, its centroid.
+
+The sample follows the training rules (pipeline/core/pairs.py): in a generation every reference stands
+for the others' target, so no two are more alike than `training.copy_paste_max`, and differing poses
+are preferred.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pipeline.core.errors import UserError
+from pipeline.core.pairs import pose_weights, weighted_sample
 from pipeline.core.rundir import RunDir
 from pipeline.engine.shards import INDEX
 
@@ -23,6 +29,7 @@ class Reference:
     crop_image: bytes  # the square crop, encoded
     embedding: np.ndarray  # the target face's L2-normalised embedding (shard's face backend)
     embedding_norm: float | None  # its raw vector's norm; None in shards written before filter stored it
+    yaw: float | None = None  # the target face's yaw (degrees); None in shards written before filter measured it
 
     @property
     def raw_embedding(self) -> np.ndarray:
@@ -58,15 +65,19 @@ def load_identity(run: RunDir, identity: str) -> IdentityRows:
     return IdentityRows(identity, rows[0]["class_word"], rows[0]["face_backend"], refs)
 
 
-def _target_embedding(row: dict) -> tuple[np.ndarray, float | None]:
-    """The target face's unit vector and raw norm (a shard written before the norm was stored lacks the field)."""
+def _target_embedding(row: dict) -> tuple[np.ndarray, float | None, float | None]:
+    """The target face's unit vector, raw norm and yaw (older shards lack the last two fields)."""
     face = row["faces"][row["target_face"]]
     vector = np.asarray(face["embedding"], dtype=np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12), face.get("embedding_norm")
+    return vector / max(float(np.linalg.norm(vector)), 1e-12), face.get("embedding_norm"), face.get("yaw")
 
 
-def sample_references(rows: IdentityRows, count: int, rng: random.Random) -> list[Reference]:
-    """`count` photos, one per near-duplicate group while groups last (copies add no new view of the face)."""
+def sample_references(
+    rows: IdentityRows, count: int, rng: random.Random, copy_paste_max: float | None = None
+) -> list[Reference]:
+    """`count` photos, one per near-duplicate group while groups last (copies add no new view of the face), none
+    more alike than `copy_paste_max` to one chosen before, each drawn with weights growing with its yaw difference
+    from the nearest chosen pose. When the rules leave too few, the too-alike photos fill the count, then copies."""
     if count > len(rows.references):
         raise UserError(f"identity {rows.identity!r} has {len(rows.references)} photos, {count} references asked",
                         f"pass --num-ref {len(rows.references)} or fewer")
@@ -77,4 +88,25 @@ def sample_references(rows: IdentityRows, count: int, rng: random.Random) -> lis
         group = ref.dup_group or ref.image_id
         (copies if group in seen else distinct).append(ref)
         seen.add(group)
-    return (distinct + copies)[:count]
+    chosen: list[Reference] = []
+    while len(chosen) < count:
+        fits = [ref for ref in distinct if _apart(ref, chosen, copy_paste_max)]
+        if not fits:
+            break
+        pick = fits[weighted_sample(rng, _pose_weights(fits, chosen), 1)[0]]
+        chosen.append(pick)
+        distinct = [ref for ref in distinct if ref is not pick]  # by identity: numpy fields make == ambiguous
+    return (chosen + distinct + copies)[:count]
+
+
+def _apart(ref: Reference, chosen: list[Reference], copy_paste_max: float | None) -> bool:
+    return copy_paste_max is None or all(float(ref.embedding @ other.embedding) <= copy_paste_max for other in chosen)
+
+
+def _pose_weights(candidates: list[Reference], chosen: list[Reference]) -> list[float]:
+    """Per candidate, the draw weight against the nearest pose already chosen (all 1 before the first pick)."""
+    yaws = np.array([np.nan if ref.yaw is None else ref.yaw for ref in candidates], dtype=np.float64)
+    if not chosen:
+        return [1.0] * len(candidates)
+    per_chosen = [pose_weights(yaws, np.nan if ref.yaw is None else ref.yaw) for ref in chosen]
+    return np.min(per_chosen, axis=0).tolist()

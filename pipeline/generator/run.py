@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipeline.core.config import PipelineConfig
+from pipeline.core.config import PipelineConfig, TrainingSection
 from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
 from pipeline.generator import record
@@ -48,7 +48,9 @@ def required_paths(config: PipelineConfig) -> tuple[Path, Path]:
     return settings.base_model.expanduser(), settings.adapter.expanduser()
 
 
-def plan(request: Request, run: RunDir, seed: int) -> tuple[list[IdentityRows], list[list[Reference]]]:
+def plan(
+    request: Request, run: RunDir, seed: int, training: TrainingSection
+) -> tuple[list[IdentityRows], list[list[Reference]]]:
     counts = request.num_refs * len(request.identities) if len(request.num_refs) == 1 else request.num_refs
     if len(counts) != len(request.identities):
         raise UserError(f"{len(request.num_refs)} --num-ref values for {len(request.identities)} identities",
@@ -57,7 +59,8 @@ def plan(request: Request, run: RunDir, seed: int) -> tuple[list[IdentityRows], 
         raise UserError("--weights needs one weight per identity and the same --num-ref for all", "e.g. --weights 0.7,0.3")
     rng = random.Random(seed)
     rows = [load_identity(run, identity) for identity in request.identities]
-    return rows, [sample_references(identity, count, rng) for identity, count in zip(rows, counts)]
+    return rows, [sample_references(identity, count, rng, training.resolved(identity.face_backend))
+                  for identity, count in zip(rows, counts)]
 
 
 def check_faces(encoder: IDEncoder, rows: list[IdentityRows], adapter: Path) -> None:
@@ -91,7 +94,7 @@ def run_generate(config: PipelineConfig, run: RunDir, request: Request) -> str:
     started, settings = time.monotonic(), config.generate
     base_model, adapter_path = required_paths(config)
     prompt = parse_prompt(request.prompt, settings.trigger_word)
-    rows, refs = plan(request, run, settings.seed)
+    rows, refs = plan(request, run, settings.seed, config.training)
     adapter = load_adapter(adapter_path)
     encoder = build_encoder(adapter)
     check_faces(encoder, rows, adapter_path)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pipeline.core.rundir import RunDir
 from pipeline.report.data import Gathered
 from pipeline.report.plots import funnel_png, histogram_png, words_png
+from pipeline.report.quality import METRICS, thresholds
 from pipeline.report.state import RunState
 
 Figure = tuple[str, str | None, str]  # title, path relative to report/ (None: not drawn), note
 
 NEEDS = {"short_side": "filter", "face_size": "filter", "sim_to_centroid": "verify", "mask_area": "segment",
-         "caption_words": "caption", "class_words": "caption"}
-NOTES = {"face_size": "only faces that reach filter.min_face_size are stored, so the histogram starts there"}
+         "caption_words": "caption", "class_words": "caption"} | dict.fromkeys(METRICS, "verify")
+NOTES = {"face_size": "only faces that reach filter.min_face_size are stored, so the histogram starts there",
+         "sharpness": "of the target face; runs filtered before quality evidence was measured have none",
+         "pitch": "the estimate's zero depends on the detector's nose landmark (YuNet reads level faces near -18)"}
 
 
 def verify_threshold(state: RunState, gathered: Gathered) -> float | None:
@@ -31,6 +34,7 @@ def write_figures(run: RunDir, state: RunState, gathered: Gathered, threshold: f
         "short_side": (state.config.filter.min_short_side, "filter.min_short_side"),
         "face_size": (state.config.filter.min_face_size, "filter.min_face_size"),
         "sim_to_centroid": (threshold, "verify.threshold"),
+        **thresholds(state.config, next(iter(gathered.face_backends)) if len(gathered.face_backends) == 1 else None),
     }
     pngs = {
         name: None if hist.empty else histogram_png(hist, *lines.get(name, (None, "")))

@@ -61,6 +61,13 @@ def distributions() -> dict[str, Histogram]:
         "short_side": Histogram("Resolution", "short side (px)", 0, 4096, 256),
         "face_size": Histogram("Face size", "largest face box, longer side (px)", 0, 2048, 256),
         "sim_to_centroid": Histogram("Similarity to identity centroid", "cosine", -1.0, 1.0, 1600),
+        # the target face's quality evidence, each against its verify.quality gate
+        "sharpness": Histogram("Face sharpness", "log10 variance of the Laplacian (face region at 160 px)", -1, 5, 600),
+        "yaw": Histogram("Head yaw", "|yaw| (degrees, from the landmarks)", 0, 90, 180),
+        "pitch": Histogram("Head pitch", "|pitch| (degrees, from the landmarks)", 0, 90, 180),
+        "face_score": Histogram("Detector score", "score on the detector's own scale", -2, 5, 1400),
+        "image_share": Histogram("Face share of the image", "target face box area / image area", 0.0, 1.0, 2000),
+        "large_faces": Histogram("Large faces per image", "faces at least half the target's side", 0, 20, 20),
         "mask_area": Histogram("Mask area", "share of the crop inside the person mask", 0.0, 1.0, 100),
         "caption_words": Histogram("Caption length", "words", 0, 80, 80),
     }

@@ -1,0 +1,104 @@
+"""The target faces' quality evidence against verify's gates, and each identity's training pairs.
+
+Both read verify's rows only. Runs made before filter measured quality have no values: their
+histograms stay empty and say so; pairs need only embeddings and duplicate groups, which every run has.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from pipeline.core.config import PipelineConfig, TrainingSection
+from pipeline.core.pairs import PairCounts, pair_counts, target_evidence
+from pipeline.core.schema import OK
+from pipeline.report.hist import Histogram
+from pipeline.report.html import cell, esc, num_cell, table
+from stages.face_gates import large_faces
+
+Row = dict
+SHOWN_PAIRS = 30  # identities listed, those with the fewest servable targets first
+
+
+def _field(name: str, transform: Callable[[float], float] = float) -> Callable[[Row], float | None]:
+    def value(row: Row) -> float | None:
+        raw = row["faces"][row["target_face"]].get(name)
+        return None if raw is None else transform(raw)
+
+    return value
+
+
+def _log10(value: float) -> float:
+    return math.log10(value) if value > 0 else -math.inf  # an infinite value is left out of the histogram
+
+
+# histogram -> (the target face's value, the verify.quality gate's drop reason)
+METRICS: dict[str, tuple[Callable[[Row], float | None], str]] = {
+    "sharpness": (_field("sharpness", _log10), "blurry_face"),
+    "yaw": (_field("yaw", abs), "extreme_pose"),
+    "pitch": (_field("pitch", abs), "extreme_pose"),
+    "face_score": (_field("score"), "low_face_score"),
+    "image_share": (_field("image_share"), "small_face_share"),
+    "large_faces": (lambda row: large_faces(row["faces"], row["target_face"]), "many_faces"),
+}
+
+
+def add_quality(rows: list[Row], hists: dict[str, Histogram]) -> None:
+    """Kept, dropped by the metric's own gate, and dropped otherwise: every row verify scored a target face for."""
+    scored = [row for row in rows if row["target_face"] is not None and row["faces"]]
+    for name, (value, reason) in METRICS.items():
+        for series, chosen in (
+            ("kept", [row for row in scored if row["status"] == OK]),
+            (f"dropped: {reason}", [row for row in scored if row["reason"] == reason]),
+            ("dropped: other reasons", [row for row in scored if row["status"] != OK and row["reason"] != reason]),
+        ):
+            hists[name].add(series, [value(row) for row in chosen])
+
+
+def thresholds(config: PipelineConfig, backend: str | None) -> dict[str, tuple[float | None, str]]:
+    """Each quality histogram's line: the gate's value (in the histogram's units) and its config key."""
+    gates = config.verify.quality
+    sharpness = math.log10(gates.min_sharpness) if gates.min_sharpness > 0 else None
+    return {
+        "sharpness": (sharpness, "log10 of verify.quality.min_sharpness"),
+        "yaw": (gates.max_yaw, "verify.quality.max_yaw"),
+        "pitch": (gates.max_pitch, "verify.quality.max_pitch"),
+        "face_score": (gates.face_score(backend) if backend else None, "verify.quality.min_face_score"),
+        "image_share": (gates.min_image_share, "verify.quality.min_image_share"),
+        "large_faces": (gates.max_large_faces, "verify.quality.max_large_faces"),
+    }
+
+
+def identity_pairs(rows: list[Row], training: TrainingSection) -> PairCounts | None:
+    """The identity's (target, reference) pairs among the photos verify kept; None when it kept none, or when
+    its face backend has no copy-paste default and none is set."""
+    kept = [row for row in rows if row["status"] == OK]
+    if not kept:
+        return None
+    try:
+        limit = training.resolved(kept[0]["face_backend"])
+    except ValueError:
+        return None
+    vectors = np.stack([target_evidence(row)[0] for row in kept])
+    groups = np.array([row["dup_group"] or row["image_id"] for row in kept])
+    return pair_counts(vectors, groups, limit)
+
+
+def pairs_section(pairs: dict[str, PairCounts], names: dict[str, str], training: TrainingSection) -> str:
+    if not pairs:
+        return '<p class="muted">No identity has photos verify kept yet.</p>'
+    total = sum(counts.pairs for counts in pairs.values())
+    blocked = sum(counts.blocked for counts in pairs.values())
+    limit = "the face backend's default" if training.copy_paste_max is None else f"{training.copy_paste_max:g}"
+    note = (f'<p class="muted">Among the photos verify kept (later stages may drop a few): {total:,} target/reference '
+            f"pairs allowed, {blocked:,} refused as copy-paste (target faces more alike than "
+            f"training.copy_paste_max, {esc(limit)}); a pair never joins two photos of one near-duplicate group. "
+            f"A target is servable with at least one reference left. The {SHOWN_PAIRS} identities with the fewest "
+            "servable targets; summary.json has all.</p>")
+    ranked = sorted(pairs.items(), key=lambda item: (item[1].servable, item[1].pairs, item[0]))[:SHOWN_PAIRS]
+    rows = [[cell(esc(names.get(slug, slug)), sort=names.get(slug, slug)), num_cell(c.photos), num_cell(c.groups),
+             num_cell(c.pairs), num_cell(c.blocked), num_cell(c.servable)] for slug, c in ranked]
+    headers = ["identity", "photos", "distinct photos", "pairs allowed", "refused: copy-paste", "servable targets"]
+    return note + table(headers, rows, sortable=True)
