@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -348,10 +348,17 @@ def serving(images: Path = FACES / "images", tls: bool = False) -> Iterator[Loca
             context.load_cert_chain(pem.name)
         server.socket = context.wrap_socket(server.socket, server_side=True)
         server.scheme = "https"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    with running(server):
+        yield server
+
+
+@contextmanager
+def running(server: HTTPServer) -> Iterator[None]:
+    """`server` answering in a daemon thread until the block ends, then closed."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield server
+        yield
     finally:
         server.shutdown()
         server.server_close()

@@ -28,6 +28,7 @@ from pipeline.core.fetch import Fetcher
 from pipeline.core.models import MANIFEST, RECORDED, HubRepo, ModelFile, Unpack, WheelMember, manifest
 from pipeline.engine.models import needed_models
 from stages.segmenters import SEGMENTERS
+from tests.http_server import running
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every byte value
 WHEEL = "weights_pkg-1.2.0-py3-none-any.whl"
@@ -93,13 +94,8 @@ class ModelHandler(BaseHTTPRequestHandler):
 @contextmanager
 def serving() -> Iterator[ModelServer]:
     server = ModelServer()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running(server):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
