@@ -142,20 +142,22 @@ def command_run(args: argparse.Namespace) -> int:
     if failed:
         console.print(f"[red]{failed} tasks failed[/] (see the log above); run the same command again to retry them")
     elif args.stage == "all":
-        _finish_dataset(run)
+        _finish_dataset(run, changed=any(summary.tasks_done for summary in summaries))
     return 1 if failed else 0
 
 
-def _finish_dataset(run: RunDir) -> None:
-    """After a whole run: warn when the dataset is empty, and write the QA report."""
+def _finish_dataset(run: RunDir, changed: bool) -> None:
+    """After a whole run: warn when the dataset is empty, and write the QA report unless the run did no
+    work and has one (the report reads every identity's rows: a resume at 100k identities must not)."""
     from pipeline.engine.driver import console
     from pipeline.engine.shards import shard_counts
-    from pipeline.report import index_uri, write_report
+    from pipeline.report import INDEX, index_uri, write_report
 
     if not shard_counts(run).statuses[OK]:
         console.print("[yellow]warning:[/] the dataset is empty: no image passed every stage; "
                       "the report's funnel shows where they dropped")
-    write_report(run)
+    if changed or not run.exists(INDEX):
+        write_report(run)
     console.print(f"QA report: {index_uri(run)}")
 
 

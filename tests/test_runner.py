@@ -8,10 +8,12 @@ import pytest
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
+from pipeline.engine.driver import MAX_CALLS, tasks_per_call
 from pipeline.engine.markers import Marker, part_path, read_markers, write_marker
 from pipeline.engine.runner import RETRY, RUN, TaskExecutor, plan_stage
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage
+from stages.verify import VerifyStage
 from tests.local_tree import build_tree
 
 IDENTITIES = ["jeff_bezos", "elon_musk", "sundar_pichai"]
@@ -120,3 +122,13 @@ def test_a_stage_that_loses_rows_fails_its_task(setup) -> None:
     assert result.error and "returned" in result.error
     assert read_markers(run, "filter") == {}
     assert plan.todo[0]["mode"] == RUN
+
+
+@pytest.mark.parametrize("tasks", [1, 100, MAX_CALLS, MAX_CALLS + 1, 100_000, 1_000_000])
+def test_a_stage_never_makes_more_than_max_calls_ray_calls(tasks: int) -> None:
+    """One task a call for a costly stage while it fits, a stage's own batching for cheap ones, and never
+    more than MAX_CALLS calls (each costs driver memory) however many identities."""
+    for stage in (FilterStage, VerifyStage):
+        assert -(-tasks // tasks_per_call(stage, tasks)) <= MAX_CALLS
+    assert tasks_per_call(FilterStage, tasks) == (1 if tasks <= MAX_CALLS else -(-tasks // MAX_CALLS))
+    assert tasks_per_call(VerifyStage, tasks) >= VerifyStage.tasks_per_call

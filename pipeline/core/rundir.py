@@ -27,6 +27,10 @@ TMP_MARK = ".tmp-"
 def _split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri:
         uri = str(Path(uri).expanduser().resolve())
+    elif uri.startswith("s3://") and "allow_delayed_open" not in uri:
+        # Opened lazily, a stream of less than 5 MB is sent on close as one PutObject; otherwise every
+        # object costs a multipart upload (three requests), however small.
+        uri += f"{'&' if '?' in uri else '?'}allow_delayed_open=true"
     return pafs.FileSystem.from_uri(uri)
 
 

@@ -53,6 +53,14 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 if not console.is_terminal:
     console.width = 160  # logs and CI: room for the reasons column
+# Ray calls (blocks) a stage gets at most: Ray Data keeps ~12 KB of driver memory per block, so at 100k
+# identities one task per call would hold over 1 GB; past this, tasks share calls whatever they cost.
+MAX_CALLS = 4096
+
+
+def tasks_per_call(stage: type[Stage], tasks: int) -> int:
+    """The stage's own tasks per call, raised so that `tasks` make at most MAX_CALLS calls."""
+    return max(stage.tasks_per_call, -(-tasks // MAX_CALLS))
 
 
 def connect(address: str | None) -> None:
@@ -187,7 +195,7 @@ def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: Pipe
     at_once = stage.tasks_per_actor(config)
     pool = ray.data.ActorPoolStrategy(size=pool_size(stage, config, len(todo)),
                                       max_concurrent_calls_per_actor=at_once, enable_true_multi_threading=at_once > 1)
-    per_call = stage.tasks_per_call
+    per_call = tasks_per_call(stage, len(todo))
     tasks = ray.data.from_items(todo, override_num_blocks=-(-len(todo) // per_call))
     if issubclass(stage, ModelStage) and resources.num_gpus and upstream:
         # Decoding on CPU workers keeps the GPU actors inferring; on CPUs alone it would only add
