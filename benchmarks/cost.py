@@ -32,7 +32,8 @@ def cost_model(timings: list[StageTiming], download_rate: float | None, cores: i
         "machine_hours_this_2_core_box": round(total / cores, 1),
         "machine_hours_16_core_box": round(total / 16, 1),
         "bounding_stage": bound,
-        "assumptions": "cpu profile (dlib HOG, GrabCut, template captions); linear scaling in cores "
+        "assumptions": "cpu profile (YuNet + SFace, MODNet at 512 px, open_nsfw and the age model, template "
+                       "captions); linear scaling in cores "
                        "(the scaling figures here were measured on 2 shared cores); GPU figures not measured",
     }
 

@@ -27,17 +27,15 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.engine.driver import connect, execute
 from pipeline.engine.markers import part_path
-from pipeline.engine.registry import upstream_of
-from pipeline.engine.runner import TaskExecutor, plan_stage
+from pipeline.engine.registry import STAGES, upstream_of
+from pipeline.engine.runner import Plan, TaskExecutor, plan_stage
 from stages.base import Stage
-from stages.caption import CaptionStage
 from stages.crawl import CrawlStage
 from stages.crop import CropStage
 from stages.filter import FilterStage
 from stages.segment import SegmentStage
-from stages.verify import VerifyStage
 
-MODEL_STAGES: tuple[type[Stage], ...] = (FilterStage, VerifyStage, CropStage, SegmentStage, CaptionStage)
+MODEL_STAGES: tuple[type[Stage], ...] = tuple(stage for stage in STAGES if stage is not CrawlStage)
 CPU_BOUND: tuple[type[Stage], ...] = (FilterStage, CropStage, SegmentStage)
 
 
@@ -85,10 +83,12 @@ def stage_config(photos: Path, concurrency: int) -> PipelineConfig:
 def time_stage(stage: type[Stage], config: PipelineConfig, run: RunDir, people: list[Identity], photos: Path) -> StageTiming:
     upstream = upstream_of(stage)
     assert upstream is not None
+    plan = plan_stage(stage, upstream, config, run, people)  # first: hygiene's decisions are made when planned
     rows, bare_seconds = bare_loop(stage, upstream.name, config, run, people, photos.parent / f"bare_{stage.name}")
-    timing = StageTiming(stage.name, rows, bare_seconds, run_on_ray(stage, config, run, people))
+    timing = StageTiming(stage.name, rows, bare_seconds, run_on_ray(stage, config, run, plan))
     if stage in CPU_BOUND:
-        timing.ray2 = run_on_ray(stage, stage_config(photos, concurrency=2), run, people, force=True)
+        twice = stage_config(photos, concurrency=2)
+        timing.ray2 = run_on_ray(stage, twice, run, plan_stage(stage, upstream, twice, run, people, force=True))
     return timing
 
 
@@ -107,10 +107,9 @@ def bare_loop(stage: type[Stage], upstream: str, config: PipelineConfig, run: Ru
     return rows, time.perf_counter() - started
 
 
-def run_on_ray(stage: type[Stage], config: PipelineConfig, run: RunDir, people: list[Identity], force: bool = False) -> RayTiming:
-    upstream = upstream_of(stage)
+def run_on_ray(stage: type[Stage], config: PipelineConfig, run: RunDir, plan: Plan) -> RayTiming:
     started = time.perf_counter()
-    counts = execute(stage, upstream, config, run, plan_stage(stage, upstream, config, run, people, force))
+    counts = execute(stage, upstream_of(stage), config, run, plan)
     if counts.tasks_failed:
         raise RuntimeError(f"{counts.tasks_failed} {stage.name} tasks failed")
     return RayTiming(counts.work_seconds, time.perf_counter() - started)

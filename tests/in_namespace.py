@@ -18,7 +18,6 @@ import time
 import pyarrow.fs as pafs
 
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import read_markers
 
 
 def create_bucket(uri: str) -> None:
@@ -44,11 +43,12 @@ def wait_nodes(address: str, count: int) -> None:
 
 
 def wait_marker(uri: str, stage: str, node: str) -> None:
-    """Until `stage` has a task done on `node`; prints how many of its tasks were done then."""
-    run = RunDir(uri)
+    """Until `stage` has a task done on `node`; prints how many of its tasks were done then. Reads the
+    marker files the workers write, not the index: the driver rewrites that only now and then."""
+    run, folder = RunDir(uri), f"stages/{stage}/_done"
     while True:
-        markers = read_markers(run, stage)
-        if any(marker.node == node for marker in markers.values()):
+        markers = [run.read_json(f"{folder}/{name}") for name in run.list_files(folder, ".json")]
+        if any(marker["node"] == node for marker in markers):
             print(len(markers), flush=True)
             return
         time.sleep(0.1)

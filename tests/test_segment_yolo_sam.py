@@ -73,7 +73,8 @@ class Spy:
 @pytest.mark.slow
 def test_one_batched_sam_call_and_the_selection_wired_to_it(weights, crops) -> None:
     run, table = crops
-    stage = SegmentStage(config(weights, "segment.min_face_coverage=0"), run)
+    # random weights: any non-empty mask is kept, however much of the crop it fills
+    stage = SegmentStage(config(weights, "segment.min_face_coverage=0", "segment.max_mask_area=1"), run)
     stage.setup()
     rows = table.to_pylist()
     person = [float(v) for v in (0, 0, 512, 512)]

@@ -134,6 +134,12 @@ def ray_start(temp: Path, *role: str) -> list[str]:
             "--disable-usage-stats", f"--temp-dir={temp}"]  # fmt: skip
 
 
+def raylet_log(temp: Path) -> str:
+    """The end of a node's raylet log, where it says why it could not join."""
+    logs = sorted(temp.glob("session_*/logs/raylet.out"))
+    return logs[-1].read_text(errors="replace")[-3000:] if logs else f"no raylet log in {temp}"
+
+
 @pytest.fixture
 def hosts(tmp_path) -> Iterator[Hosts]:
     """The head namespace (S3 server, Ray head) and the worker namespace (a Ray node), removed afterwards
@@ -151,7 +157,11 @@ def hosts(tmp_path) -> Iterator[Hosts]:
         hosts.start(hosts.head, "ray-head", *head)
         worker = ray_start(temps[1], f"--address={hosts.address}", f"--node-ip-address={WORKER_IP}")
         hosts.start(hosts.worker, "ray-worker", *worker)
-        hosts.helper(180, "wait-nodes", hosts.address, "2")
+        try:
+            hosts.helper(300, "wait-nodes", hosts.address, "2")
+        except subprocess.TimeoutExpired:
+            logs = [hosts.tail("ray-head"), hosts.tail("ray-worker"), *map(raylet_log, temps)]
+            pytest.fail("the worker node never joined:\n" + "\n".join(logs))
         yield hosts
     finally:
         for namespace in (hosts.head, hosts.worker):
@@ -193,9 +203,11 @@ def finish(hosts: Hosts, run: subprocess.Popen, log: str) -> int:
 
 
 def nodes_of_tasks(out: Path) -> dict[str, set[str]]:
-    """Per stage, the hosts its finished tasks ran on, as the done-markers record them."""
+    """Per stage, the hosts its finished tasks ran on, as the done-markers record them (a task without
+    input rows runs nowhere)."""
     run = RunDir(str(out))
-    return {stage: {marker.node for marker in read_markers(run, stage).values()} for stage in STAGE_NAMES[:-1]}
+    return {stage: {marker.node for marker in read_markers(run, stage).values() if marker.part}
+            for stage in STAGE_NAMES[:-1]}  # fmt: skip
 
 
 @pytest.mark.slow
