@@ -123,8 +123,9 @@ def _ray_environment(config: PipelineConfig) -> None:
 def command_run(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     _ray_environment(config)
-    from pipeline.engine.driver import console, run_stages, write_dataset
+    from pipeline.engine.driver import run_stages, write_dataset
     from pipeline.engine.models import ensure_models
+    from pipeline.engine.progress import console
     from pipeline.engine.stats import counts_table
 
     identities = read_names(config.run.names)
@@ -149,7 +150,7 @@ def command_run(args: argparse.Namespace) -> int:
 def _finish_dataset(run: RunDir, changed: bool) -> None:
     """After a whole run: warn when the dataset is empty, and write the QA report unless the run did no
     work and has one (the report reads every identity's rows: a resume at 100k identities must not)."""
-    from pipeline.engine.driver import console
+    from pipeline.engine.progress import console
     from pipeline.engine.shards import shard_counts
     from pipeline.report import INDEX, index_uri, write_report
 
@@ -163,7 +164,7 @@ def _finish_dataset(run: RunDir, changed: bool) -> None:
 
 def command_status(args: argparse.Namespace) -> int:
     from pipeline.core.removals import TAKEN_DOWN, load_ledger, removals_line
-    from pipeline.engine.driver import console
+    from pipeline.engine.progress import console
     from pipeline.engine.shards import shard_counts
     from pipeline.engine.stats import counts_from_markers, counts_table
 

@@ -6,7 +6,6 @@ a second because it never imports or starts Ray.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -15,19 +14,6 @@ import time
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 import pipeline
 import stages
@@ -41,6 +27,7 @@ from pipeline.core.schema import DROPPED, OK
 from pipeline.engine import governance
 from pipeline.engine.governance_card import card_section
 from pipeline.engine.markers import Marker, read_markers, record_markers
+from pipeline.engine.progress import console, plain_text, task_progress
 from pipeline.engine.registry import STAGES, upstream_of
 from pipeline.engine.runner import SETUP_FAILED, Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
 from pipeline.engine.shards import dataset_card, finish, is_current, opted_out_counts, plan_shards, write_shard
@@ -50,9 +37,6 @@ from stages.base import ModelStage, Stage
 if TYPE_CHECKING:
     import ray.data
 
-console = Console(stderr=True)
-if not console.is_terminal:
-    console.width = 160  # logs and CI: room for the reasons column
 # Ray calls (blocks) a stage gets at most: Ray Data keeps ~12 KB of driver memory per block, so at 100k
 # identities one task per call would hold over 1 GB; past this, tasks share calls whatever they cost.
 MAX_CALLS = 4096
@@ -135,7 +119,7 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
     results = _task_results(stage, upstream, config, run, plan.todo)
     setup_errors: list[str] = []
     index = MarkerIndexWriter(run, stage.name)
-    with _progress() as progress, index:
+    with task_progress() as progress, index:
         bar = progress.add_task(stage.name, total=len(plan.todo), rows="")
         for row in results.iter_rows():
             result = result_from_row(row)
@@ -218,28 +202,6 @@ def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: Pipe
     )
 
 
-class TaskRate(ProgressColumn):
-    """Tasks per second over the whole stage (rich's own speed columns count bytes)."""
-
-    def render(self, task: Task) -> Text:
-        rate = task.completed / task.elapsed if task.elapsed else 0.0
-        return Text(f"{rate:.2f} tasks/s", style="progress.data.speed")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tasks"),
-        TextColumn("{task.fields[rows]}"),
-        TaskRate(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def run_stages(
     selected: tuple[type[Stage], ...],
     config: PipelineConfig,
@@ -303,7 +265,7 @@ def card(config: PipelineConfig, run: RunDir, identities: list[Identity], result
     funnel = [counts_from_markers(run, stage.name, {i.slug for i in identities}, None) for stage in STAGES]
     shards = sorted({row["shard"] for result in results for row in result["index"]})
     facts = governance.gather(run, config, funnel, load_ledger(run), shards)
-    return dataset_card(config, _plain(counts_table("funnel", funnel)), results, card_section(facts))
+    return dataset_card(config, plain_text(counts_table("funnel", funnel)), results, card_section(facts))
 
 
 def _write_shards(
@@ -313,9 +275,3 @@ def _write_shards(
     results = [write_shard(run, upstream, spec["target"], spec["identities"], row_group_rows, optout)
                for spec in batch.to_pylist()]  # fmt: skip
     return {"result": [json.dumps(result) for result in results]}
-
-
-def _plain(table: Table) -> str:
-    capture = Console(width=120, record=True, file=io.StringIO())
-    capture.print(table)
-    return capture.export_text()

@@ -20,6 +20,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.fetch import Fetcher
 from pipeline.core.models import ModelFile, manifest
+from pipeline.engine.progress import console
 from stages.backends import Backend
 from stages.base import Stage
 from stages.captioners import CAPTIONERS, ESTIMATORS, pick_estimator
@@ -31,11 +32,9 @@ from stages.segmenters import SEGMENTERS
 FAMILIES = (FACES, SEGMENTERS, CAPTIONERS, CLASSIFIERS)  # estimators too, through pick_estimator (`auto` is no backend name)
 TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of HF_HUB_OFFLINE
 
-console = Console(stderr=True)
-out = Console()
-for _console in (console, out):
-    if not _console.is_terminal:
-        _console.width = 160  # logs and CI: one row per file
+out = Console()  # `list`'s tables, on stdout; the rest on the run's console (stderr)
+if not out.is_terminal:
+    out.width = 160  # logs and CI: one row per file
 
 
 def _backends(config: PipelineConfig) -> list[tuple[str, type[Backend]]]:
