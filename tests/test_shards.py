@@ -35,6 +35,8 @@ def test_the_plan_fingerprint_follows_inputs_and_shard_settings() -> None:
     assert plan_shards(config, people, markers({"a": 2, "b": 3}, digest="new")).fingerprint != base
     smaller = load_config(resolve_profile("cpu"), ["shard.max_rows=3"])
     assert plan_shards(smaller, people, markers({"a": 2, "b": 3})).fingerprint != base
+    busier = load_config(resolve_profile("cpu"), ["shard.resources.num_cpus=2"])  # scheduling: same shards
+    assert plan_shards(busier, people, markers({"a": 2, "b": 3})).fingerprint == base
 
 
 @pytest.mark.slow

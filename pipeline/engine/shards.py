@@ -13,8 +13,6 @@ plan's fingerprint, so shards are rewritten without it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,6 +34,7 @@ INDEX = f"{SHARDS}/_index.parquet"
 DONE = f"{SHARDS}/_done.json"
 ROW_STATUS = ["status", "reason", "detail"]  # every shard row is `ok`: these say nothing there
 PROVENANCE_COUNTS = ("source", "license")
+VERSION = 1  # raised when a shard's content changes for the same inputs and settings
 
 
 @dataclass(frozen=True)
@@ -66,9 +65,9 @@ def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dic
         rows_in_last += marker.kept
         digests.append((identity.slug, marker.output_digest))
     optout = OptOutList.read(config.governance.optout, config.governance.optout_phash_bits)
-    text = json.dumps({"shard": config.shard.model_dump(mode="json", exclude={"resources"}), "inputs": digests,
-                       "optout": optout.digest})  # fmt: skip
-    return ShardPlan(shards, hashlib.sha256(text.encode()).hexdigest()[:16], optout)
+    # the stages' fingerprint: the shard settings less scheduling, and what the shards are made of
+    fingerprint = config.fingerprint(("shard",), VERSION, {"inputs": digests, "optout": optout.digest})
+    return ShardPlan(shards, fingerprint, optout)
 
 
 def is_current(run: RunDir, plan: ShardPlan) -> bool:
