@@ -75,10 +75,12 @@ def write_names(path: Path, names: list[str]) -> Path:
 
 
 class TreeMemory:
-    """Samples the summed RSS of a process and all its descendants (driver, raylet, Ray workers)."""
+    """Samples the summed RSS of a process and all its descendants (driver, raylet, Ray workers), or
+    of the process alone (`children` false)."""
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    def __init__(self, pid: int, interval: float = 0.2, children: bool = True) -> None:
         self.root = psutil.Process(pid)
+        self.children = children
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -99,7 +101,7 @@ class TreeMemory:
     def _sample(self) -> int:
         total = 0
         try:
-            processes = [self.root, *self.root.children(recursive=True)]
+            processes = [self.root, *(self.root.children(recursive=True) if self.children else [])]
         except psutil.NoSuchProcess:
             return 0
         for process in processes:

@@ -10,8 +10,9 @@ config validation, the preflight and `models list|fetch` all read the registry.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pipeline.core.errors import ModelNotFound, UserError
 from pipeline.core.models import locate
@@ -101,6 +102,25 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_threads() -> int:
+    """Threads a model library may use in this process: the CPUs Ray gave the actor, which Ray says in
+    OMP_NUM_THREADS (as may a user); 0, the library's own default (a thread per core), where unset."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() else 0
+
+
+def onnx_options(**settings: Any):  # -> onnxruntime.SessionOptions
+    """onnxruntime session options held to this worker's CPUs: by default every session starts a thread
+    per core, and two actors on two cores then run slower than one."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = cpu_threads()
+    for name, value in settings.items():
+        setattr(options, name, value)
+    return options
 
 
 def onnx_providers(device: str) -> list:

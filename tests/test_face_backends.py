@@ -380,3 +380,21 @@ def test_providers_prefer_cuda_when_onnxruntime_has_it(monkeypatch):
         onnx_providers("cuda")
     with pytest.raises(UserError, match="unknown device"):
         onnx_providers("tpu")
+
+
+@pytest.mark.parametrize("threads", ["1", None])
+def test_onnx_sessions_hold_to_the_cpus_ray_gives_the_actor(monkeypatch, threads):
+    """Ray sets OMP_NUM_THREADS to an actor's CPUs; unset, each library keeps its default (0: a thread per core)."""
+    from pipeline.core.config import load_config, resolve_profile
+    from stages.captioners.age_gender import AgeGenderEstimator
+    from stages.classifiers.open_nsfw import OpenNsfw
+    from stages.segmenters.modnet import ModnetSegmenter
+
+    if threads is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    config = load_config(resolve_profile("cpu"))
+    estimator = AgeGenderEstimator.load(config)
+    sessions = [ModnetSegmenter.load(config).session, OpenNsfw.load(config)._session, estimator._age, estimator._gender]
+    assert [s.get_session_options().intra_op_num_threads for s in sessions] == [int(threads or 0)] * 4

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.models import locate
-from stages.backends import Backend, onnx_providers
+from stages.backends import Backend, onnx_options, onnx_providers
 from stages.faces.base import file_sha256
 
 from .base import ESTIMATORS, Box, Estimate, Estimator
@@ -67,9 +67,8 @@ def face_rectangle(image: np.ndarray, face: Box):  # -> dlib.rectangle
 def session(path: Path, providers: list):  # -> onnxruntime.InferenceSession
     import onnxruntime
 
-    options = onnxruntime.SessionOptions()
     # the package validated its results against dlib's C++ networks with graph optimisation off
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options = onnx_options(graph_optimization_level=onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
 
 

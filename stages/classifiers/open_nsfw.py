@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.models import locate
-from stages.backends import Backend, onnx_providers
+from stages.backends import Backend, onnx_options, onnx_providers
 from stages.faces.base import file_sha256
 
 from .base import CLASSIFIERS, NsfwClassifier
@@ -43,7 +43,7 @@ class OpenNsfw(NsfwClassifier, Backend):
     def __init__(self, model: Path, device: str = "auto") -> None:
         import onnxruntime
 
-        self._session = onnxruntime.InferenceSession(str(model), providers=onnx_providers(device))
+        self._session = onnxruntime.InferenceSession(str(model), onnx_options(), providers=onnx_providers(device))
         self._input = self._session.get_inputs()[0].name  # (N, 224, 224, 3) float32, BGR less the means
         self._versions = {"classifier": self.name, "onnxruntime": onnxruntime.__version__,
                           "providers": ",".join(self._session.get_providers()),

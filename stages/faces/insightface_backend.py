@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
-from stages.backends import Backend, onnx_providers
+from stages.backends import Backend, onnx_options, onnx_providers
 
 from .base import (
     FACES,
@@ -75,7 +75,7 @@ def route_models(files: list[Path], providers: list) -> dict[str, object]:
 
     found: dict[str, object] = {}
     for path in files:
-        model = get_model(str(path), providers=providers)
+        model = get_model(str(path), providers=providers, sess_options=onnx_options())
         task = getattr(model, "taskname", None)
         if task in ("detection", "recognition") and task not in found:
             found[task] = model

@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.core.models import locate
-from stages.backends import Backend
+from stages.backends import Backend, cpu_threads
 
 from .base import (
     FACES,
@@ -73,6 +73,8 @@ class SFaceBackend(FaceBackend, Backend):
     def __init__(self, yunet: Path, sface: Path, det_threshold: float = 0.5) -> None:
         import cv2
 
+        if threads := cpu_threads():
+            cv2.setNumThreads(threads)  # OpenCV's pool is process-wide, a thread per core by default
         self._cv2 = cv2
         self.det_threshold = det_threshold
         # the input size is set per image before each detect; this one is a placeholder
