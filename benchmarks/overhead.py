@@ -13,9 +13,11 @@ stage. The CPU-bound stages run once more with two actors (`--force`) for the sc
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import patch
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -105,9 +107,11 @@ def time_stage(stage: type[Stage], config: PipelineConfig, run: RunDir, people: 
 
 def bare_loop(stage: type[Stage], upstream: str, config: PipelineConfig, run: RunDir, tasks: list[str],
               out: Path) -> tuple[int, float]:
-    """(input rows, seconds after setup) of the stage called by hand: read, process, write, per task."""
-    bare = stage(config, run)
-    bare.setup()
+    """(input rows, seconds after setup) of the stage called by hand: read, process, write, per task.
+    Its models keep to one CPU, as in the one actor it is compared with (Ray says so in OMP_NUM_THREADS)."""
+    with patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):
+        bare = stage(config, run)
+        bare.setup()
     out.mkdir(parents=True)
     rows, started = 0, time.perf_counter()
     for task in tasks:

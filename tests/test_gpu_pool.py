@@ -38,12 +38,13 @@ class RecordingFilter(FilterStage):
 
 @pytest.fixture(scope="module")
 def ray_with_a_gpu():
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, as the CLI's private instance
     import ray
 
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:  # restored after: a 0 left behind refuses multi-node clusters
+        patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only, as the CLI's private instance
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+        yield
+        ray.shutdown()
 
 
 def pids(run: Path, step: str) -> set[str]:

@@ -51,8 +51,10 @@ RUN_SECONDS = 600  # the whole run takes ~90 s on 2 busy cores
 def cluster_env() -> dict[str, str]:
     """Every process's environment. `ray start --head` on a real address turns on Ray's token
     authentication when ~/.ray/auth_token exists: say so for all, with a token of this cluster's own,
-    so whether the user has that file plays no part."""
-    return {**os.environ, **CREDENTIALS, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    so whether the user has that file plays no part. Without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER: the CLI
+    sets it to 0 for its private instance, and a 0 left in the environment refuses a second node."""
+    inherited = {key: value for key, value in os.environ.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    return {**inherited, **CREDENTIALS, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @dataclass
