@@ -40,7 +40,7 @@ from stages.sources.consent import (
     product_token,
     x_robots_directives,
 )
-from stages.sources.embedded import embedded_refusal, read_embedded
+from stages.sources.embedded import IPTC_EXT, PLUS, RDF, embedded_refusal, read_embedded
 from stages.sources.http import Downloader
 from tests.conftest import FACES
 from tests.http_server import LocalServer, serving
@@ -49,8 +49,7 @@ FAST = {"connect_timeout": 1.0, "read_timeout": 1.0, "deadline": 2.0, "retries":
 TOKEN = "id-dataset-pipeline"  # from the default user agent
 XMP = (
     '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
-    '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
-    'xmlns:plus="http://ns.useplus.org/ldf/xmp/1.0/" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"'
+    f'<rdf:RDF xmlns:rdf="{RDF}"><rdf:Description rdf:about="" xmlns:plus="{PLUS}" xmlns:Iptc4xmpExt="{IPTC_EXT}"'
     ' {attributes}>{elements}</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
 )
 PROHIBITED = '<plus:DataMining rdf:resource="http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED-AIMLTRAINING"/>'
