@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from benchmarks.common import REPO, identity_tree, write_names
 from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import Marker, marker_path, read_markers, record_markers
+from pipeline.engine.markers import Marker, read_markers, record_markers, write_marker_file
 from pipeline.engine.registry import STAGES
 from pipeline.engine.runner import name_digest
 
@@ -103,7 +103,7 @@ def synthetic_run(run: RunDir, config: PipelineConfig, count: int, files: bool =
     with ThreadPoolExecutor(16) as pool:
         for stage_markers in synthetic_markers(config, identities):
             if files:
-                list(pool.map(lambda m: run.write_json(marker_path(m.stage, m.task), asdict(m)), stage_markers))
+                list(pool.map(lambda m: write_marker_file(run, m), stage_markers))
                 read_markers(run, stage_markers[0].stage)  # a finished run has every stage's marker index
             else:
                 record_markers(run, stage_markers[0].stage, stage_markers)
