@@ -17,6 +17,7 @@ from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_backends,
 from pipeline.export import FORMAT_NAMES
 
 RUN_INFO = "run.json"
+ERROR_CHARS = 500  # longest `error:` line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,10 +81,11 @@ def _config_options(command: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
     profile = resolve_profile(args.config)
+    # Flags are set as typed values, not through the YAML of --set: a path such as "runs/trial #1",
+    # "@foo", "null" or "2024-01-01" is a path.
     flags = {"run.names": getattr(args, "names", None), "run.out": args.out, "run.address": getattr(args, "address", None),
              "models.mirror": getattr(args, "mirror", None), "models.offline": getattr(args, "offline", False)}
-    overrides = [*getattr(args, "overrides", []), *(f"{key}={value}" for key, value in flags.items() if value)]
-    config = load_config(profile, overrides)
+    config = load_config(profile, getattr(args, "overrides", []), {key: value for key, value in flags.items() if value})
     check_backends(config)
     return config, profile
 
@@ -228,6 +230,12 @@ def command_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(text: str, limit: int = ERROR_CHARS) -> str:
+    """An error as one line of at most `limit` characters (a message can quote a whole input)."""
+    flat = " ".join(text[: 4 * limit].split())
+    return flat if len(flat) <= limit and len(text) <= 4 * limit else f"{flat[: limit - 3]}..."
+
+
 def main(argv: list[str] | None = None) -> int:
     check_contracts()
     args = build_parser().parse_args(argv)
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 "generate": command_generate, "models": command_models,
                 "export": command_export, "remove": command_remove}[args.command](args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(one_line(f"error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished tasks are kept; run the same command to resume", file=sys.stderr)

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from pipeline.__main__ import main
 from pipeline.engine.registry import STAGES
 from tests.conftest import cpu_run_args, run_cli, stage_rows
 from tests.local_tree import build_tree
@@ -165,3 +166,18 @@ def test_every_command_has_help() -> None:
     for command in ([], ["run"], ["status"]):
         result = run_cli(*command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["trial #1", "@foo", "null", "2024-01-01"])
+def test_out_is_a_path_as_given(tmp_path, monkeypatch, capsys, name: str) -> None:
+    """Not YAML: "#1" is no comment, "@foo" no syntax error, "null" no default, a date no date."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", "--config", "cpu", "--out", name]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no run in {tmp_path / name} (")
+
+
+def test_an_error_line_is_cut_to_a_readable_length(tmp_path, capsys) -> None:
+    long = tmp_path.joinpath(*["x" * 200] * 10)
+    assert main(["status", "--config", "cpu", "--out", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and len(err.strip()) <= 500 and err.strip().endswith("...")

@@ -103,3 +103,57 @@ def test_download_politeness_is_not_part_of_the_crawl_fingerprint() -> None:
     base = load_config(resolve_profile("cpu"))
     polite = load_config(resolve_profile("cpu"), ["crawl.download.user_agent=me", "crawl.download.retries=5"])
     assert base.fingerprint(("crawl",), 1) == polite.fingerprint(("crawl",), 1)
+
+
+def test_invalid_yaml_in_set_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="bad --set 'run.names=@foo': not a YAML value"):
+        load_config(resolve_profile("cpu"), ["run.names=@foo"])
+
+
+@pytest.mark.parametrize("out", ["runs/trial #1", "@foo", "null", "2024-01-01", "~"])
+def test_typed_values_are_taken_as_given_not_as_yaml(out: str) -> None:
+    """The CLI's paths: `--out "runs/trial #1"` is not `runs/trial`, `--out null` not the default."""
+    config = load_config(resolve_profile("cpu"), [], {"run.out": out, "run.names": out})
+    assert config.run.out == out and str(config.run.names) == out
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+filter: {min_short_side: *g}
+"""
+
+
+def test_yaml_aliases_are_refused_in_a_short_error(tmp_path) -> None:
+    """A "billion laughs" profile: one short error, not a message that quotes the expanded input."""
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BILLION_LAUGHS)
+    with pytest.raises(UserError, match=r"aliases \(\*name\) are not allowed") as error:
+        load_config(bomb)
+    assert len(str(error.value)) < 500
+
+
+def test_aliases_are_refused_in_set_values_too() -> None:
+    with pytest.raises(UserError, match="not a YAML value"):
+        load_config(resolve_profile("cpu"), ["filter.min_short_side=*a"])
+
+
+def test_a_bad_value_quotes_at_most_a_short_excerpt_of_it(tmp_path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("filter:\n  min_short_side: [" + ", ".join(["1"] * 100_000) + "]\n")
+    with pytest.raises(UserError, match="bad value for 'filter.min_short_side'") as error:
+        load_config(big)
+    assert len(str(error.value)) < 500
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe\x00bad"], ids=["a folder", "not utf-8"])
+def test_an_unreadable_config_file_is_a_user_error(tmp_path, content: bytes | None) -> None:
+    path = tmp_path / "profile.yaml"
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(UserError, match="cannot read config"):
+        load_config(path)

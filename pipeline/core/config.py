@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -423,34 +424,74 @@ def resolve_profile(config: str | None) -> Path:
     raise UserError(f"config file not found: {config}", f"pass a YAML path or one of: {profiles}")
 
 
-def load_config(path: Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML profile, apply `section.key=value` overrides, validate."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config {path} is not valid YAML: {exc}".replace("\n", " "), "fix the file") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"config {path} must be a mapping of sections", "see configs/default.yaml")
+SET_FIX = "write --set section.key=value, e.g. --set filter.min_short_side=256"
+
+
+def load_config(path: Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a YAML profile, apply `section.key=value` overrides (values in YAML), then `values` (typed
+    values by dotted key, such as the CLI's paths, which YAML would misread), validate."""
+    data = _read_profile(path)
     for override in overrides or []:
-        _apply_override(data, override)
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise UserError(f"bad --set {override!r}", SET_FIX)
+        _set(data, key, _yaml_value(raw, override), override)
+    for key, value in (values or {}).items():
+        _set(data, key, value, key)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise _user_error(exc, path) from exc
 
 
-def _apply_override(data: dict[str, Any], override: str) -> None:
-    key, sep, raw = override.partition("=")
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a config needs none, and nested ones expand exponentially
+    (a few lines of "billion laughs" make gigabytes)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config", mark)
+        return super().compose_node(parent, index)
+
+
+def _safe_yaml(text: str | bytes) -> Any:
+    """`yaml.safe_load` that refuses aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+
+
+def _read_profile(path: Path) -> dict[str, Any]:
+    try:
+        data = _safe_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config {path} is not valid YAML: {exc}".replace("\n", " "), "fix the file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config {path}: {exc}", "pass a YAML file, e.g. --config configs/cpu.yaml") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of sections", "see configs/default.yaml")
+    return data
+
+
+def _yaml_value(raw: str, override: str) -> Any:
+    try:
+        return _safe_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = str(exc).replace("\n", " ")
+        raise UserError(f"bad --set {override!r}: not a YAML value ({problem})", "quote a text value: key='\"...\"'") from exc
+
+
+def _set(data: dict[str, Any], key: str, value: Any, given: str) -> None:
+    """Set a dotted key (`section.key`, `section.sub.key`) in the raw config mapping."""
     parts = key.strip().split(".")
-    if not sep or len(parts) < 2 or not all(parts):
-        raise UserError(f"bad --set {override!r}", "write --set section.key=value, e.g. --set filter.min_short_side=256")
+    if len(parts) < 2 or not all(parts):
+        raise UserError(f"bad --set {given!r}", SET_FIX)
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise UserError(f"bad --set {override!r}: {part} is not a section", "set a leaf key")
+            raise UserError(f"bad --set {given!r}: {part} is not a section", "set a leaf key")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = value
 
 
 def _user_error(exc: ValidationError, path: Path) -> UserError:
@@ -460,7 +501,13 @@ def _user_error(exc: ValidationError, path: Path) -> UserError:
         parent = _model_at(first["loc"][:-1])
         valid = ", ".join(parent.model_fields) if parent else ""
         return UserError(f"unknown config key '{where}' (in {path} or --set)", f"valid keys here: {valid}")
-    return UserError(f"bad value for '{where}': {first['msg']} (got {first.get('input')!r})", f"fix it in {path} or --set")
+    got = SHORT.repr(first.get("input"))
+    return UserError(f"bad value for '{where}': {first['msg']} (got {got})", f"fix it in {path} or --set")
+
+
+SHORT = reprlib.Repr()  # reprs of bad inputs kept short (an input can be a huge structure)
+SHORT.maxstring = SHORT.maxother = 80
+SHORT.maxlist = SHORT.maxdict = 4
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
