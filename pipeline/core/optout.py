@@ -1,11 +1,13 @@
 """Opt-out lists (`governance.optout`): people, sites and images that must not be in the dataset.
 
-A UTF-8 text file, one entry a line as `kind:value`; blank lines and lines starting with `#` are
-skipped (no comments after an entry: URLs may hold `#`):
+A UTF-8 text file (a byte-order mark is ignored), one entry a line as `kind:value`; blank lines and
+lines starting with `#` are skipped (no comments after an entry: URLs may hold `#`); whitespace and
+invisible format characters (a zero-width space) around an entry or its parts are ignored:
 
-    name:Jane Doe                      a person as written in the names list (case and spacing ignored)
+    name:Jane Doe                      a person as written in the names list (case, spacing and Unicode form ignored)
     domain:example.org                 a host and all its subdomains, as the image URL's or the page URL's host
     url:https://example.org/jane/      a URL prefix of the image or page URL (http and https alike, host case ignored)
+    url:local:Jane Doe/                a prefix of a local crawl's file (its path under crawl.local_root)
     sha256:<64 hex digits>             the exact image bytes (a row's `image_id`)
     phash:<16 hex digits>              a perceptual hash (a row's `phash`: imagehash.phash of the upright image);
                                        matches copies within `governance.optout_phash_bits` bits (re-encoded, resized)
@@ -26,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.core.errors import UserError
-from pipeline.core.names import clean_name
+from pipeline.core.names import name_key, strip_invisible
 
 OPTED_OUT_IDENTITY, OPTED_OUT_URL, OPTED_OUT_IMAGE = "opted_out_identity", "opted_out_url", "opted_out_image"
 FORMAT = "one `kind:value` a line, kind one of name, domain, url, sha256, phash"
@@ -34,11 +36,12 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 PHASH = re.compile(r"[0-9a-f]{16}")  # imagehash's default 8x8 phash, as the filter stage stores it
 HOST = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 HTTP_URL = re.compile(r"(?i)https?://[^/?#]")
+LOCAL = "local:"  # the `local` source's URLs: a path under crawl.local_root
 
 
 @dataclass(frozen=True)
 class OptOutList:
-    names: frozenset[str] = frozenset()  # casefolded, spacing normalised
+    names: frozenset[str] = frozenset()  # `name_key` form
     domains: frozenset[str] = frozenset()  # lower-case ASCII (IDNA) host names
     url_prefixes: tuple[str, ...] = ()  # `url_key` form
     sha256: frozenset[str] = frozenset()
@@ -50,8 +53,8 @@ class OptOutList:
     def read(cls, paths: list[Path], phash_bits: int) -> OptOutList:
         entries: dict[str, set[Any]] = {kind: set() for kind in PARSERS}
         for path in paths:
-            for number, line in enumerate(_lines(path), 1):
-                if line.strip() and not line.lstrip().startswith("#"):
+            for number, line in enumerate(map(strip_invisible, _lines(path)), 1):
+                if line and not line.startswith("#"):
                     kind, value = _entry(path, number, line)
                     entries[kind].add(value)
         text = repr(sorted((kind, sorted(values)) for kind, values in entries.items())) + f"/{phash_bits}"
@@ -77,7 +80,7 @@ class OptOutList:
         return bool(self.sha256 or self.phashes)
 
     def name_listed(self, name: str | None) -> bool:
-        return bool(name) and _name_key(name or "") in self.names
+        return bool(name) and name_key(name or "") in self.names
 
     def url_listed(self, *urls: str | None) -> str | None:
         """The first of `urls` (image, page) a domain or URL-prefix entry covers, or None."""
@@ -133,22 +136,20 @@ def _ascii_host(host: str) -> str:
         return host
 
 
-def _name_key(name: str) -> str:
-    return clean_name(name).casefold()
-
-
 def _domain(value: str) -> str | None:
     host = _ascii_host(value)
     return host if HOST.fullmatch(host) else None
 
 
 def _url(value: str) -> str | None:
+    if value.startswith(LOCAL) and len(value) > len(LOCAL):  # a local crawl's `url` column
+        return value
     key = url_key(value) if HTTP_URL.match(value) else value
     return key if key != value else None  # url_key leaves what it cannot parse as it is
 
 
 PARSERS = {  # kind -> value normaliser (None: malformed)
-    "name": lambda value: _name_key(value) or None,
+    "name": lambda value: name_key(value) or None,
     "domain": _domain,
     "url": _url,
     "sha256": lambda value: value.lower() if SHA256.fullmatch(value.lower()) else None,
@@ -158,7 +159,7 @@ PARSERS = {  # kind -> value normaliser (None: malformed)
 
 def _lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(
             f"cannot read opt-out file {path}: {exc}", "fix governance.optout: UTF-8 files, " + FORMAT
@@ -166,9 +167,10 @@ def _lines(path: Path) -> list[str]:
 
 
 def _entry(path: Path, number: int, line: str) -> tuple[str, Any]:
-    kind, colon, value = line.strip().partition(":")
-    parse = PARSERS.get(kind.strip().lower())
-    parsed = parse(value.strip()) if colon and parse else None
+    kind, colon, value = line.partition(":")
+    kind = strip_invisible(kind).lower()
+    parse = PARSERS.get(kind)
+    parsed = parse(strip_invisible(value)) if colon and parse else None
     if parsed is None:
-        raise UserError(f"opt-out file {path} line {number} is not a valid entry: {line.strip()[:80]!r}", FORMAT)
-    return kind.strip().lower(), parsed
+        raise UserError(f"opt-out file {path} line {number} is not a valid entry: {line[:80]!r}", FORMAT)
+    return kind, parsed
