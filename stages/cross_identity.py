@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
-from pipeline.core.names import Identity
+from pipeline.core.names import Identity, IdentityIndex
 
 BLOCK = 4096  # centroids per matrix product: a 4096 x 4096 float32 block of similarities is 64 MB
 GROUPS_PER_READ = 128  # identities read at once in the census (their faces' embeddings: ~10 MB)
@@ -70,15 +70,11 @@ class Rules:
 
 
 def merge_groups(identities: list[Identity], merge: list[list[str]]) -> list[tuple[str, ...]]:
-    """Every identity in a group: the merge groups (members as listed, by name or slug), the rest alone."""
-    slugs = {identity.name: identity.slug for identity in identities} | {i.slug: i.slug for i in identities}
+    """Every identity in a group: the merge groups (members as listed: name, slug or readable slug), the rest alone."""
+    index = IdentityIndex(identities)
     listed: dict[str, tuple[str, ...]] = {}
     for entry in merge:
-        unknown = [name for name in entry if name not in slugs]
-        if unknown:
-            raise UserError(f"hygiene.merge names {unknown[0]!r}, which is not in the names list",
-                            "name each identity as the names list writes it, or by its slug")
-        group = tuple(slugs[name] for name in entry)
+        group = tuple(index.resolve(name, "hygiene.merge member").slug for name in entry)
         twice = [slug for slug in group if slug in listed or group.count(slug) > 1]
         if twice:
             raise UserError(f"hygiene.merge lists {twice[0]!r} twice", "put each identity in one merge group, once")

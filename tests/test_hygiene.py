@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
-from pipeline.core.names import Identity
+from pipeline.core.names import Identity, identity_slug
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import FACE_EVIDENCE, NAMES, ROW_KEYS, VERIFICATION, extend
 from pipeline.engine.markers import Marker, part_path, write_marker
@@ -215,6 +215,12 @@ def test_merge_groups_resolve_names_and_refuse_mistakes() -> None:
         merge_groups(people, [["ann", "Dee"]])
     with pytest.raises(UserError, match="twice"):
         merge_groups(people, [["ann", "Bob"], ["cy", "ann"]])
+
+
+def test_merge_members_are_found_by_any_spelling_of_their_name() -> None:
+    zoe, jolie = (Identity(identity_slug(name), name) for name in ("Zo\u00eb Test", "Angelina Jolie"))
+    people = [zoe, jolie, Identity("cy", "cy")]
+    assert merge_groups(people, [["ZOE\u0308 TEST", "angelina_jolie"]]) == [(zoe.slug, jolie.slug), ("cy",)]
 
 
 def test_a_merge_naming_nobody_stops_before_any_work(tmp_path: Path) -> None:
