@@ -24,6 +24,7 @@ from PIL import Image
 from pipeline.__main__ import main
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.errors import UserError
+from pipeline.core.names import identity_slug
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import FACE
 from pipeline.generator import checkpoint
@@ -296,6 +297,50 @@ def test_bad_adapter_files_are_refused(tmp_path: Path) -> None:
     torch.save({"id_encoder": {"x": torch.zeros(1)}, "lora_weights": {"y": torch.zeros(1)}}, tmp_path / "other.bin")
     with pytest.raises(UserError, match="neither PhotoMaker v1 nor v2"):
         checkpoint.load_adapter(tmp_path / "other.bin")
+
+
+BAD_ADAPTERS = {  # file -> (its bytes, what the error says)
+    "empty.bin": (b"", "is empty (0 bytes)"), "empty.safetensors": (b"", "is empty (0 bytes)"),
+    "torn.bin": (b"\x80\x02", "as plain tensors: EOFError"), "html.bin": (b"<html>404</html>", "as plain tensors"),
+    "garbage.safetensors": (b"\xff" * 64, "as plain tensors: Error while deserializing header"),
+}
+
+
+@pytest.mark.parametrize("file", sorted(BAD_ADAPTERS))
+def test_an_empty_or_garbage_adapter_is_one_clear_error(tmp_path: Path, run_dir: Path, models, capsys,
+                                                        file: str) -> None:
+    data, says = BAD_ADAPTERS[file]
+    (tmp_path / file).write_bytes(data)
+    args = ["generate", *DLIB_RUN, "--out", str(run_dir), "--identity", "mark_zuckerberg", "--prompt", "a man img",
+            "--base-model", str(models["base"]), "--adapter", str(tmp_path / file)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(tmp_path / file) in error and says in error
+    assert "id_encoder and lora_weights" in error  # what was expected
+
+
+def test_an_adapter_of_another_object_is_refused(tmp_path: Path) -> None:
+    torch.save(torch.zeros(2), tmp_path / "tensor.bin")
+    with pytest.raises(UserError, match="holds a Tensor, not a dict of tensors"):
+        checkpoint.load_adapter(tmp_path / "tensor.bin")
+
+
+def test_generate_takes_the_name_or_readable_slug_of_a_hashed_identity(run_dir: Path, tmp_path: Path) -> None:
+    """`Angelina Jolie` is stored as angelina_jolie-<hash>; mark_zuckerberg is in the shards, not in run.json."""
+    slug, out = identity_slug("Angelina Jolie"), tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    for path in (out / "shards").glob("*.parquet"):
+        table = pq.read_table(path)
+        renamed = pa.array([slug if value == "angelina_jolie" else value for value in table["identity"].to_pylist()])
+        pq.write_table(table.set_column(table.schema.get_field_index("identity"), "identity", renamed), path)
+    (out / "run.json").write_text(json.dumps({"identities": [[slug, "Angelina Jolie"]]}))
+    training = load_config(resolve_profile("cpu")).training
+    for given in ("angelina_jolie", "Angelina Jolie", "ANGELINA  JOLIE", slug):
+        request = Request("a woman img", [given, "mark_zuckerberg"], [1], None)
+        rows, _ = generator_run.plan(request, RunDir(str(out)), 0, training)
+        assert [identity.identity for identity in rows] == [slug, "mark_zuckerberg"]
+    with pytest.raises(UserError, match=r"no identity 'Angelina Joli' .*; close: 'Angelina Jolie' \(angelina_jolie-"):
+        generator_run.plan(Request("a woman img", ["Angelina Joli"], [1], None), RunDir(str(out)), 0, training)
 
 
 def test_a_file_with_part_of_v2_is_refused_as_a_broken_v2(models: dict[str, Path]) -> None:

@@ -9,6 +9,7 @@ Each version's ID encoder is built by its own module, so a v1 file never reaches
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ V1_MARKERS = ("visual_projection_2.weight", "fuse_module.mlp1.fc1.weight")
 ADAPTER_SOURCE = ("TencentARC/PhotoMaker (photomaker-v1.bin) or TencentARC/PhotoMaker-V2 (photomaker-v2.bin) "
                   "on Hugging Face")
 BUILDERS = {"v1": build_id_encoder, "v2": build_id_encoder_v2}
+EXPECTED = ("pass a PhotoMaker adapter: a .bin (torch) or .safetensors file of id_encoder and lora_weights, "
+            f"e.g. {ADAPTER_SOURCE}")
 
 
 @dataclass(frozen=True)
@@ -38,20 +41,28 @@ def load_adapter(path: Path) -> Adapter:
     """Read and classify an adapter file; anything that is not a PhotoMaker file is a UserError."""
     if not path.is_file():
         raise UserError(f"adapter file not found: {path}", f"download one, e.g. {ADAPTER_SOURCE}")
+    if path.stat().st_size == 0:
+        raise UserError(f"adapter file {path} is empty (0 bytes): a download that did not finish?", EXPECTED)
     parts = split_parts(read_tensors(path), path)
     return Adapter(path, detect_version(parts["id_encoder"], path), parts["id_encoder"], parts["lora_weights"])
 
 
 def read_tensors(path: Path) -> dict:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """The file's dict of tensors; a file that is none (torn, garbage, pickled code, another object) is a UserError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-        return load_file(str(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled code; a torn file fails the same way
-        raise UserError(f"cannot read {path} as plain tensors: {str(exc).splitlines()[0]}",
-                        "use the official PhotoMaker .bin or a .safetensors file") from exc
+        if path.suffix == ".safetensors":
+            data = load_file(str(path))
+        else:  # weights_only: a pickle that would build anything but tensors is refused (UnpicklingError)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError, OSError) as exc:
+        why = " ".join(str(exc).split()).split(". ")[0][:160] or f"{type(exc).__name__}: it ends too soon"
+        raise UserError(f"cannot read adapter file {path} as plain tensors: {why}", EXPECTED) from exc
+    if not isinstance(data, dict):
+        raise UserError(f"adapter file {path} holds a {type(data).__name__}, not a dict of tensors", EXPECTED)
+    return data
 
 
 def split_parts(data: dict, path: Path) -> dict[str, dict[str, torch.Tensor]]:

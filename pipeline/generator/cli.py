@@ -26,7 +26,7 @@ class Request:
 
 def add_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--identity", action="append", required=True, metavar="ID",
-                         help="identity slug in the shards; repeat to mix several people")
+                         help="a name, its slug or its readable slug (angelina_jolie); repeat to mix several people")
     command.add_argument("--prompt", required=True, help='with the trigger word after the class word: "a photo of a man img"')
     command.add_argument("--num-ref", type=int, action="append", metavar="N",
                          help="reference photos per identity (generate.num_ref); repeat to give each identity its share")

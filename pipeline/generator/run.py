@@ -18,7 +18,9 @@ from PIL import Image
 
 from pipeline.core.config import PipelineConfig, TrainingSection
 from pipeline.core.errors import UserError
+from pipeline.core.names import Identity, IdentityIndex, run_identities
 from pipeline.core.rundir import RunDir
+from pipeline.engine.shards import INDEX
 from pipeline.generator import record
 from pipeline.generator.checkpoint import ADAPTER_SOURCE, build_encoder, load_adapter
 from pipeline.generator.cli import Request
@@ -58,9 +60,22 @@ def plan(
     if request.weights is not None and (len(request.weights) != len(request.identities) or len(set(counts)) > 1):
         raise UserError("--weights needs one weight per identity and the same --num-ref for all", "e.g. --weights 0.7,0.3")
     rng = random.Random(seed)
-    rows = [load_identity(run, identity) for identity in request.identities]
+    rows = [load_identity(run, identity) for identity in resolve(run, request.identities)]
     return rows, [sample_references(identity, count, rng, training.resolved(identity.face_backend))
                   for identity, count in zip(rows, counts)]
+
+
+def resolve(run: RunDir, given: list[str]) -> list[str]:
+    """The slugs of the identities named: those of the run's names list (run.json), and any the shards hold
+    beside them (by slug: shards copied without their run, or from an earlier names list)."""
+    if not run.exists(INDEX):
+        return given  # load_identity says there are no shards
+    listed = run_identities(run)
+    known = {identity.slug for identity in listed}
+    held = [Identity(slug, slug) for slug in run.read_table(INDEX, ["identity"])["identity"].to_pylist()
+            if slug not in known]
+    index = IdentityIndex([*listed, *held])
+    return [index.resolve(name).slug for name in given]
 
 
 def check_faces(encoder: IDEncoder, rows: list[IdentityRows], adapter: Path) -> None:
