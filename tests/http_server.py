@@ -3,8 +3,9 @@
 Photos come from tests/data/faces/images. Search-result pages are written in the formats the
 installed icrawler parsers read (Bing, Baidu, Google, Flickr's API), listing `search_results`.
 Every other route misbehaves in one way. `files` serves exact paths as a test sets them (robots.txt,
-tdmrep.json, images it made). `requests` logs every request line the server received, so a test
-can assert what was (or was never) fetched.
+tdmrep.json, images it made); `drips` sends the whole answer to some paths (status line and headers
+included) a byte at a time. `requests` logs every request line the server received, so a test can
+assert what was (or was never) fetched.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from tests.conftest import FACES
 
@@ -78,6 +79,7 @@ class LocalServer(ThreadingHTTPServer):
         self.user_agents: set[str] = set()
         self.search_results: dict[str, list[tuple[str, str]]] = {}  # name -> [(image url, page url)]
         self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}  # path -> (status, body, headers)
+        self.drips: dict[str, float] = {}  # path -> seconds between the bytes of its whole answer
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0  # requests being answered at once, and the peak
         self.scheme = "http"
@@ -143,6 +145,9 @@ class Handler(BaseHTTPRequestHandler):
         handler = getattr(self, f"route_{route.replace('-', '_')}", None) if route else self.route_root
         if parts.path in self.server.files:
             handler = self.route_file
+        if parts.path in self.server.drips:
+            self.wfile = Drip(self.wfile, self.server.drips[parts.path])  # type: ignore[assignment]
+            self.close_connection = True
         self.server.count_in_flight(+1)
         try:
             (handler or self.route_missing)()
@@ -287,6 +292,18 @@ class Handler(BaseHTTPRequestHandler):
         """/headers/<photo>?Header-Name=value...: the photo with those response headers."""
         self.send(200, self.photo(self.rest), **{name.replace("-", "_"): value for name, value in self.query.items()})
 
+    def route_repeat_headers(self) -> None:
+        """/repeat-headers/<n>/<photo>?Name=value&Name=other...: the photo, with those header lines, in that
+        order, sent n times over (`headers` sends each name once)."""
+        times, _, name = self.rest.partition("/")
+        data = self.photo(name)
+        self.send_response(200)
+        for key, value in parse_qsl(urlsplit(self.path).query) * int(times):
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def route_headers_endless(self) -> None:
         """/headers-endless?Header-Name=value...: those headers, then a body that never ends: refused on the
         headers, or the client would meet too_large."""
@@ -334,6 +351,26 @@ class Handler(BaseHTTPRequestHandler):
             image_url = self.server.result_number(int(self.query["photo_id"]))
             body = {"stat": "ok", "sizes": {"size": [{"label": "Large", "source": image_url}]}}
         self.send(200, json.dumps(body).encode(), "application/json")
+
+
+class Drip:
+    """A handler's output, written one byte every `seconds` (a slowloris server), DRIP_MAX bytes at most."""
+
+    def __init__(self, out: Any, seconds: float) -> None:
+        self.out, self.seconds, self.sent = out, seconds, 0
+
+    def write(self, data: bytes) -> int:
+        for byte in data:
+            if self.sent >= DRIP_MAX:  # hang up: the handler thread ends even if the client never does
+                raise ConnectionAbortedError("drip limit reached")
+            self.out.write(bytes([byte]))
+            self.out.flush()
+            self.sent += 1
+            time.sleep(self.seconds)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:  # flush, close, closed: the socket's writer
+        return getattr(self.out, name)
 
 
 @contextmanager

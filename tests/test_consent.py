@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from stages.sources.consent import (
     product_token,
     x_robots_directives,
 )
-from stages.sources.embedded import IPTC_EXT, PLUS, RDF, embedded_refusal, read_embedded
+from stages.sources.embedded import IPTC_EXT, PLUS, RDF, XMP_MAX_BYTES, embedded_refusal, read_embedded
 from stages.sources.http import Downloader
 from tests.conftest import FACES
 from tests.http_server import LocalServer, serving
@@ -169,8 +170,27 @@ def test_tdmrep_locations(path: str, reserved: bool) -> None:
     assert evidence["tdmrep_json"] == ("refused" if reserved else "pass")
 
 
-def test_a_broken_tdmrep_json_is_no_signal() -> None:
-    rules = TdmRules.from_file(SiteFile("http://h.invalid/.well-known/tdmrep.json", b"{not json"))
+@pytest.mark.parametrize(
+    ("location", "path", "covered"),
+    [("/a*b$", "/axxb", True), ("/a*b$", "/axxbc", False), ("/a*b*c", "/abbc", True), ("/a*b*c", "/acb", False),
+     ("*.jpg$", "/x/y.jpg", True), ("/x$", "/x", True), ("/x$", "/xy", False), ("/a**b", "/ab", True),
+     ("/" + "*a" * 10 + "*b", "/" + "a" * 30, False),  # a regex backtracks seconds here, minutes with 52 `a`s
+     ("/" + "*a" * 14 + "*b", "/" + "a" * 52 + "b", True)],
+)  # fmt: skip
+def test_tdmrep_wildcards_match_in_linear_time(location: str, path: str, covered: bool) -> None:
+    body = json.dumps([{"location": location, "tdm-reservation": 1}]).encode()
+    rules = TdmRules.from_file(SiteFile("http://h.invalid/.well-known/tdmrep.json", body))
+    started = time.monotonic()
+    assert (rules.refusal(f"http://h.invalid{path}", {}) is not None) == covered
+    assert time.monotonic() - started < 0.1
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"[" * 200_000 + b"]" * 200_000, b'{"a":' * 100_000 + b"0" + b"}" * 100_000]
+)
+def test_a_broken_tdmrep_json_is_no_signal(body: bytes) -> None:
+    """Nested too deep for the parser (RecursionError) is broken too: unreadable, never an exception."""
+    rules = TdmRules.from_file(SiteFile("http://h.invalid/.well-known/tdmrep.json", body))
     evidence: dict[str, str] = {}
     assert rules.refusal("http://h.invalid/x.jpg", evidence) is None and evidence["tdmrep_json"] == "unreadable"
 
@@ -197,6 +217,18 @@ def test_header_refusals_never_read_the_body(server: LocalServer, query: str, re
     """The body never ends: reading it would end in too_large; refusing on the headers ends first."""
     fetched = Downloader(settings()).fetch_image(server.url(f"/headers-endless?{query}"))
     assert (fetched.status, fetched.reason) == (DROPPED, reason)
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [("tdm-reservation=1&tdm-reservation=1", "tdm_reserved"), ("tdm-reservation=0&tdm-reservation=1", "tdm_reserved"),
+     ("tdm-reservation=0,+1", "tdm_reserved"), ("tdm-reservation=0&tdm-reservation=0", None),
+     ("X-Robots-Tag=noindex&X-Robots-Tag=noai", "robots_noai")],
+)  # fmt: skip
+def test_repeated_headers_refuse_if_any_value_does(server: LocalServer, query: str, reason: str | None) -> None:
+    """Each header line on its own (`0` then `1` must not read as the one value "0, 1")."""
+    fetched = Downloader(settings()).fetch_image(server.url(f"/repeat-headers/1/img1.jpg?{query}"))
+    assert fetched.reason == reason
 
 
 # -- X-Robots-Tag ---------------------------------------------------------------------------------------------
@@ -315,6 +347,16 @@ def test_xmp_in_png_is_read_too() -> None:
     out = io.BytesIO()
     Image.open(FACES / "images" / "img2.jpg").save(out, "PNG", pnginfo=info)
     assert read_embedded(out.getvalue(), "PNG").prohibitions == ("plus:DataMining=DMI-PROHIBITED-AIMLTRAINING",)
+
+
+def test_a_huge_xmp_packet_is_not_parsed() -> None:
+    """Past XMP_MAX_BYTES the packet is unreadable unparsed (megabytes cost seconds and ~40x in memory)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp(elements=PROHIBITED + "<x/>" * (XMP_MAX_BYTES // 4)))
+    out = io.BytesIO()
+    Image.open(FACES / "images" / "img2.jpg").save(out, "PNG", pnginfo=info)
+    found = read_embedded(out.getvalue(), "PNG")
+    assert (found.xmp, found.prohibitions) == ("unreadable", ()) and "more than" in found.detail
 
 
 def test_embedded_checks_can_be_switched_off() -> None:

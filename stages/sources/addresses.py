@@ -6,12 +6,18 @@ inside the connection, so it covers the first request and every redirect alike: 
 resolved once, every address it resolves to is checked before a packet is sent, the socket
 connects to exactly those checked addresses (a second DNS answer cannot slip in), and the peer
 of the connected socket is checked again before the request is written.
+
+The connection also holds a download to its deadline (`Deadline`), where a socket timeout cannot:
+a host that drips its TLS handshake or its headers a byte at a time resets the timeout of every read.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +81,64 @@ def connect_checked(host: str, port: int, timeout: float | None, policy: Address
     raise error or OSError(f"no address for {host}")
 
 
+class Deadline:
+    """The end of one download, enforced from outside its thread: when time is up, a timer shuts down
+    every socket the download used, and whatever read was blocked returns. Entered (`with`), it binds
+    the connections this thread opens or reuses meanwhile."""
+
+    def __init__(self, ends_at: float) -> None:
+        self.expired = False
+        self._copies: list[socket.socket] = []  # duplicates of the sockets' descriptors, to shut them from here
+        self._lock = threading.Lock()
+        self._open = True
+        self._timer = threading.Timer(max(0.0, ends_at - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._token: Token[Deadline | None] | None = None
+
+    def __enter__(self) -> Deadline:
+        self._token = _DEADLINE.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        assert self._token is not None
+        _DEADLINE.reset(self._token)
+        with self._lock:
+            self._open = False
+            for copy in self._copies:
+                copy.close()  # the duplicate only: the connection may go back to the pool
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._open:  # fromfd duplicates the descriptor: works for a TLS socket too, mid-handshake
+                self._copies.append(socket.fromfd(sock.fileno(), sock.family, sock.type))
+            if self.expired:
+                self._shut()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._open:
+                self._shut()
+
+    def _shut(self) -> None:
+        for copy in self._copies:
+            try:
+                copy.shutdown(socket.SHUT_RDWR)
+            except OSError:  # the peer closed it already
+                pass
+
+
+_DEADLINE: ContextVar[Deadline | None] = ContextVar("download_deadline", default=None)
+
+
+def _watch(sock: socket.socket | None) -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and sock is not None and sock.fileno() >= 0:
+        deadline.watch(sock)
+
+
 class _Guarded:
     """Replaces urllib3's connect with `connect_checked`, keeping its exception types."""
 
@@ -89,13 +153,19 @@ class _Guarded:
 
     def _new_conn(self) -> socket.socket:
         try:
-            return connect_checked(self.host, self.port, self.timeout, self.address_policy)
+            sock = connect_checked(self.host, self.port, self.timeout, self.address_policy)
         except socket.gaierror as exc:
             raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]
         except TimeoutError as exc:
             raise ConnectTimeoutError(self, f"connection to {self.host} timed out") from exc
         except OSError as exc:
             raise NewConnectionError(self, f"failed to connect to {self.host}: {exc}") from exc  # type: ignore[arg-type]
+        _watch(sock)  # from here on: the TLS handshake, the request, the answer
+        return sock
+
+    def getresponse(self) -> Any:
+        _watch(getattr(self, "sock", None))  # a kept-alive connection, reused by this download
+        return super().getresponse()  # type: ignore[misc]
 
 
 class GuardedHTTPConnection(_Guarded, HTTPConnection):

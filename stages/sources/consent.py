@@ -4,10 +4,13 @@
   (or more than five redirects) means no rules. A 5xx, a 429 or no answer at all means "unreachable",
   and RFC 9309 2.3.1.4 says to assume complete disallow: the image is not requested and its row
   fails as `robots_unreachable` (or with the transport's own reason when no answer came: a timeout,
-  a refused connection, a private address), so `--retry-failed` asks again later.
+  a refused connection, a private address), so `--retry-failed` asks again later. A file longer than
+  the downloader keeps (RFC 9309 2.5 lets a crawler stop at 500 KiB) is parsed up to its last whole line.
 - TDMRep (W3C community group report): `/.well-known/tdmrep.json` rules whose `location` covers the
-  path (the longest pattern wins, ties go to the first; `*` and a final `$` as in robots.txt), and the
-  `tdm-reservation: 1` response header. A file that cannot be fetched means no rules, as the report says.
+  path (the longest pattern wins, ties go to the first; `*` and a final `$` as in robots.txt, matched
+  in linear time), and the `tdm-reservation` response header: a `1` in any of its values reserves. A
+  file that cannot be fetched means no rules, as the report says; one that is not the JSON the report
+  defines (broken, nested too deep to parse, longer than the downloader keeps) is `unreadable`.
 - X-Robots-Tag directives, unscoped or scoped to our token (`otherbot: noai` binds only otherbot).
 
 Every check leaves an outcome in the row's evidence (`consent` column): pass, refused, absent (no
@@ -16,7 +19,6 @@ signal), unreadable (a signal we could not parse: treated as absent), unreachabl
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import threading
@@ -103,6 +105,7 @@ class SiteFile:
     error: str | None = None  # a download reason code: http_404, http_503, timeout, ...
     detail: str = ""
     transient: bool = False
+    truncated: bool = False  # the body is the file's first bytes only: it was longer than the downloader keeps
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,10 @@ class RobotsTxt:
     @classmethod
     def from_file(cls, file: SiteFile) -> RobotsTxt:
         if file.body is not None:  # RFC 9309 2.3: UTF-8; protego skips the lines it cannot read
-            return cls(PASS, Protego.parse(file.body.decode("utf-8", "replace")))
+            text = file.body.decode("utf-8", "replace")
+            if file.truncated:  # a cut rule could allow more than the whole one: "Allow: /a" of "Allow: /a/b"
+                text = text[: text.rfind("\n") + 1]
+            return cls(PASS, Protego.parse(text))
         if file.error == "too_many_redirects" or _is_4xx(file.error):  # RFC 9309 2.3.1.2, 2.3.1.3
             return cls(ABSENT, detail=f"{file.url}: {file.error}")
         if file.error in NO_ANSWER:
@@ -142,13 +148,46 @@ def _is_4xx(reason: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class PathPattern:
+    """robots.txt pattern syntax (RFC 9309 2.2.3): a prefix, `*` any characters, a final `$` the end of the path.
+
+    Matched piece by piece, each `*`-free piece at its first place after the last: linear in the path,
+    where a regex of the same pattern backtracks for minutes (`/*a*a*...*b` against a path of `a`s).
+    """
+
+    pieces: tuple[str, ...]  # the literal text between `*`s, escapes of unreserved characters decoded
+    anchored: bool  # a final `$`
+
+    @classmethod
+    def parse(cls, pattern: str) -> PathPattern:
+        anchored = pattern.endswith("$")
+        return cls(tuple(_decode_unreserved(pattern[:-1] if anchored else pattern).split("*")), anchored)
+
+    def matches(self, path: str) -> bool:
+        """`path` with its escapes of unreserved characters decoded, as the pieces are."""
+        first, *rest = self.pieces
+        if not path.startswith(first):
+            return False
+        if not rest:
+            return path == first if self.anchored else True
+        at = len(first)
+        for piece in rest[:-1]:  # the earliest place of each piece leaves the most room for the next
+            at = path.find(piece, at)
+            if at < 0:
+                return False
+            at += len(piece)
+        last = rest[-1]
+        if self.anchored:
+            return len(path) - len(last) >= at and path.endswith(last)
+        return path.find(last, at) >= 0
+
+
+@dataclass(frozen=True)
 class TdmRule:
     location: str
     reserved: bool
     policy: str | None
-
-    def matches(self, path: str) -> bool:
-        return _location_regex(self.location).match(_decode_unreserved(path)) is not None
+    pattern: PathPattern
 
 
 @dataclass(frozen=True)
@@ -161,17 +200,19 @@ class TdmRules:
     def from_file(cls, file: SiteFile) -> TdmRules:
         if file.body is None:
             return cls(ABSENT, detail=f"{file.url}: {file.error}")
+        if file.truncated:
+            return cls(UNREADABLE, detail=f"{file.url} is longer than the {len(file.body)} bytes kept")
         try:
             entries = json.loads(file.body)
-        except ValueError as exc:
-            return cls(UNREADABLE, detail=f"{file.url}: {exc}")
+        except (ValueError, RecursionError) as exc:  # RecursionError: arrays or objects nested too deep
+            return cls(UNREADABLE, detail=f"{file.url}: {type(exc).__name__}: {str(exc)[:200]}")
         rules = tuple(_tdm_rules(entries if isinstance(entries, list) else []))
         return cls(PASS, rules) if rules else cls(UNREADABLE, detail=f"{file.url} holds no valid rule")
 
     def refusal(self, url: str, evidence: Evidence) -> Refusal | None:
         """The most specific rule covering the URL's path (longest location, first on ties) decides."""
-        path = path_and_query(url)
-        covering = [rule for rule in self.rules if rule.matches(path)]
+        path = _decode_unreserved(path_and_query(url))
+        covering = [rule for rule in self.rules if rule.pattern.matches(path)]
         rule = max(covering, key=lambda r: len(r.location)) if covering else None  # max keeps the first of equals
         evidence["tdmrep_json"] = REFUSED if rule and rule.reserved else self.outcome
         if not (rule and rule.reserved):
@@ -187,7 +228,9 @@ def _tdm_rules(entries: Iterable[object]) -> Iterable[TdmRule]:
         reservation = str(entry.get("tdm-reservation", "")).strip()
         if reservation in ("0", "1"):  # other values are protocol errors: no declaration
             policy = entry.get("tdm-policy")
-            yield TdmRule(entry["location"], reservation == "1", policy if isinstance(policy, str) else None)
+            location = entry["location"]
+            yield TdmRule(location, reservation == "1", policy if isinstance(policy, str) else None,
+                          PathPattern.parse(location))  # fmt: skip
 
 
 def _decode_unreserved(text: str) -> str:
@@ -198,14 +241,6 @@ def _decode_unreserved(text: str) -> str:
         return char if char in UNRESERVED else match.group(0).upper()
 
     return re.sub(r"%([0-9A-Fa-f]{2})", decode, text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _location_regex(location: str) -> re.Pattern[str]:
-    """robots.txt pattern syntax: a prefix, `*` any characters, a final `$` the end of the path."""
-    anchored = location.endswith("$")
-    body = _decode_unreserved(location[:-1] if anchored else location)
-    return re.compile(".*".join(map(re.escape, body.split("*"))) + ("$" if anchored else ""))
 
 
 # -- response headers ----------------------------------------------------------------------------------
@@ -235,10 +270,15 @@ def x_robots_refusal(values: list[str], token: str, refusing: Collection[str], e
     return (ROBOTS_NOAI, f"X-Robots-Tag: {', '.join(values)} ({', '.join(found)})") if found else None
 
 
-def tdm_header_refusal(value: str | None, evidence: Evidence) -> Refusal | None:
-    """`tdm-reservation: 1` reserves; 0 does not; anything else is a protocol error (no declaration)."""
-    reserved = (value or "").strip() == "1"
-    evidence["tdm_header"] = REFUSED if reserved else ABSENT if value is None else PASS
+def tdm_header_refusal(values: list[str], evidence: Evidence) -> Refusal | None:
+    """`tdm-reservation: 1` reserves; 0 does not; anything else is a protocol error (no declaration).
+
+    The header repeated (or its values joined by commas, the same in HTTP) reserves if any value is 1:
+    a site that says both has said 1.
+    """
+    found = [part.strip() for value in values for part in value.split(",")]
+    reserved = "1" in found
+    evidence["tdm_header"] = REFUSED if reserved else PASS if values else ABSENT
     return (TDM_RESERVED, "the response says tdm-reservation: 1") if reserved else None
 
 

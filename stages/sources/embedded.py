@@ -11,7 +11,9 @@
   its signature is trusted: honouring a reservation needs no proof.
 
 Metadata is untrusted input: whatever fails to parse is recorded as `unreadable` and counts as no
-signal; nothing here raises.
+signal; nothing here raises. An XMP packet longer than XMP_MAX_BYTES is unreadable unparsed (a
+packet of megabytes costs seconds and ~40 times its size in memory); the image itself is already
+bounded by `crawl.max_bytes`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
 TRAINING_LABELS = {"cawg.training-mining", "c2pa.training-mining"}
 REFUSING_USES = {"notallowed", "constrained"}
+# Pillow's own cap on a PNG text chunk (PngImagePlugin.MAX_TEXT_CHUNK), the XMP of other formats has none. A
+# JPEG's packet is at most 64 KiB; real ones are a few KiB.
+XMP_MAX_BYTES = 1 << 20
 # Offline: never fetch a manifest a file only points to, nor certificate status.
 C2PA_SETTINGS = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
 
@@ -113,6 +118,8 @@ def _xmp(data: bytes) -> tuple[str, Element | None, str]:
         if not packet:
             return ABSENT, None, ""
         packet = packet.encode() if isinstance(packet, str) else packet
+        if len(packet) > XMP_MAX_BYTES:
+            return UNREADABLE, None, f"XMP: a packet of {len(packet)} bytes, more than {XMP_MAX_BYTES}"
         return READ, ElementTree.fromstring(packet.rstrip(b"\x00 \t\r\n")), ""
     except Exception as exc:  # hostile XML or image headers fail in many ways; all mean "no signal"
         return UNREADABLE, None, f"XMP: {type(exc).__name__}: {exc}"

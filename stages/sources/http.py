@@ -2,15 +2,18 @@
 
 Hosts and their answers are untrusted. Every download: only http(s); the address checked on the
 connected socket (`addresses`), redirects followed by hand and each hop checked again; a connect
-and a read timeout plus a deadline for the whole download; the size capped while streaming, after
-gzip/deflate decoding too (no bomb gets past the cap); bounded retries with exponential backoff
-for transient failures only; a global and a per-host limit on downloads in flight. What the bytes
-are is decided later from the bytes, never from a header.
+and a read timeout plus a deadline for the whole download, which also stops a host dripping its
+handshake or headers (`addresses.Deadline`); the size capped while streaming, after gzip/deflate
+decoding too (no bomb gets past the cap); bounded retries with exponential backoff for transient
+failures only; a global and a per-host limit on downloads in flight. Headers are bounded by
+http.client (100 lines of at most 64 KiB; more fails the download). What the bytes are is decided
+later from the bytes, never from a header.
 
 An image download also obeys the consent signals (`consent`): the licence allow-list and the
 opt-out list before anything is sent; robots.txt and tdmrep.json of each hop's origin, fetched
-once per origin through this same downloader (same address policy) and kept for the worker's
-life; X-Robots-Tag and tdm-reservation on the response headers, before a byte of the body is read.
+once per origin through this same downloader (same address policy), each within one deadline for
+all its attempts and kept to SITE_FILE_MAX_BYTES, and kept for the worker's life; X-Robots-Tag and
+tdm-reservation on the response headers, before a byte of the body is read.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from urllib3 import BaseHTTPResponse, HTTPHeaderDict, Timeout
-from urllib3.exceptions import HTTPError, LocationParseError, NewConnectionError, ProtocolError, SSLError
+from urllib3.exceptions import HTTPError, LocationParseError, NewConnectionError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from pipeline.core.config import CrawlSection
 from pipeline.core.optout import OptOutList
 from pipeline.core.schema import DROPPED, FAILED
 from pipeline.core.tls import ca_bundle
-from stages.sources.addresses import AddressPolicy, AddressRefused, GuardedPoolManager
+from stages.sources.addresses import AddressPolicy, AddressRefused, Deadline, GuardedPoolManager
 from stages.sources.base import Fetched, Source
 from stages.sources.consent import (
     OFF,
@@ -53,8 +56,24 @@ REDIRECTS = {301, 302, 303, 307, 308}
 CHUNK = 64 * 1024
 ACCEPT_IMAGES = "image/avif,image/webp,image/jpeg,image/png,image/*;q=0.8,*/*;q=0.5"
 ACCEPT_SITE_FILES = "text/plain,application/json;q=0.9,*/*;q=0.5"
+# robots.txt and tdmrep.json: RFC 9309 2.5 asks crawlers to parse at least 500 KiB of robots.txt (Google stops
+# there too); a tdmrep.json holds a few rules. Past it, robots.txt is read up to here, tdmrep.json is unreadable.
+SITE_FILE_MAX_BYTES = 500 * 1024
 
 UrlTriple = tuple[str, str | None, str | None]  # url, page_url, license
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a request asks for, and how much of the answer it keeps."""
+
+    accept: str = "*/*"
+    max_bytes: int | None = None  # None: crawl.max_bytes
+    truncate: bool = False  # past max_bytes: keep the first max_bytes instead of failing as too_large
+
+
+PAGE, IMAGE = Wanted(), Wanted(ACCEPT_IMAGES)
+SITE_FILE = Wanted(ACCEPT_SITE_FILES, SITE_FILE_MAX_BYTES, truncate=True)
 
 
 class DownloadError(Exception):
@@ -75,29 +94,33 @@ class Response:
     status: int
     headers: HTTPHeaderDict
     body: bytes
+    truncated: bool = False  # the first bytes of a longer body (`Wanted.truncate`)
 
 
 class CappedBody:
-    """Collects a body, decoding gzip/deflate with its output bounded, and refuses past `limit` bytes."""
+    """Collects a body, decoding gzip/deflate with its output bounded, and refuses past `limit` bytes
+    (with `truncate`: keeps the first `limit` bytes and is `full`)."""
 
-    def __init__(self, encoding: str, limit: int) -> None:
+    def __init__(self, encoding: str, limit: int, truncate: bool = False) -> None:
         encoding = encoding.strip().lower()
         if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
             raise DownloadError("not_an_image", f"unsupported Content-Encoding {encoding!r}")
         # wbits 32+: zlib or gzip header, detected from the bytes.
         self.inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding not in ("", "identity") else None
-        self.limit = limit
+        self.limit, self.truncate = limit, truncate
         self.parts: list[bytes] = []
         self.size = self.wire_size = 0
+        self.full = False
 
     def feed(self, chunk: bytes) -> None:
         self.wire_size += len(chunk)
-        if self.wire_size > self.limit:
+        if self.wire_size > self.limit and not self.truncate:
             raise DownloadError("too_large", f"more than {self.limit} bytes on the wire")
         self._add(self._inflate(chunk) if self.inflate else chunk)
+        self.full = self.full or self.wire_size > self.limit  # compressed input that inflates to nothing ends too
 
     def finish(self) -> bytes:
-        if self.inflate:
+        if self.inflate and not self.full:
             self._add(self.inflate.flush(self.limit - self.size + 1))
         return b"".join(self.parts)
 
@@ -109,9 +132,12 @@ class CappedBody:
             raise DownloadError("not_an_image", f"corrupt compressed body: {exc}") from exc
 
     def _add(self, data: bytes) -> None:
+        room = self.limit - self.size
+        if len(data) > room:
+            if not self.truncate:
+                raise DownloadError("too_large", f"more than {self.limit} bytes")
+            data, self.full = data[:room], True
         self.size += len(data)
-        if self.size > self.limit:
-            raise DownloadError("too_large", f"more than {self.limit} bytes")
         self.parts.append(data)
 
 
@@ -169,7 +195,7 @@ class Downloader:
             refusal = screen(url, page_url, license_, self.settings.allowed_licenses, self.optout, evidence)
             if refusal:
                 raise DownloadError(*refusal)
-            response = self.fetch(url, accept=ACCEPT_IMAGES, evidence=evidence)
+            response = self.fetch(url, IMAGE, evidence)
         except DownloadError as error:
             status = FAILED if error.transient else DROPPED
             return Fetched(url, None, page_url, license_, error.http_status, status, error.reason, error.detail,
@@ -177,36 +203,43 @@ class Downloader:
         return Fetched(url, response.body, page_url, license_, response.status, consent=evidence)
 
     def site_file(self, url: str) -> SiteFile:
-        """robots.txt or tdmrep.json: its body, or why there is none."""
+        """robots.txt or tdmrep.json: its body, or why there is none. Every download from the origin waits
+        for it, so all its attempts share one deadline."""
         try:
-            return SiteFile(url, self.fetch(url, accept=ACCEPT_SITE_FILES).body)
+            response = self.fetch(url, SITE_FILE, ends_at=time.monotonic() + self.options.deadline)
+            return SiteFile(url, response.body, truncated=response.truncated)
         except DownloadError as error:
             return SiteFile(url, error=error.reason, detail=error.detail, transient=error.transient)
 
-    def fetch(self, url: str, accept: str = "*/*", evidence: Evidence | None = None) -> Response:
+    def fetch(
+        self, url: str, wanted: Wanted = PAGE, evidence: Evidence | None = None, ends_at: float | None = None
+    ) -> Response:
         """GET with retries and exponential backoff for transient failures only; with `evidence`, the
-        consent checks of an image download run on every hop and are recorded there."""
+        consent checks of an image download run on every hop and are recorded there. Each attempt has
+        the download's deadline; with `ends_at`, all attempts together end then."""
         attempt = 0
         while True:
             try:
-                return self.get(url, accept, evidence)
+                return self.get(url, wanted, evidence, None if ends_at is None else ends_at - time.monotonic())
             except DownloadError as error:
-                if not error.transient or isinstance(error, SiteRefusal) or attempt >= self.options.retries:
+                pause = self.options.backoff * 2**attempt
+                late = ends_at is not None and time.monotonic() + pause >= ends_at
+                if not error.transient or isinstance(error, SiteRefusal) or attempt >= self.options.retries or late:
                     raise
-            time.sleep(self.options.backoff * 2**attempt)
+            time.sleep(pause)
             attempt += 1
 
     def get(
-        self, url: str, accept: str = "*/*", evidence: Evidence | None = None, deadline: float | None = None
+        self, url: str, wanted: Wanted = PAGE, evidence: Evidence | None = None, deadline: float | None = None
     ) -> Response:
         """One attempt: follow up to `max_redirects` redirects, each hop checked like the first."""
         ends_at: float | None = None
         for _ in range(self.settings.max_redirects + 1):
             if evidence is not None:
                 self._check_site(url, evidence)
-            # the deadline starts once the first origin's robots.txt and tdmrep.json are known
-            ends_at = ends_at or time.monotonic() + (deadline or self.options.deadline)
-            response = self._hop(url, accept, ends_at, evidence)
+            # the deadline starts once the first origin's robots.txt and tdmrep.json are known (they have their own)
+            ends_at = ends_at or time.monotonic() + (self.options.deadline if deadline is None else deadline)
+            response = self._hop(url, wanted, ends_at, evidence)
             location = response.headers.get("Location")
             if response.status not in REDIRECTS or not location:
                 return self._accept(response)
@@ -235,7 +268,7 @@ class Downloader:
         """X-Robots-Tag and tdm-reservation: both recorded, the first refusal raised."""
         noai = x_robots_refusal(headers.getlist("X-Robots-Tag"), self.token, self.consent.x_robots_tag, evidence)
         if self.consent.tdmrep:
-            reserved = tdm_header_refusal(headers.get("tdm-reservation"), evidence)
+            reserved = tdm_header_refusal(headers.getlist("tdm-reservation"), evidence)
         else:
             reserved, evidence["tdm_header"] = None, OFF
         refusal = noai or reserved
@@ -252,13 +285,13 @@ class Downloader:
             raise DownloadError(f"http_{status}", f"{response.url} answered {status}", http_status=status)
         return response
 
-    def _hop(self, url: str, accept: str, ends_at: float, evidence: Evidence | None = None) -> Response:
+    def _hop(self, url: str, wanted: Wanted, ends_at: float, evidence: Evidence | None = None) -> Response:
         host = check_url(url)
-        with self._host_slot(host), _transport_errors(url):
+        with self._host_slot(host), Deadline(ends_at) as deadline, _transport_errors(url, deadline):
             raw = self.http.request(
                 "GET",
                 url,
-                headers={**self.http.headers, "Accept": accept},
+                headers={**self.http.headers, "Accept": wanted.accept},
                 redirect=False,
                 retries=False,
                 preload_content=False,
@@ -269,8 +302,10 @@ class Downloader:
             try:
                 if raw.status == 200 and evidence is not None:  # refused on the headers: the body is never read
                     self._check_headers(raw.headers, evidence)
-                body = self._read(raw, ends_at) if raw.status == 200 else b""
-                complete = raw.status == 200
+                body, truncated = self._read(raw, ends_at, wanted) if raw.status == 200 else (b"", False)
+                if deadline.expired:  # its socket shut mid-answer: the end of file it met ends no headers, no body
+                    raise _deadline_passed(url)
+                complete = raw.status == 200 and not truncated
             except DownloadError as error:
                 error.http_status = raw.status
                 raise
@@ -278,17 +313,19 @@ class Downloader:
                 if not complete:  # unread bytes would poison the next request on this connection
                     raw.close()
                 raw.release_conn()
-        return Response(url, raw.status, raw.headers, body)
+        return Response(url, raw.status, raw.headers, body, truncated)
 
-    def _read(self, raw: BaseHTTPResponse, ends_at: float) -> bytes:
+    def _read(self, raw: BaseHTTPResponse, ends_at: float, wanted: Wanted) -> tuple[bytes, bool]:
+        """The body, and whether it is only the first `max_bytes` of it (`wanted.truncate`)."""
+        limit = wanted.max_bytes or self.settings.max_bytes
         declared = raw.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.settings.max_bytes:
-            raise DownloadError("too_large", f"Content-Length {declared} > {self.settings.max_bytes}")
-        body = CappedBody(raw.headers.get("Content-Encoding", ""), self.settings.max_bytes)
+        if declared.isdigit() and int(declared) > limit and not wanted.truncate:
+            raise DownloadError("too_large", f"Content-Length {declared} > {limit}")
+        body = CappedBody(raw.headers.get("Content-Encoding", ""), limit, wanted.truncate)
         sock = getattr(raw.connection, "sock", None)
-        while chunk := self._read_chunk(raw, sock, ends_at):
+        while not body.full and (chunk := self._read_chunk(raw, sock, ends_at)):
             body.feed(chunk)
-        return body.finish()
+        return body.finish(), body.full
 
     def _read_chunk(self, raw: BaseHTTPResponse, sock: object, ends_at: float) -> bytes:
         left = ends_at - time.monotonic()
@@ -313,22 +350,33 @@ class Downloader:
 
 
 @contextmanager
-def _transport_errors(url: str) -> Iterator[None]:
+def _transport_errors(url: str, deadline: Deadline) -> Iterator[None]:
     """urllib3's and the address guard's exceptions as reasons: transient ones are retried."""
     try:
         yield
     except AddressRefused as exc:
         raise DownloadError("private_address", f"{url}: {exc}") from exc
-    except NewConnectionError as exc:  # before the timeouts: urllib3 makes it a ConnectTimeoutError subclass
-        raise DownloadError("connection_error", _describe(url, exc), transient=True) from exc
-    except Urllib3Timeout as exc:
-        raise DownloadError("timeout", _describe(url, exc), transient=True) from exc
-    except SSLError as exc:
-        raise DownloadError("tls_error", _describe(url, exc)) from exc
-    except LocationParseError as exc:
-        raise DownloadError("bad_url", _describe(url, exc)) from exc
-    except (ProtocolError, HTTPError, OSError) as exc:  # refused, reset, truncated body, DNS failure
-        raise DownloadError("connection_error", _describe(url, exc), transient=True) from exc
+    except (HTTPError, OSError) as exc:
+        if deadline.expired:  # the deadline shut the socket: whatever broke next is its doing
+            raise _deadline_passed(url) from exc
+        raise _transport_error(url, exc) from exc
+
+
+def _deadline_passed(url: str) -> DownloadError:
+    return DownloadError("timeout", f"{url}: the download's deadline passed", transient=True)
+
+
+def _transport_error(url: str, exc: HTTPError | OSError) -> DownloadError:
+    if isinstance(exc, NewConnectionError):  # before the timeouts: urllib3 makes it a ConnectTimeoutError subclass
+        return DownloadError("connection_error", _describe(url, exc), transient=True)
+    if isinstance(exc, Urllib3Timeout):
+        return DownloadError("timeout", _describe(url, exc), transient=True)
+    if isinstance(exc, SSLError):
+        return DownloadError("tls_error", _describe(url, exc))
+    if isinstance(exc, LocationParseError):
+        return DownloadError("bad_url", _describe(url, exc))
+    # refused, reset, truncated body, DNS failure; more than 100 header lines, or one over 64 KiB (http.client)
+    return DownloadError("connection_error", _describe(url, exc), transient=True)
 
 
 def _describe(url: str, exc: Exception) -> str:
