@@ -3,7 +3,9 @@
 The request goes into the removals ledger first (who, what, when, why), then the whole ledger is
 applied to the run (`pipeline.engine.takedown`); the crawl and the shard step consult the ledger,
 so no later run, `--force` included, brings it back. The same command again finishes an
-interrupted takedown without a second entry.
+interrupted takedown without a second entry. An identity is named as everywhere (its name in any
+case or Unicode form, its slug or its readable slug); a local crawl's file by its `local:` URL or
+by its `file://` URL, which covers its rows in runs from before `local:` URLs too.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from __future__ import annotations
 import argparse
 import getpass
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.errors import UserError
-from pipeline.core.names import identity_slug
+from pipeline.core.names import Identity, IdentityIndex
 from pipeline.core.removals import Ledger, Removal, host_of, load_ledger, new_removal, record
 from pipeline.core.rundir import RunDir
 from pipeline.engine.takedown import apply_ledger, covered, describe, verified_photos
-from pipeline.engine.takedown_parts import crawled
+from pipeline.engine.markers import part_path
+from pipeline.engine.takedown_parts import CRAWL, crawled
+from stages.sources.local import url_forms
 
 if TYPE_CHECKING:
     from pipeline.report.state import RunState
@@ -28,9 +33,11 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--identity", metavar="NAME", help="a name as the names list gives it, or its slug")
+    target.add_argument("--identity", metavar="NAME",
+                        help="a name (any case or Unicode form), its slug or its readable slug (angelina_jolie)")
     target.add_argument("--image", metavar="SHA256", help="a photo's image_id (sha256 of its bytes), wherever it is")
-    target.add_argument("--url", help="an image URL exactly as crawled (the url column)")
+    target.add_argument("--url", help="an image URL exactly as crawled (the url column); a local file as "
+                        "local:<path under crawl.local_root> or as its file:// URL")
     target.add_argument("--domain", metavar="HOST",
                         help="every image served from, or found on a page of, HOST or its subdomains")
     parser.add_argument("--reason", help="why (e.g. 'subject request', 'copyright'); status, report and card count by it")
@@ -47,7 +54,7 @@ def requested(args: argparse.Namespace, state: RunState, run: RunDir) -> tuple[s
             raise UserError(f"--image {args.image!r} is not a sha256", "pass the photo's image_id: 64 hex digits")
         return "image", image, None
     if args.url is not None:
-        return "url", args.url.strip(), None
+        return "url", url_forms(args.url.strip(), state.config.crawl.local_root)[0], None
     host = args.domain.strip().lower().rstrip(".")
     if not host or host_of(f"http://{host}/") != host:
         raise UserError(f"--domain {args.domain!r} is not a host name", "pass the host alone, e.g. example.org")
@@ -55,31 +62,35 @@ def requested(args: argparse.Namespace, state: RunState, run: RunDir) -> tuple[s
 
 
 def _identity(given: str, state: RunState, run: RunDir) -> tuple[str, str]:
-    """Today's names first, then identities an earlier names list crawled."""
-    for identity in state.identities:
-        if given in (identity.slug, identity.name) or identity_slug(given) == identity.slug:
-            return identity.slug, identity.name
-    for slug in crawled(run):
-        if slug in (given, identity_slug(given)):
-            return slug, given
-    raise UserError(f"no identity {given!r} in {state.uri}",
-                    "pass the name as the names list gives it, or its slug (the identity column)")
+    """Today's names, and the identities an earlier names list crawled (named as their crawl rows name them)."""
+    listed = {identity.slug for identity in state.identities}
+    earlier = [Identity(slug, _crawled_name(run, slug)) for slug in crawled(run) if slug not in listed]
+    found = IdentityIndex([*state.identities, *earlier]).resolve(given)
+    return found.slug, found.name
 
 
-def _removal(run: RunDir, kind: str, value: str, name: str | None, args: argparse.Namespace) -> Removal:
-    """The ledger entry, with what it covers in the run now; a request that covers nothing is refused."""
+def _crawled_name(run: RunDir, slug: str) -> str:
+    names = run.read_table(part_path(CRAWL, slug), ["name"])["name"].to_pylist()
+    return names[0] if names else slug
+
+
+def _removal(run: RunDir, kind: str, value: str, name: str | None, args: argparse.Namespace,
+             local_root: Path | None) -> Removal:
+    """The ledger entry, with what it covers in the run now; a request that covers nothing is refused.
+    A local file's URL covers its rows in either form (`local:`, or `file://` in runs from before it)."""
     by = args.by or _user()
     if kind == "identity":
         return new_removal(kind, value, args.reason, by, name=name, identities=(value,),
                            image_ids=tuple(sorted(verified_photos(run, value))))
-    probe = new_removal(kind, value, args.reason, by, image_ids=(value,) if kind == "image" else ())
-    identities, images = covered(run, Ledger([probe]))
+    values = url_forms(value, local_root) if kind == "url" else [value]
+    probe = [new_removal(kind, form, args.reason, by, image_ids=(form,) if kind == "image" else ()) for form in values]
+    identities, images = covered(run, Ledger(probe))
     if not identities:
         raise UserError(f"nothing in {run.uri} matches --{kind} {value}",
                         f"check it against the {'image_id' if kind == 'image' else 'url and page_url'} column; "
                         "to keep something out of future crawls, use an opt-out list (governance.optout)")
     return new_removal(kind, value, args.reason, by, identities=tuple(sorted(identities)),
-                       image_ids=tuple(sorted(images | set(probe.image_ids))))
+                       image_ids=tuple(sorted(images | {image for entry in probe for image in entry.image_ids})))
 
 
 def _user() -> str:
@@ -97,7 +108,7 @@ def command_remove(run: RunDir, args: argparse.Namespace) -> int:
     kind, value, name = requested(args, state, run)
     earlier = load_ledger(run).find(kind, value)
     if earlier is None:
-        removal = _removal(run, kind, value, name, args)
+        removal = _removal(run, kind, value, name, args, state.config.crawl.local_root)
         record(run, removal)
         print(f"recorded removal {removal.id} ({kind} {value}, reason: {removal.reason}, by {removal.by})")
     else:

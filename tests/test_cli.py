@@ -62,7 +62,7 @@ def test_every_file_ends_kept_or_dropped_with_its_reason(tree, finished) -> None
 def test_provenance_and_content_addressed_raw_files(finished) -> None:
     for row in stage_rows(finished, "crawl"):
         if row["status"] == "ok":
-            assert row["source"] == "local" and row["url"].startswith("file://")
+            assert row["source"] == "local" and row["url"].startswith("local:")
             assert row["raw_path"] == f"raw/{row['identity']}/{row['image_id']}.{row['raw_path'].rsplit('.', 1)[1]}"
             assert (finished / row["raw_path"]).is_file() and row["fetched_at"] is not None
 

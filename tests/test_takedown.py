@@ -3,6 +3,7 @@ a cpu-profile run crawled from a URL list on the loopback server (nothing but 12
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -15,15 +16,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.errors import UserError
+from pipeline.core.names import Identity, identity_slug
 from pipeline.core.removals import TAKEN_DOWN, Ledger, load_ledger, new_removal, record
 from pipeline.core.rundir import RunDir
 from pipeline.engine import governance
 from pipeline.engine.governance_card import card_section
-from pipeline.engine.markers import Marker, write_marker
+from pipeline.engine.markers import Marker, part_path, write_marker
 from pipeline.engine.shards import write_shard
 from pipeline.engine.stats import StageCounts
 from pipeline.engine.takedown_parts import pending, take_down
 from pipeline.engine.takedown_shards import rewrite_shard
+from pipeline.remove import requested
+from pipeline.report.state import RunState
 from stages.crawl import CrawlStage
 from tests.conftest import FACES, run_cli, stage_rows
 from tests.http_server import LocalServer, serving
@@ -136,6 +141,22 @@ def test_a_removed_persons_photos_merged_into_another_identity_go_too(tmp_path: 
     for stage in ("hygiene", "caption"):
         assert pq.read_table(tmp_path / "stages" / stage / "part-b.parquet")["image_id"].to_pylist() == ["0"]
     assert not pending(run, ledger, "b")
+
+
+def test_remove_finds_an_identity_by_any_spelling_also_one_an_earlier_names_list_crawled(tmp_path: Path) -> None:
+    """A run.json written before names were normalised holds an NFD name; `Jane Doe` was only in an earlier list."""
+    run, nfd = RunDir(str(tmp_path)), "Zoe\u0308 Test"
+    run.write_table(part_path("crawl", "jane_doe-0123456789"), pa.table({"identity": ["jane_doe-0123456789"],
+                                                                        "name": ["Jane Doe"]}))
+    state = RunState(run.uri, [Identity(identity_slug(nfd), nfd)], load_config(resolve_profile("cpu")), [], None)
+
+    def identity(given: str) -> argparse.Namespace:
+        return argparse.Namespace(identity=given, image=None, url=None, domain=None)
+
+    assert requested(identity("Zo\u00eb Test"), state, run) == ("identity", identity_slug(nfd), nfd)
+    assert requested(identity("jane doe"), state, run) == ("identity", "jane_doe-0123456789", "Jane Doe")
+    with pytest.raises(UserError, match="no identity 'Jane Do' .*; close: 'Jane Doe'"):
+        requested(identity("Jane Do"), state, run)
 
 
 def governance_run(tmp_path: Path, columns: dict[str, list]) -> tuple[RunDir, list[str]]:

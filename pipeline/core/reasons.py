@@ -32,6 +32,7 @@ def _reason(code: str, stage: str, meaning: str, status: str = DROPPED) -> str:
 
 # crawl: finding and downloading
 NO_SOURCE_FOLDER = _reason("no_source_folder", "crawl", "source=local: no folder under crawl.local_root matches the name")
+BAD_FILE_NAME = _reason("bad_file_name", "crawl", "source=local: the file's name is not UTF-8 (rename the file)")
 NO_IMAGES_FOUND = _reason("no_images_found", "crawl", "the source returned no candidate for the name")
 ZERO_BYTES = _reason("zero_bytes", "crawl", "the body or file is empty")
 NOT_AN_IMAGE = _reason("not_an_image", "crawl", "the bytes are no image format Pillow reads (decided from the bytes)")
@@ -43,7 +44,7 @@ TOO_LARGE = _reason("too_large", "crawl", "more than crawl.max_bytes, declared o
 PRIVATE_ADDRESS = _reason("private_address", "crawl",
                           "the host resolves to a private, loopback or reserved address (crawl.allowed_networks)")
 TOO_MANY_REDIRECTS = _reason("too_many_redirects", "crawl", "more than crawl.max_redirects redirects")
-BAD_URL = _reason("bad_url", "crawl", "not an http(s) URL with a host")
+BAD_URL = _reason("bad_url", "crawl", "not an http(s) URL with a host (source=local: no file inside crawl.local_root)")
 TLS_ERROR = _reason("tls_error", "crawl", "the certificate could not be verified")
 TIMEOUT = _reason("timeout", "crawl", "a connect or read timeout, or the download's deadline", FAILED)
 CONNECTION_ERROR = _reason("connection_error", "crawl", "the connection failed or was reset", FAILED)
