@@ -8,7 +8,7 @@ connects to exactly those checked addresses (a second DNS answer cannot slip in)
 of the connected socket is checked again before the request is written.
 
 The connection also holds a download to its deadline (`Deadline`), where a socket timeout cannot:
-a host that drips its TLS handshake or its headers a byte at a time resets the timeout of every read.
+a host that drips its status line and headers a byte at a time resets the timeout of every read.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Deadline:
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
-            if self._open:  # fromfd duplicates the descriptor: works for a TLS socket too, mid-handshake
+            if self._open:  # fromfd duplicates the descriptor: still valid once TLS has wrapped the socket
                 self._copies.append(socket.fromfd(sock.fileno(), sock.family, sock.type))
             if self.expired:
                 self._shut()

@@ -227,10 +227,9 @@ def _tdm_rules(entries: Iterable[object]) -> Iterable[TdmRule]:
             continue
         reservation = str(entry.get("tdm-reservation", "")).strip()
         if reservation in ("0", "1"):  # other values are protocol errors: no declaration
-            policy = entry.get("tdm-policy")
-            location = entry["location"]
-            yield TdmRule(location, reservation == "1", policy if isinstance(policy, str) else None,
-                          PathPattern.parse(location))  # fmt: skip
+            location, policy = entry["location"], entry.get("tdm-policy")
+            policy = policy if isinstance(policy, str) else None
+            yield TdmRule(location, reservation == "1", policy, PathPattern.parse(location))
 
 
 def _decode_unreserved(text: str) -> str:
