@@ -133,8 +133,8 @@ class IdentityIndex:
             if found:
                 listed = ", ".join(f"{identity.name!r} ({identity.slug})" for identity in found)
                 raise UserError(f"{what} {given!r} names {len(found)} identities: {listed}", "pass one of their slugs")
-        raise UserError(f"no {what} {given!r} among the run's {len(self.identities):,} identities{self._close(cleaned)}",
-                        ACCEPTED)
+        count = len(self.identities)
+        raise UserError(f"no {what} {given!r} among the run's {count:,} identities{self._close(cleaned)}", ACCEPTED)
 
     def _close(self, given: str) -> str:
         by_text = {identity.name: identity for identity in self.identities} | {i.slug: i for i in self.identities}
