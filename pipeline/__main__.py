@@ -8,6 +8,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import BaseModel, ValidationError
+
 from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, read_names
@@ -90,8 +92,37 @@ def _settings(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
     return config, profile
 
 
-def _run_dir(config: PipelineConfig, profile: Path) -> RunDir:
-    return RunDir(config.run.out or f"runs/{profile.stem}")
+def _run_dir(config: PipelineConfig, profile: Path, create: bool = False) -> RunDir:
+    """The run directory, checked: one error line for a file, a folder that cannot be made, a store out of reach."""
+    run = RunDir(config.run.out or f"runs/{profile.stem}")
+    run.check(create)
+    return run
+
+
+class RunInfo(BaseModel):
+    """What run.json must hold for the commands that read a run."""
+
+    profile: str
+    stage_hashes: dict[str, str]
+    identities: list[tuple[str, str]]
+
+
+def _run_info(run: RunDir) -> RunInfo:
+    if not run.exists(RUN_INFO):
+        raise UserError(f"no run in {run.uri}", "pass --out DIR of a run, or start one with `python -m pipeline run`")
+    try:
+        return RunInfo.model_validate_json(run.read_bytes(RUN_INFO))
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"]
+        raise UserError(f"{run.uri}/{RUN_INFO} is unreadable ({problem})",
+                        "run `python -m pipeline run` on this --out again, which rewrites it") from exc
+
+
+def _existing_run(config: PipelineConfig, profile: Path) -> RunDir:
+    """The run directory of a run made before, with a readable run.json (status, report, remove, generate)."""
+    run = _run_dir(config, profile)
+    _run_info(run)
+    return run
 
 
 def _save_run_info(run: RunDir, config: PipelineConfig, profile: Path, identities: list[Identity]) -> None:
@@ -135,7 +166,7 @@ def command_run(args: argparse.Namespace) -> int:
     ensure_models(config, chosen, args.config, args.accept_licenses)
     for stage in chosen:
         stage.preflight(config)
-    run = _run_dir(config, profile)
+    run = _run_dir(config, profile, create=True)
     _save_run_info(run, config, profile, identities)
     summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
     if args.stage in ("all", SHARD):
@@ -172,21 +203,19 @@ def command_status(args: argparse.Namespace) -> int:
 
     config, profile = _settings(args)
     run = _run_dir(config, profile)
-    if not run.exists(RUN_INFO):
-        raise UserError(f"no run in {run.uri}", "pass --out DIR of a run, or start one with `python -m pipeline run`")
-    info = run.read_json(RUN_INFO)
-    tasks = {slug for slug, _ in info["identities"]}
-    rows = [counts_from_markers(run, stage.name, tasks, info["stage_hashes"].get(stage.name)) for stage in STAGES]
+    info = _run_info(run)
+    tasks = {slug for slug, _ in info.identities}
+    rows = [counts_from_markers(run, stage.name, tasks, info.stage_hashes.get(stage.name)) for stage in STAGES]
     console.print(counts_table(f"status of {run.uri}", [*rows, shard_counts(run)]))
     console.print(removals_line(load_ledger(run), sum(row.reasons[TAKEN_DOWN] for row in rows)))
     return 0
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from pipeline.report import index_uri, write_report
-
     config, profile = _settings(args)
-    run = _run_dir(config, profile)
+    run = _existing_run(config, profile)
+    from pipeline.report import index_uri, write_report  # matplotlib: only once the run is known
+
     write_report(run)
     print(index_uri(run))
     return 0
@@ -216,16 +245,17 @@ def command_remove(args: argparse.Namespace) -> int:
     from pipeline.remove import command_remove as remove
 
     config, profile = _settings(args)
-    return remove(_run_dir(config, profile), args)
+    return remove(_existing_run(config, profile), args)
 
 
 def command_generate(args: argparse.Namespace) -> int:
     from pipeline.generator.cli import overrides, request
-    from pipeline.generator.run import run_generate
 
     args.overrides = [*args.overrides, *overrides(args)]
     config, profile = _settings(args)
-    run = _run_dir(config, profile)
+    run = _existing_run(config, profile)
+    from pipeline.generator.run import run_generate  # torch and diffusers: seconds to import, so only now
+
     print(f"{run.uri}/{run_generate(config, run, request(args, config))}")
     return 0
 

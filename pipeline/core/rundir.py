@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipeline.core.errors import UserError
+
 TMP_MARK = ".tmp-"
 
 
@@ -39,13 +41,29 @@ class RunDir:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri if "://" in uri else str(Path(uri).expanduser().resolve())
-        self.fs, self.root = _split_uri(self.uri)
+        try:
+            self.fs, self.root = _split_uri(self.uri)
+        except (ValueError, OSError) as exc:  # pyarrow: an unknown scheme or option, a filesystem it cannot load
+            raise UserError(f"cannot open {uri} as a run directory: {exc}", "pass a folder or s3://bucket/path") from exc
         self._made: set[str] = set()  # folders this process created: one create_dir call each
         self.object_store = not isinstance(self.fs, pafs.LocalFileSystem)
         self.cache: dict[str, Any] = {}  # what one command derived from the run (the marker indexes), read once
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RunDir, (self.uri,))
+
+    def check(self, create: bool = False) -> None:
+        """One line instead of a traceback later when this cannot be a run directory: a file, a folder
+        that cannot be made (`create`), a store that cannot be reached."""
+        try:
+            found = self.fs.get_file_info(self.root).type
+            if found == pafs.FileType.File:
+                raise UserError(f"{self.uri} is a file, not a run directory", "pass a folder with --out")
+            if create and found == pafs.FileType.NotFound and not self.object_store:  # a store has no folders
+                self._make_dir(self.root)
+        except OSError as exc:
+            raise UserError(f"cannot use {self.uri} as a run directory: {exc}", "check the path, its permissions "
+                            "and, for a store, its address and credentials") from exc
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)

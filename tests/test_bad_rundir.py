@@ -1,0 +1,85 @@
+"""Every command against bad run directories and bad configs: one `error:` line, exit 2, no traceback.
+
+In-process (`main(argv)`): each case fails before Ray or a model starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.__main__ import main
+
+COMMANDS = {
+    "run": ["run"],
+    "status": ["status"],
+    "report": ["report"],
+    "export": ["export", "--format", "jsonl"],
+    "remove": ["remove", "--identity", "someone"],
+    "generate": ["generate", "--identity", "someone", "--prompt", "a photo of a man img"],
+}
+# run directories, by what is wrong with them; `run` makes a new run where there is none, so it gets only the first two
+RUN_DIRS = {
+    "a file": lambda root: _file(root / "file"),
+    "below a file": lambda root: _file(root / "file") / "run",
+    "no run.json": lambda root: _folder(root / "empty"),
+    "corrupt run.json": lambda root: _file(_folder(root / "corrupt") / "run.json", b"garbage{").parent,
+    "run.json of another shape": lambda root: _file(_folder(root / "shape") / "run.json", b'{"identities": 3}').parent,
+}
+CONFIGS = {
+    "not YAML": "filter: [unclosed\n",
+    "not a mapping": "- filter\n- verify\n",
+    "an unknown key": "filter:\n  min_short_sid: 3\n",
+    "aliases": "a: &a [1, 2]\nfilter: {min_short_side: *a}\n",
+}
+
+
+def _file(path: Path, content: bytes = b"not a run\n") -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def assert_one_error_line(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("case", RUN_DIRS)
+def test_a_bad_run_directory_is_one_error_line(tmp_path, capsys, command: str, case: str) -> None:
+    if command == "run" and case not in ("a file", "below a file"):
+        pytest.skip("run starts a new run there")
+    out = RUN_DIRS[case](tmp_path)
+    assert_one_error_line([*COMMANDS[command], "--out", str(out)], capsys)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("case", CONFIGS)
+def test_a_bad_config_file_is_one_error_line(tmp_path, capsys, command: str, case: str) -> None:
+    profile = _file(tmp_path / "profile.yaml", CONFIGS[case].encode())
+    assert_one_error_line([*COMMANDS[command], "--config", str(profile), "--out", str(tmp_path / "run")], capsys)
+
+
+def test_a_folder_given_as_config_is_one_error_line(tmp_path, capsys) -> None:
+    err = assert_one_error_line(["status", "--config", str(tmp_path), "--out", str(tmp_path)], capsys)
+    assert err.startswith(f"error: cannot read config {tmp_path}")
+
+
+def test_an_unknown_scheme_is_one_error_line(capsys) -> None:
+    err = assert_one_error_line(["status", "--out", "nosuch://bucket/run"], capsys)
+    assert err.startswith("error: cannot open nosuch://bucket/run as a run directory")
+
+
+def test_a_file_as_out_is_named(tmp_path, capsys) -> None:
+    out = _file(tmp_path / "file")
+    err = assert_one_error_line(["run", "--out", str(out)], capsys)
+    assert err.startswith(f"error: {out} is a file, not a run directory")
