@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 from pipeline.core.config import TrainingSection
 from pipeline.core.pairs import pose_weights, too_similar, weighted_sample
 from pipeline.core.rundir import RunDir
+from stages.imaging import PILLOW_MAX_PIXELS, decode_upright
 
 INDEX_FILE = "_index.parquet"
 PLAN_COLUMNS = ["identity", "image_id", "dup_group", "faces", "target_face", "face_backend"]
@@ -249,11 +250,8 @@ def target_faces(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode_image(data: bytes, size: int | None) -> torch.Tensor:
-    """Encoded crop -> uint8 3xHxW RGB, resized to size x size (crops are square) when given."""
-    with Image.open(io.BytesIO(data)) as encoded:
-        if size:
-            encoded.draft("RGB", (size, size))  # JPEG decodes at 1/2..1/8 scale directly: much faster
-        image = encoded.convert("RGB")
+    """Encoded crop -> uint8 3xHxW RGB in sRGB, resized to size x size (crops are square) when given."""
+    image = decode_upright(data, PILLOW_MAX_PIXELS, at_least=size)  # JPEG decodes at 1/2..1/8 scale: much faster
     if size:
         image = image.resize((size, size), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()

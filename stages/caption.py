@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from PIL import UnidentifiedImageError
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
@@ -26,6 +25,7 @@ from stages.base import ModelStage, Row, drop, keep
 from stages.captioners import Estimate, check_models, open_captioner, open_estimator
 from stages.clip_tokens import clip_tokenizer, token_positions
 from stages.crop import decode_crop, target_crop_box
+from stages.imaging import ImageRejected
 
 
 @dataclass
@@ -73,8 +73,8 @@ class CaptionStage(ModelStage):
         for data in rows["crop_image"].to_pylist():
             try:
                 out.append(decode_crop(data))
-            except (OSError, UnidentifiedImageError) as exc:
-                out.append(drop("crop_unreadable", f"{type(exc).__name__}: {exc}"))
+            except ImageRejected as rejected:
+                out.append(drop(rejected.reason, rejected.detail))
         return out
 
     def infer(self, rows: pa.Table, prepared: list[np.ndarray | Row]) -> pa.Table:

@@ -17,9 +17,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.config import CropSection
+from pipeline.core.reasons import CROP_UNREADABLE
 from pipeline.core.schema import CROP
 from stages.base import Row, RowStage, drop, keep
-from stages.imaging import ImageRejected, decode_upright
+from stages.imaging import PILLOW_MAX_PIXELS, ImageRejected, decode_upright
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
@@ -125,9 +126,14 @@ class CropStage(RowStage):
 
 
 def decode_crop(data: bytes) -> np.ndarray:
-    """A stored crop as an HxWx3 uint8 RGB array (writable: torch warns about read-only arrays)."""
-    with Image.open(io.BytesIO(data)) as image:
-        return np.array(image.convert("RGB"))
+    """A stored crop as an HxWx3 uint8 RGB array in sRGB (writable: torch warns about read-only arrays).
+
+    Raises ImageRejected (`crop_unreadable`) for bytes that do not decode: only storage gone wrong does that.
+    """
+    try:
+        return np.array(decode_upright(data, PILLOW_MAX_PIXELS))
+    except ImageRejected as rejected:
+        raise ImageRejected(CROP_UNREADABLE, f"{rejected.reason}: {rejected.detail}") from rejected
 
 
 def target_crop_box(row: Row) -> list[float]:

@@ -1,6 +1,7 @@
 """Filter stage: resolution from the header first (cheap), then faces on the decoded survivors.
 
-`prepare` (CPU workers) reads each image, checks its header and decodes the survivors shrunk for
+`prepare` (CPU workers) reads each image, checks its header and decodes the survivors upright, in sRGB
+(stages/imaging.py: any mode, the ICC profile applied and named in `icc_profile`) and shrunk for
 detection; `infer` (the face model's actors) finds and embeds the faces and judges them.
 
 Every face whose box reaches `filter.min_face_size` is kept in the row with its embedding (unit
@@ -43,8 +44,9 @@ class FilterStage(ModelStage):
     requires = ("raw_path",)
     produces = pa.schema([*IMAGE_SIZE, *FACE_EVIDENCE])
     # 2: faces carry `embedding_norm`; 3: and quality evidence (sharpness, yaw/pitch/roll, image_share), which needs
-    # the decoded pixels: a run made before it re-runs filter once, since verify's gates read it
-    version = 3
+    # the decoded pixels: a run made before it re-runs filter once, since verify's gates read it; 4: pixels in sRGB
+    # through the ICC profile (`icc_profile`), orientations outside 1..8 read as 1
+    version = 4
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
@@ -72,7 +74,8 @@ class FilterStage(ModelStage):
         except ImageRejected as rejected:
             candidate.verdict = drop(rejected.reason, rejected.detail)
             return candidate
-        size = {"width": header.width, "height": header.height, "exif_orientation": header.orientation}
+        size = {"width": header.width, "height": header.height, "exif_orientation": header.orientation,
+                "icc_profile": header.icc_profile}
         short, long = sorted((header.width, header.height))
         if short < settings.min_short_side:
             candidate.verdict = drop("low_resolution", f"short side {short} < {settings.min_short_side}", **size)

@@ -16,6 +16,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.schema import MASK
 from stages.base import ModelStage, Row, drop, keep
 from stages.crop import decode_crop, target_crop_box
+from stages.imaging import ImageRejected
 from stages.segmenters import SEGMENTERS, PersonMask, Prompt, encode_mask, face_coverage, open_segmenter
 
 
@@ -32,17 +33,21 @@ class SegmentStage(ModelStage):
     def setup(self) -> None:
         self.segmenter = open_segmenter(self.config)
 
-    def prepare(self, rows: pa.Table) -> list[np.ndarray]:
-        return [decode_crop(data) for data in rows["crop_image"].to_pylist()]
+    def prepare(self, rows: pa.Table) -> list[np.ndarray | Row]:
+        """Each crop decoded, or the drop of an unreadable one."""
+        return [_decoded(data) for data in rows["crop_image"].to_pylist()]
 
-    def infer(self, rows: pa.Table, prepared: list[np.ndarray]) -> pa.Table:
-        out: list[Row] = []
+    def infer(self, rows: pa.Table, prepared: list[np.ndarray | Row]) -> pa.Table:
+        verdicts: list[Row | None] = [None if isinstance(item, np.ndarray) else item for item in prepared]
+        live = [k for k, item in enumerate(prepared) if isinstance(item, np.ndarray)]
+        every = rows.to_pylist()
         size = self.resources(self.config).batch_size
-        for start in range(0, rows.num_rows, size):
-            batch, images = rows.slice(start, size).to_pylist(), prepared[start : start + size]
-            found = self.segmenter.segment(images, [prompt(row) for row in batch])
-            out.extend({**row, **self._judge(row, person)} for row, person in zip(batch, found, strict=True))
-        return self.to_table(out, rows.schema)
+        for start in range(0, len(live), size):
+            batch = live[start : start + size]
+            found = self.segmenter.segment([prepared[k] for k in batch], [prompt(every[k]) for k in batch])
+            for k, person in zip(batch, found, strict=True):
+                verdicts[k] = self._judge(every[k], person)
+        return self.to_table([{**row, **verdict} for row, verdict in zip(every, verdicts, strict=True)], rows.schema)
 
     def _judge(self, row: Row, person: PersonMask | None) -> Row:
         source = self.segmenter.source
@@ -66,6 +71,13 @@ class SegmentStage(ModelStage):
         if evidence["mask_area"] > most:
             return drop("mask_fills_crop", f"mask fills {evidence['mask_area']:.0%} of the crop (> {most:.0%})", **evidence)
         return keep(**evidence)
+
+
+def _decoded(data: bytes) -> np.ndarray | Row:
+    try:
+        return decode_crop(data)
+    except ImageRejected as rejected:
+        return drop(rejected.reason, rejected.detail)
 
 
 def prompt(row: Row) -> Prompt:

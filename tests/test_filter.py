@@ -21,6 +21,7 @@ from stages.filter import FilterStage
 from stages.imaging import decode_for_detection, decode_upright
 from tests.conftest import image_bytes
 from tests.local_tree import png_declaring, rotated_jpeg
+from tests.test_any_image import ADOBE, ADOBE_NAME, APPLE, APPLE_NAME, encode, profile_of
 from tests.tiny_onnx import write_pack
 
 
@@ -87,6 +88,28 @@ def test_outcomes(tmp_path, data: bytes, status: str, reason: str | None) -> Non
 def test_exif_orientation_gives_the_upright_size(tmp_path) -> None:
     row = filter_one(tmp_path, rotated_jpeg())
     assert (row["width"], row["height"], row["exif_orientation"]) == (600, 1000, 6)
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 128, 65535])
+def test_an_out_of_range_exif_orientation_means_no_rotation(tmp_path, orientation: int) -> None:
+    """Legal EXIF SHORTs outside 1..8 (ImageOps.exif_transpose leaves those photos as stored): the row goes on."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = image_bytes((1000, 600), exif=exif.tobytes())
+    row = filter_one(tmp_path, data)
+    assert (row["status"], row["reason"], row["width"], row["height"], row["exif_orientation"]) == (
+        "dropped", "no_face", 1000, 600, 1)
+    assert decode_upright(data, max_pixels=10**8).size == (1000, 600)
+
+
+def test_the_colour_profile_is_recorded(tmp_path, faces) -> None:
+    """Labelled photos as their camera or phone tagged them; a broken profile falls back to the plain conversion."""
+    blobs = [real_photo(faces, name) for name in (ADOBE, APPLE, "img34.jpg")]
+    blobs.append(encode(Image.open(faces["images"] / "img34.jpg"), "JPEG", icc=b"not a colour profile"))
+    rows = filter_many(tmp_path, blobs, "filter.min_face_size=100", "filter.min_short_side=256")
+    assert [row["icc_profile"] for row in rows] == [ADOBE_NAME, APPLE_NAME, None, None]
+    assert [row["status"] for row in rows] == ["ok"] * 4
+    assert filter_one(tmp_path, image_bytes((300, 200), icc_profile=profile_of(ADOBE)))["icc_profile"] == ADOBE_NAME
 
 
 def test_thresholds_come_from_the_config(tmp_path) -> None:

@@ -11,6 +11,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -30,9 +31,11 @@ from pipeline.report.thumbs import Thumbs
 from tests import browser
 from tests.conftest import image_bytes, run_cli, stage_rows
 from tests.local_tree import build_tree
+from tests.test_any_image import APPLE_NAME, encode, in_mode, small_photo, write_odd_photos
 from tests.test_object_store import CREDENTIALS, bucket  # noqa: F401 (bucket: a fixture)
 
 IDENTITIES = ["angelina_jolie", "matt_damon", "katy_perry", "george_clooney"]
+IMPOSTOR = "img17.jpg"  # jack_dorsey, not in the run: in greys among Katy Perry's photos
 HOSTILE_NAME = """Zoë "Q" O'Hara </table><script>alert('name')</script> & co"""
 HOSTILE_CAPTION = """a photo of a woman "x" </td></table><script>alert('caption')</script> & 'y'"""
 HOSTILE_URL = "javascript:alert('url')"
@@ -103,6 +106,23 @@ def test_generator_results_render_escaped_or_say_not_run(tmp_path: Path) -> None
     assert "unreadable" in page and "no face found" in page
 
 
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "I;16", "I", "F", "CMYK", "RGBA", "YCbCr", "LAB"])
+def test_a_raw_thumbnail_draws_its_box_on_any_image_mode(tmp_path: Path, mode: str) -> None:
+    run = RunDir(str(tmp_path))
+    run.write_bytes("raw/x/photo.tif", encode(in_mode(small_photo(), mode), "TIFF"))
+    thumbs = Thumbs(run)
+    row = {"image_id": "ab" * 32, "raw_path": "raw/x/photo.tif"}
+
+    def greenness(box: list[float] | None) -> np.ndarray:
+        rel = thumbs.raw(row, box)
+        assert rel is not None
+        with Image.open(tmp_path / "report" / rel) as thumb:
+            rgb = np.asarray(thumb.convert("RGB"), dtype=int)
+        return rgb[..., 1] - np.maximum(rgb[..., 0], rgb[..., 2])
+
+    assert ((greenness([100, 40, 300, 240]) - greenness(None)) > 40).sum() > 300  # the box's outline, in colour
+
+
 def test_report_without_a_run_says_how_to_make_one(tmp_path: Path) -> None:
     result = run_cli("report", "--out", str(tmp_path / "nothing"))
     assert result.returncode == 2 and result.stderr.startswith("error: no run in") and "Traceback" not in result.stderr
@@ -110,8 +130,11 @@ def test_report_without_a_run_says_how_to_make_one(tmp_path: Path) -> None:
 
 def _build_photos(root: Path, faces: dict) -> Path:
     """The four identities' folders, plus a photo of George Clooney hidden in Matt Damon's folder
-    (verify must drop it), a couple photo in Angelina Jolie's, and a hostile name's folder (its slug)."""
+    (verify must drop it), a couple photo in Angelina Jolie's, odd images in Katy Perry's (greys, CMYK,
+    palette, 16-bit, EXIF orientation 128, a wide-gamut profile, a grey impostor), and a hostile name's
+    folder (its slug)."""
     build_tree(root, faces, IDENTITIES)
+    write_odd_photos(root / "katy_perry", faces, "katy_perry", IMPOSTOR)
     shutil.copy(faces["images"] / "img39.jpg", root / "matt_damon" / "impostor.jpg")
     shutil.copy(faces["images"] / "couple.jpg", root / "angelina_jolie" / "couple.jpg")
     build_tree(root / "hostile", faces, ["jennifer_aniston"])
@@ -193,6 +216,24 @@ def test_report_renders_in_chromium_with_every_image(report_run, faces) -> None:
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 1000, "a blank screenshot"
     print(f"screenshot: {shot}")
+
+
+@pytest.mark.slow
+def test_odd_images_end_as_rows_and_in_the_report(report_run) -> None:
+    """The run over odd images finishes with its report; each is a row kept to the shards or dropped with a reason."""
+    out, _ = report_run
+    odd = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+           for path in (out.parent / "photos" / "katy_perry").glob("odd-*")}
+    rows = [row for stage in ("crawl", "filter", "verify", "hygiene", "safety_scores", "safety", "crop", "segment",
+                              "caption") for row in stage_rows(out, stage) if row["image_id"] in odd.values()]
+    shards = [row for path in (out / "shards").glob("train-*.parquet")
+              for row in pq.read_table(path, columns=["image_id", "icc_profile"]).to_pylist()]
+    kept = {row["image_id"]: row["icc_profile"] for row in shards if row["image_id"] in odd.values()}
+    dropped = {row["image_id"]: row["reason"] for row in rows if row["status"] != "ok"}
+    assert all(reason for reason in dropped.values()) and set(kept) | set(dropped) == set(odd.values())
+    assert dropped == {odd["odd-grey-impostor.jpg"]: "not_target_identity"}
+    assert kept[odd["odd-apple-display.png"]] == APPLE_NAME and kept[odd["odd-grey.jpg"]] is None
+    assert list((out / "report" / "thumbs").glob(f"{odd['odd-grey-impostor.jpg']}-raw-*.jpg"))  # boxed, in colour
 
 
 @pytest.mark.slow

@@ -43,7 +43,10 @@ IMAGE_SIZE = pa.schema(
     [
         pa.field("width", pa.int32()),  # after EXIF orientation, as a viewer shows it
         pa.field("height", pa.int32()),
-        pa.field("exif_orientation", pa.int8()),
+        pa.field("exif_orientation", pa.int8()),  # 1..8, the one applied; 1 when absent or out of range (0, 128)
+        # the description of the embedded ICC profile the pixels were converted to sRGB from; null: no profile,
+        # or one that is broken or for another colour space (converted as Pillow does by default)
+        pa.field("icc_profile", pa.string()),
     ]
 )
 

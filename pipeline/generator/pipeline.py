@@ -9,7 +9,6 @@ is diffusers' own; a step-end callback swaps the conditional half of the embeddi
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +73,10 @@ def load_generator(base_model: Path, adapter: Adapter, encoder: IDEncoder, setti
     return Generator(pipe.to(device), encoder.to(device, dtype), settings.trigger_word, device)
 
 
-def reference_pixels(crops: list[bytes], size: int) -> torch.Tensor:
-    """Square crops -> (n, 3, size, size) CLIP-normalised pixels (resize short side, centre crop)."""
+def reference_pixels(crops: list[Image.Image], size: int) -> torch.Tensor:
+    """Square RGB crops -> (n, 3, size, size) CLIP-normalised pixels (resize short side, centre crop)."""
     arrays = []
-    for data in crops:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
+    for image in crops:
         scale = size / min(image.size)
         image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
                              Image.Resampling.BICUBIC)
@@ -120,7 +118,7 @@ def image_embeddings(gen: Generator, refs: list[Reference]) -> torch.Tensor:
     """(n, tokens, D): the ID tokens of each reference; its face embedding is read only by encoders that take one."""
     encoder = gen.id_encoder
     dtype = encoder.visual_projection.weight.dtype
-    pixels = reference_pixels([ref.crop_image for ref in refs], encoder.image_size).to(gen.device, dtype)
+    pixels = reference_pixels([ref.image() for ref in refs], encoder.image_size).to(gen.device, dtype)
     if encoder.face_dim is None:
         return encoder.id_tokens(pixels)
     faces = np.stack([ref.raw_embedding for ref in refs])

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.compute as pc
+from PIL import Image
 
 from pipeline.core.errors import UserError
 from pipeline.core.pairs import pose_weights, weighted_sample
 from pipeline.core.rundir import RunDir
 from pipeline.engine.shards import INDEX
+from stages.imaging import PILLOW_MAX_PIXELS, ImageRejected, decode_upright
 
 COLUMNS = ["identity", "image_id", "crop_image", "faces", "target_face", "class_word", "dup_group", "face_backend"]
 
@@ -30,6 +32,15 @@ class Reference:
     embedding: np.ndarray  # the target face's L2-normalised embedding (shard's face backend)
     embedding_norm: float | None  # its raw vector's norm; None in shards written before filter stored it
     yaw: float | None = None  # the target face's yaw (degrees); None in shards written before filter measured it
+
+    def image(self) -> Image.Image:
+        """The crop as RGB in sRGB, whatever mode and profile it was stored with; one that does not decode
+        is a user error naming the photo (the shards are damaged)."""
+        try:
+            return decode_upright(self.crop_image, PILLOW_MAX_PIXELS)
+        except ImageRejected as rejected:
+            raise UserError(f"the crop of {self.image_id} ({self.identity}) does not decode: {rejected.detail}",
+                            "re-run crop, then the later stages: python -m pipeline run --stage crop --force, then --stage all") from rejected
 
     @property
     def raw_embedding(self) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 A file's name is the image_id, the kind of view and a digest of what is drawn on it (crop box,
 face box, mask), so a re-run that changes a crop makes a new file instead of showing a stale one.
-Undecodable bytes (truncated files, decompression bombs: the reasons the filter dropped them) give
-no thumbnail: the page shows the reason instead of a broken image.
+Every image mode is shown as a viewer shows it (RGB in sRGB, upright), so boxes draw in colour on
+greys, palettes and CMYK alike. Undecodable bytes (truncated files, decompression bombs: the reasons
+the filter dropped them) give no thumbnail: the page shows the reason instead of a broken image.
 """
 
 from __future__ import annotations
@@ -11,17 +12,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 from collections.abc import Callable
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from pipeline.core.rundir import RunDir
+from stages.imaging import PILLOW_MAX_PIXELS, ImageRejected, decode_upright, probe
 
 THUMBS = "report/thumbs"
 SIDE = 224
 FACE_MARGIN = 0.4  # a face chip shows the box plus this share of its side around it
-MAX_PIXELS = 89_478_485  # Pillow's bomb limit: checked from the header before decoding
 HEX = re.compile(r"[0-9a-f]{16,64}")
 BOX_COLOUR, MASK_COLOUR = (80, 255, 80), (255, 60, 160)
 
@@ -76,7 +78,7 @@ class Thumbs:
             if image is None:
                 return None
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, "JPEG", quality=82)
+            image.save(buffer, "JPEG", quality=82)
             self.run.write_bytes(f"{THUMBS}/{name}", buffer.getvalue())
             self.cached.add(name)
         self.used.add(name)
@@ -98,18 +100,15 @@ def _grown(box: list[float]) -> list[float]:
 
 
 def _decode(data: bytes, region_side: float | None = None) -> tuple[Image.Image, float] | None:
-    """Upright image (EXIF applied), reduced while decoding to what a thumbnail of `region_side`
-    source pixels (default: the whole image) needs, and its scale to the full upright size."""
+    """Upright RGB in sRGB (any mode, EXIF and ICC profile applied), reduced while decoding to what a
+    thumbnail of `region_side` source pixels (default: the whole image) needs, and its scale to the full
+    upright size."""
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            return None
-        full = max(image.size)
-        scale = min(1.0, SIDE / (region_side or full))
-        image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
-        image = ImageOps.exif_transpose(image)
-        image.load()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        header = probe(data, PILLOW_MAX_PIXELS)
+        full = max(header.width, header.height)
+        at_least = math.ceil(min(header.width, header.height) * SIDE / (region_side or full))
+        image = decode_upright(data, PILLOW_MAX_PIXELS, at_least=max(at_least, 1))
+    except ImageRejected:
         return None
     return image, max(image.size) / full
 
@@ -133,7 +132,7 @@ def _crop_view(row: dict, box: list[float] | None) -> Image.Image | None:
     if decoded is None:
         return None
     image, _ = decoded
-    image = image.convert("RGB").resize((SIDE, SIDE))
+    image = image.resize((SIDE, SIDE))
     if row.get("mask"):
         mask = Image.open(io.BytesIO(row["mask"])).convert("L").resize((SIDE, SIDE), Image.NEAREST)
         tint = Image.new("RGB", image.size, MASK_COLOUR)
