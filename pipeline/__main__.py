@@ -14,6 +14,7 @@ from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, read_names
 from pipeline.core.rundir import RunDir
+from pipeline.core.runlock import run_lock
 from pipeline.core.schema import OK
 from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_backends, check_contracts, selected
 from pipeline.export import FORMAT_NAMES
@@ -159,7 +160,7 @@ def command_run(args: argparse.Namespace) -> int:
     from pipeline.engine.driver import run_stages, write_dataset
     from pipeline.engine.models import ensure_models
     from pipeline.engine.progress import console
-    from pipeline.engine.stats import counts_table
+    from pipeline.engine.stats import counts_table, redo_lines
 
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
@@ -167,16 +168,19 @@ def command_run(args: argparse.Namespace) -> int:
     for stage in chosen:
         stage.preflight(config)
     run = _run_dir(config, profile, create=True)
-    _save_run_info(run, config, profile, identities)
-    summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
-    if args.stage in ("all", SHARD):
-        summaries.append(write_dataset(config, run, identities, args.force))
-    console.print(counts_table(f"run {run.uri}", summaries))
-    failed = sum(summary.tasks_failed for summary in summaries)
-    if failed:
-        console.print(f"[red]{failed} tasks failed[/] (see the log above); run the same command again to retry them")
-    elif args.stage == "all":
-        _finish_dataset(run, changed=any(summary.tasks_done for summary in summaries))
+    with run_lock(run, "run"):
+        _save_run_info(run, config, profile, identities)
+        summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
+        if args.stage in ("all", SHARD):
+            summaries.append(write_dataset(config, run, identities, args.force))
+        console.print(counts_table(f"run {run.uri}", summaries))
+        for line in redo_lines(summaries, "redone: their markers were not trusted"):
+            console.print(line)
+        failed = sum(summary.tasks_failed for summary in summaries)
+        if failed:
+            console.print(f"[red]{failed} tasks failed[/] (see the log above); run the same command again to retry them")
+        elif args.stage == "all":
+            _finish_dataset(run, changed=any(summary.tasks_done for summary in summaries))
     return 1 if failed else 0
 
 
@@ -199,7 +203,7 @@ def command_status(args: argparse.Namespace) -> int:
     from pipeline.core.removals import TAKEN_DOWN, load_ledger, removals_line
     from pipeline.engine.progress import console
     from pipeline.engine.shards import shard_counts
-    from pipeline.engine.stats import counts_from_markers, counts_table
+    from pipeline.engine.stats import counts_from_markers, counts_table, redo_lines
 
     config, profile = _settings(args)
     run = _run_dir(config, profile)
@@ -207,6 +211,8 @@ def command_status(args: argparse.Namespace) -> int:
     tasks = {slug for slug, _ in info.identities}
     rows = [counts_from_markers(run, stage.name, tasks, info.stage_hashes.get(stage.name)) for stage in STAGES]
     console.print(counts_table(f"status of {run.uri}", [*rows, shard_counts(run)]))
+    for line in redo_lines(rows, "to redo at the next run: their markers are not trusted"):
+        console.print(line)
     console.print(removals_line(load_ledger(run), sum(row.reasons[TAKEN_DOWN] for row in rows)))
     return 0
 
@@ -245,7 +251,9 @@ def command_remove(args: argparse.Namespace) -> int:
     from pipeline.remove import command_remove as remove
 
     config, profile = _settings(args)
-    return remove(_existing_run(config, profile), args)
+    run = _existing_run(config, profile)
+    with run_lock(run, "remove"):
+        return remove(run, args)
 
 
 def command_generate(args: argparse.Namespace) -> int:

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks.object_store import BUCKET, cpu_config, resume, s3_server, synthetic_run
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import Marker, index_path, marker_path, read_markers, record_markers, write_marker_file
+from pipeline.engine.markers import (
+    Marker,
+    index_path,
+    marker_path,
+    part_path,
+    read_markers,
+    record_markers,
+    write_marker,
+    write_marker_file,
+)
 from pipeline.engine.runner import plan_stage
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage
+from tests.conftest import labelled_tree
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +87,105 @@ def test_empty_tasks_write_no_part_and_resume_as_done(tmp_path) -> None:
     again = plan_stage(FilterStage, CrawlStage, config, RunDir(run.uri), people)
     assert not again.todo and not again.empty and again.skipped == 1
     assert read_part(run, "filter", "e0", ["status"]).num_rows == 0
+
+
+@pytest.fixture
+def crawled(tmp_path, faces):
+    """Two identities' real photos crawled from local folders (in-process, as an actor runs a task)."""
+    from pipeline.engine.runner import TaskExecutor
+
+    labelled_tree(tmp_path, faces, ["matt_damon", "katy_perry"])
+    config = cpu_config((f"crawl.local_root={tmp_path / 'photos'}", "crawl.source=local"))
+    run, people = RunDir(str(tmp_path / "run")), [Identity(slug, slug) for slug in ("matt_damon", "katy_perry")]
+    executor = TaskExecutor(CrawlStage, None, config, run.uri)
+    results = [executor.execute(spec) for spec in plan_stage(CrawlStage, None, config, run, people).todo]
+    record_markers(run, "crawl", [Marker.from_json(result.marker) for result in results])
+    run.write_json("run.json", {"profile": "cpu", "stage_hashes": {"crawl": CrawlStage.fingerprint(config)},
+                                "identities": [[p.slug, p.name] for p in people]})
+    return run, people, config
+
+
+def todo(run: RunDir, people: list[Identity], config) -> list[str]:
+    """The crawl tasks a fresh command (a new RunDir: nothing cached) would run."""
+    return [spec["task"] for spec in plan_stage(CrawlStage, None, config, RunDir(run.uri), people).todo]
+
+
+def status_lines(run: RunDir, capsys) -> list[str]:
+    from pipeline.__main__ import main
+
+    assert main(["status", "--config", "cpu", "--out", run.uri]) == 0
+    return capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["in the index", "only a file"])
+@pytest.mark.parametrize("content", [b"garbage{", b"[]", b'{"stage": "crawl"}', b"\xff\xfe"])
+def test_a_corrupt_marker_means_not_done(crawled, capsys, content: bytes, index: bool) -> None:
+    run, people, config = crawled
+    (Path(run.root) / marker_path("crawl", "katy_perry")).write_bytes(content)
+    if not index:
+        (Path(run.root) / index_path("crawl")).unlink()
+    assert todo(run, people, config) == ["katy_perry"]
+    assert "crawl: 1 tasks to redo at the next run: their markers are not trusted (corrupt_marker 1)" in status_lines(
+        run, capsys)
+
+
+def test_a_corrupt_marker_index_is_rebuilt_from_the_marker_files(crawled, capsys) -> None:
+    run, people, config = crawled
+    (Path(run.root) / index_path("crawl")).write_bytes(b"garbage{")
+    assert todo(run, people, config) == []
+    assert set(read_markers(RunDir(run.uri), "crawl")) == {"matt_damon", "katy_perry"}
+    assert any(line.startswith("│ crawl") and "2/2" in line for line in status_lines(run, capsys))
+
+
+def test_a_truncated_part_is_redone(crawled, capsys) -> None:
+    run, people, config = crawled
+    part = Path(run.root) / part_path("crawl", "matt_damon")
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    assert "crawl: 1 tasks to redo at the next run: their markers are not trusted (part_changed 1)" in status_lines(
+        run, capsys)
+    assert todo(run, people, config) == ["matt_damon"]
+
+
+def test_a_missing_part_is_redone(crawled) -> None:
+    run, people, config = crawled
+    (Path(run.root) / part_path("crawl", "katy_perry")).unlink()
+    assert todo(run, people, config) == ["katy_perry"]
+
+
+def test_a_reader_refuses_a_part_changed_in_place(crawled) -> None:
+    """Same size, other bytes (what a size check misses, and what an object store's resume never lists): the
+    downstream task reading it fails as `input changed`, and writes nothing."""
+    from pipeline.engine.runner import INPUT_CHANGED, TaskExecutor
+
+    run, people, config = crawled
+    part = Path(run.root) / part_path("crawl", "katy_perry")
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    spec = next(s for s in plan_stage(FilterStage, CrawlStage, config, RunDir(run.uri), people).todo
+                if s["task"] == "katy_perry")
+    result = TaskExecutor(FilterStage, "crawl", config, run.uri).execute(spec)
+    assert result.error.startswith(f"{INPUT_CHANGED}stages/crawl/part-katy_perry.parquet is not the part")
+    assert not (Path(run.root) / part_path("filter", "katy_perry")).exists()
+
+
+def test_a_marker_rewritten_after_its_part_is_pinned_to_the_new_part(crawled) -> None:
+    """A takedown rewrites a part, then its marker: the marker pins the new part."""
+    run, people, config = crawled
+    old = read_markers(run, "crawl")["matt_damon"]
+    table = run.read_table(part_path("crawl", "matt_damon"))
+    run.write_table(part_path("crawl", "matt_damon"), table.slice(0, 1))
+    write_marker(run, old)
+    assert todo(run, people, config) == []
+
+
+def test_a_corrupt_marker_on_an_object_store_means_not_done(store) -> None:
+    options, _ = store
+    run = RunDir(f"s3://{BUCKET}/corrupt?{options}")
+    people = [Identity("c0", "C 0"), Identity("c1", "C 1")]
+    from pipeline.engine.runner import name_digest
+
+    for person in people:
+        write_marker_file(run, marker("crawl", person.slug, name_digest(person.name)))
+    run.write_bytes(marker_path("crawl", "c1"), b"garbage{")
+    assert [spec["task"] for spec in plan_stage(CrawlStage, None, cpu_config(), RunDir(run.uri), people).todo] == ["c1"]

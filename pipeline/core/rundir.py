@@ -36,6 +36,13 @@ def _split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
 
 
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as a whole Parquet file, as the run directory stores tables."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
 class RunDir:
     """Paths and atomic I/O under one run directory; cheap to pickle (by URI) into Ray workers."""
 
@@ -106,9 +113,7 @@ class RunDir:
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         """Write a Parquet part atomically."""
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        self.write_bytes(rel, buffer.getvalue())
+        self.write_bytes(rel, parquet_bytes(table))
 
     def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         if self.object_store:  # one GET for the whole part, not one per footer and column chunk

@@ -26,10 +26,18 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
 from pipeline.engine import governance
 from pipeline.engine.governance_card import card_section
-from pipeline.engine.markers import Marker, read_markers, record_markers
+from pipeline.engine.markers import Marker, distrusted, forget_markers, read_markers, record_markers
 from pipeline.engine.progress import console, plain_text, task_progress
 from pipeline.engine.registry import STAGES, upstream_of
-from pipeline.engine.runner import SETUP_FAILED, Plan, TaskExecutor, plan_stage, prepare_tasks, result_from_row
+from pipeline.engine.runner import (
+    INPUT_CHANGED,
+    SETUP_FAILED,
+    Plan,
+    TaskExecutor,
+    plan_stage,
+    prepare_tasks,
+    result_from_row,
+)
 from pipeline.engine.shards import dataset_card, finish, is_current, opted_out_counts, plan_shards, write_shard
 from pipeline.engine.stats import StageCounts, counts_from_markers, counts_table
 from stages.base import ModelStage, Stage
@@ -116,8 +124,11 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
     for spec in plan.todo:  # only unfinished tasks can have left a temporary behind
         for folder in stage.task_folders(spec["task"]):
             run.remove_temporaries(folder)
+    doubted = distrusted(run, stage.name)
+    summary.redo.update(doubted[spec["task"]] for spec in plan.todo if spec["task"] in doubted)
     results = _task_results(stage, upstream, config, run, plan.todo)
     setup_errors: list[str] = []
+    changed_inputs: list[str] = []
     index = MarkerIndexWriter(run, stage.name)
     with task_progress() as progress, index:
         bar = progress.add_task(stage.name, total=len(plan.todo), rows="")
@@ -129,11 +140,15 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
                 summary.tasks_failed += 1
                 if result.error.startswith(SETUP_FAILED):
                     setup_errors.append(result.error.removeprefix(SETUP_FAILED))
+                elif result.error.startswith(INPUT_CHANGED):
+                    changed_inputs.append(result.task)
             else:
                 summary.add(result.rows_in, result.statuses, result.reasons)
             kept, seen = summary.statuses[OK], sum(summary.statuses.values())
             progress.update(bar, advance=1, rows=f"{kept:,}/{seen:,} rows kept")
         summary.seconds = progress.tasks[bar].elapsed or 0.0
+    if changed_inputs and upstream:
+        _forget_changed(run, upstream.name, changed_inputs)
     if len(setup_errors) == len(plan.todo):  # no worker could load its models: a setting, not bad luck
         import ray
 
@@ -142,6 +157,14 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
                         f"check the {' and '.join(stage.sections)} settings and their model files; the "
                         "workers' log has the traceback, and finished work is kept")
     return summary
+
+
+def _forget_changed(run: RunDir, upstream: str, tasks: list[str]) -> None:
+    """Upstream parts that are not what their markers pinned: those tasks are not done, so the next run redoes them."""
+    forget_markers(run, upstream, tasks)
+    named = ", ".join(tasks[:5]) + (", ..." if len(tasks) > 5 else "")
+    console.print(f"[yellow]warning:[/] {len(tasks)} {upstream} parts are not what their markers pinned (truncated or "
+                  f"replaced since): {named}; the next run redoes them")
 
 
 class MarkerIndexWriter:

@@ -13,25 +13,36 @@ the index is found done; one killed before its marker runs again, once. On a loc
 listing is cheap, the index is also checked against it (files newer than it or gone from it).
 A task whose input has no `ok` row is done without running: it has no part and no marker file,
 only its entry in the index (`part` false); readers of its part get nothing.
+
+A marker is trusted only while it is readable and its part is the one it pinned (`part_size`,
+`part_hash`): otherwise the task is not done, and is redone. Resume checks sizes where a listing is
+cheap (a local disk: one listing a stage); a reader of an upstream part checks its hash, which needs
+the bytes it reads anyway, so an object store costs no extra request. A corrupt marker index is
+rebuilt from the marker files. What was distrusted, and why, is kept for `status` and the summary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import posixpath
 from collections import Counter
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import TypeAdapter, ValidationError
 
-from pipeline.core.rundir import TMP_MARK, RunDir
+from pipeline.core.rundir import TMP_MARK, RunDir, parquet_bytes
 from pipeline.core.schema import FAILED, OK
+
+log = logging.getLogger(__name__)
 
 
 def part_path(stage: str, task: str) -> str:
@@ -50,6 +61,13 @@ EMPTY_DIGEST = "empty"  # the output digest of a task that had no input row
 LIST_ABOVE = 50  # missing tasks beyond which one listing (1000 keys a request) beats a read each
 READERS = 32  # concurrent marker reads: object-store requests wait on the network, not the CPU
 INDEX_SCHEMA = pa.schema([pa.field("task", pa.string()), pa.field("marker", pa.string())])
+# Why a task's marker is not trusted (the task is redone): `status` and a run's summary count these.
+CORRUPT_MARKER = "corrupt_marker"  # its file is not a marker (not JSON, fields missing or of the wrong type)
+PART_CHANGED = "part_changed"  # its part is gone, or not the size or bytes it pinned (truncated, replaced)
+
+
+class PartChanged(Exception):
+    """A part whose bytes are not those its marker pinned."""
 
 
 @dataclass
@@ -66,6 +84,13 @@ class Marker:
     seconds: float = 0.0
     node: str = ""  # address of the Ray node that ran the task (on a cluster: which host); "" outside Ray
     part: bool = True  # false: no input row, so no part and no marker file, only an index entry
+    part_size: int | None = None  # the part's bytes and their hash when written; None: a marker from before pins
+    part_hash: str = ""
+
+    @property
+    def pin(self) -> str:
+        """`size:hash` of the part, what a reader checks; "" when the marker pins none."""
+        return f"{self.part_size}:{self.part_hash}" if self.part_size is not None else ""
 
     @property
     def kept(self) -> int:
@@ -81,6 +106,9 @@ class Marker:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Marker:
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+MARKER = TypeAdapter(Marker)  # parses and checks a marker's JSON (ValidationError, a ValueError, when it is none)
 
 
 def count_outcomes(table: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
@@ -99,6 +127,33 @@ def read_part(run: RunDir, stage: str, task: str, columns: list[str] | None = No
         return pa.table({name: pa.array([], pa.string()) for name in columns or ["status", "reason"]})
 
 
+def part_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def write_part(run: RunDir, stage: str, task: str, table: pa.Table) -> tuple[int, str]:
+    """A task's part, written whole; returns its pin (size, hash) for the marker."""
+    data = parquet_bytes(table)
+    run.write_bytes(part_path(stage, task), data)
+    return len(data), part_hash(data)
+
+
+def read_pinned_part(run: RunDir, stage: str, task: str, pin: str) -> pa.Table:
+    """A task's part, checked against its marker's `pin` ("" for a marker without one)."""
+    rel = part_path(stage, task)
+    if not pin:
+        return run.read_table(rel)
+    data = run.read_bytes(rel)
+    if f"{len(data)}:{part_hash(data)}" != pin:
+        raise PartChanged(f"{rel} is not the part its marker pinned (truncated or replaced since it was written)")
+    return pq.read_table(pa.BufferReader(data))
+
+
+def distrusted(run: RunDir, stage: str) -> dict[str, str]:
+    """Tasks whose marker this command found untrustworthy, and why (CORRUPT_MARKER, PART_CHANGED)."""
+    return run.cache.setdefault("distrusted", {}).setdefault(stage, {})
+
+
 def empty_marker(stage: str, task: str, config_hash: str, input_digest: str) -> Marker:
     return Marker(stage, task, config_hash, input_digest, EMPTY_DIGEST, 0, 0, part=False)
 
@@ -109,7 +164,14 @@ def write_marker_file(run: RunDir, marker: Marker) -> None:
 
 
 def write_marker(run: RunDir, marker: Marker) -> None:
-    """A marker written outside a stage's run (a takedown, a test): its file, then the index."""
+    """A marker written outside a stage's run (a takedown, a test), pinned to its part as the part is
+    now: its file, then the index."""
+    if marker.part:
+        try:
+            data = run.read_bytes(part_path(marker.stage, marker.task))
+            marker = replace(marker, part_size=len(data), part_hash=part_hash(data))
+        except FileNotFoundError:
+            pass  # no part to pin
     write_marker_file(run, marker)
     record_markers(run, marker.stage, [marker])
 
@@ -130,8 +192,10 @@ def record_markers(run: RunDir, stage: str, markers: Collection[Marker]) -> None
     """Add markers to the stage's index (the driver, from its tasks' results, or empty tasks)."""
     if not markers:
         return
-    known = _loaded(run, stage)
-    known.update((marker.task, marker) for marker in markers)
+    known, doubted = _loaded(run, stage), distrusted(run, stage)
+    for marker in markers:
+        known[marker.task] = marker
+        doubted.pop(marker.task, None)
     _save_index(run, stage, known)
 
 
@@ -164,46 +228,76 @@ def _loaded(run: RunDir, stage: str) -> dict[str, Marker]:
 
 
 def _load(run: RunDir, stage: str) -> dict[str, Marker]:
-    try:
-        data = run.read_bytes(index_path(stage))
-    except FileNotFoundError:
-        run.cache["checked"][stage] = datetime.now(timezone.utc)
+    """The stage's index; absent or unreadable, rebuilt from the marker files. On a local disk, checked
+    against the marker files and the parts' sizes."""
+    now = datetime.now(timezone.utc)
+    known = _read_index(run, stage)
+    if known is None:
+        run.cache["checked"][stage] = now
         known = _read_files(run, stage, None)
         if known:
             _save_index(run, stage, known)
-        return known
-    rows = pq.read_table(pa.BufferReader(data)).to_pydict()
-    known = {task: Marker.from_json(json.loads(text)) for task, text in zip(rows["task"], rows["marker"], strict=True)}
-    if not run.object_store:
-        now = datetime.now(timezone.utc)
+    elif not run.object_store:
         if _check_against_files(run, stage, known, run.fs.get_file_info(run.path(index_path(stage))).mtime):
             _save_index(run, stage, known)
         run.cache["checked"][stage] = now
+    if not run.object_store:  # once a command: later changes to the parts are its own tasks'
+        _check_parts(run, stage, known)
     return known
+
+
+def _read_index(run: RunDir, stage: str) -> dict[str, Marker] | None:
+    """The stage's marker index; None when there is none or it is unreadable (it is rebuilt then)."""
+    try:
+        rows = pq.read_table(pa.BufferReader(run.read_bytes(index_path(stage)))).to_pydict()
+        return {task: MARKER.validate_json(text) for task, text in zip(rows["task"], rows["marker"], strict=True)}
+    except FileNotFoundError:
+        return None
+    except (KeyError, ValueError) as exc:  # not Parquet (ArrowInvalid), columns missing, a row not a marker
+        log.warning("the %s marker index is unreadable, rebuilt from the marker files: %s", stage, exc)
+        return None
 
 
 def _check_against_files(run: RunDir, stage: str, known: dict[str, Marker], since: datetime) -> bool:
     """Local disk: markers written (at or after `since`) or removed behind the index's back."""
-    files = {info.base_name.removesuffix(".json"): info.mtime for info in _listing(run, stage)}
+    listing = _listing(run, f"stages/{stage}/_done", ".json")
+    files = {info.base_name.removesuffix(".json"): info.mtime for info in listing}
     run.cache["listed"].add(stage)
+    doubted = distrusted(run, stage)
     gone = [task for task, marker in known.items() if marker.part and task not in files]
-    newer = [task for task, mtime in files.items() if task not in known or mtime is None or mtime >= since]
+    newer = [task for task, mtime in files.items()
+             if (task not in known and task not in doubted) or mtime is None or mtime >= since]
     for task in gone:
         del known[task]
-    known.update(_read_files(run, stage, newer))
+    found = _read_files(run, stage, newer)
+    for task in newer:  # the file is the truth: a corrupt one (distrusted now) outweighs the index's entry
+        if task in found:
+            known[task] = found[task]
+            doubted.pop(task, None)
+        elif doubted.get(task) == CORRUPT_MARKER:
+            known.pop(task, None)
     return bool(gone or newer)
 
 
-def _listing(run: RunDir, stage: str) -> list[pafs.FileInfo]:
-    selector = pafs.FileSelector(run.path(f"stages/{stage}/_done"), allow_not_found=True)
-    return [info for info in run.fs.get_file_info(selector) if info.is_file and info.base_name.endswith(".json")
+def _check_parts(run: RunDir, stage: str, known: dict[str, Marker]) -> None:
+    """Local disk: a marker whose part is gone or not the size it pinned is dropped (its task is redone)."""
+    sizes = {info.base_name: info.size for info in _listing(run, f"stages/{stage}", ".parquet")}
+    for task, marker in list(known.items()):
+        if marker.part_size is not None and sizes.get(posixpath.basename(part_path(stage, task))) != marker.part_size:
+            del known[task]
+            distrusted(run, stage)[task] = PART_CHANGED
+
+
+def _listing(run: RunDir, folder: str, suffix: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(run.path(folder), allow_not_found=True)
+    return [info for info in run.fs.get_file_info(selector) if info.is_file and info.base_name.endswith(suffix)
             and TMP_MARK not in info.base_name]
 
 
 def _read_files(run: RunDir, stage: str, tasks: list[str] | None) -> dict[str, Marker]:
     """Marker files, read concurrently: these tasks' (those that have one), else all the listing shows."""
     if tasks is None or len(tasks) > LIST_ABOVE:
-        listed = {posixpath.splitext(info.base_name)[0] for info in _listing(run, stage)}
+        listed = {posixpath.splitext(info.base_name)[0] for info in _listing(run, f"stages/{stage}/_done", ".json")}
         run.cache["listed"].add(stage)
         tasks = sorted(listed) if tasks is None else [task for task in tasks if task in listed]
     with ThreadPoolExecutor(READERS) as pool:
@@ -213,8 +307,11 @@ def _read_files(run: RunDir, stage: str, tasks: list[str] | None) -> dict[str, M
 
 def _read_file(run: RunDir, stage: str, task: str) -> Marker | None:
     try:
-        return Marker.from_json(run.read_json(marker_path(stage, task)))
+        return MARKER.validate_json(run.read_bytes(marker_path(stage, task)))
     except FileNotFoundError:
+        return None
+    except ValidationError:
+        distrusted(run, stage)[task] = CORRUPT_MARKER
         return None
 
 

@@ -26,13 +26,24 @@ from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import NAMES, OK
 from pipeline.engine.hygiene import refresh as refresh_whole_run
-from pipeline.engine.markers import Marker, count_outcomes, empty_marker, part_path, read_markers, write_marker_file
+from pipeline.engine.markers import (
+    Marker,
+    PartChanged,
+    count_outcomes,
+    empty_marker,
+    part_path,
+    read_markers,
+    read_pinned_part,
+    write_marker_file,
+    write_part,
+)
 from stages.base import ModelStage, Stage
 
 log = logging.getLogger(__name__)
 
 RUN, RETRY = "run", "retry"
 SETUP_FAILED = "setup failed: "  # prefix of a task error that is the actor's, not the task's
+INPUT_CHANGED = "input changed: "  # prefix of a task error that is its upstream part's: that task is redone
 PREPARED = "prepared"  # the task spec's column of pickled `prepare` output, when there is one
 
 
@@ -90,7 +101,8 @@ def plan_stage(
             plan.missing.append(identity.slug)
             continue
         digest = inputs[identity.slug].output_digest if upstream else name_digest(identity.name)
-        spec = {"task": identity.slug, "name": identity.name, "input_digest": digest, "mode": RUN}
+        pin = inputs[identity.slug].pin if upstream else ""
+        spec = {"task": identity.slug, "name": identity.name, "input_digest": digest, "input_pin": pin, "mode": RUN}
         marker = done.get(identity.slug)
         stale = force or marker is None or not marker.matches(config_hash, digest)
         if stale and upstream and not inputs[identity.slug].kept:  # nothing to process: no Ray call, no part
@@ -139,6 +151,9 @@ class TaskExecutor:
     def _attempt(self, spec: dict[str, Any], started: float) -> TaskResult:
         try:
             return self._execute(spec, started)
+        except PartChanged as exc:  # the driver forgets the upstream marker, so the next run redoes that task
+            log.warning("task %s of %s: %s", spec["task"], self.stage.name, exc)
+            return TaskResult(spec["task"], error=f"{INPUT_CHANGED}{exc}")
         except Exception as exc:  # recorded and reported; no marker, so the next run retries it
             log.error("task %s of %s failed:\n%s", spec["task"], self.stage.name, traceback.format_exc())
             return TaskResult(spec["task"], error=f"{type(exc).__name__}: {exc}")
@@ -152,11 +167,12 @@ class TaskExecutor:
             output = self._process(rows, spec.get(PREPARED))
             if self.stage.one_to_one and output.num_rows != rows.num_rows:
                 raise RuntimeError(f"stage {name} returned {output.num_rows} rows for {rows.num_rows}")
-        self.run.write_table(part_path(name, task), output)
+        size, part_hash = write_part(self.run, name, task, output)
         digest = content_digest(output.drop_columns(list(self.stage.volatile)))
         statuses, reasons = count_outcomes(output)
         marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows,
-                        statuses, reasons, seconds=time.monotonic() - started, node=self.node)
+                        statuses, reasons, seconds=time.monotonic() - started, node=self.node, part_size=size,
+                        part_hash=part_hash)
         write_marker_file(self.run, marker)
         return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons, marker=asdict(marker))
 
@@ -183,7 +199,7 @@ def read_input(run: RunDir, upstream: str | None, spec: dict[str, Any]) -> pa.Ta
     """A task's input: its name (first stage), else the upstream part's `ok` rows."""
     if upstream is None:
         return pa.Table.from_pylist([{"identity": spec["task"], "name": spec["name"]}], schema=NAMES)
-    table = run.read_table(part_path(upstream, spec["task"]))
+    table = read_pinned_part(run, upstream, spec["task"], spec.get("input_pin", ""))
     return table.filter(pc.equal(table["status"], OK))
 
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, FAILED, OK
-from pipeline.engine.markers import read_markers
+from pipeline.engine.markers import distrusted, read_markers
 
 TOP_REASONS = 4
 
@@ -28,6 +28,7 @@ class StageCounts:
     seconds: float = 0.0  # the stage's wall time, worker start-up and model loading included
     first_start: float | None = None  # epoch seconds: the span of the tasks themselves
     last_end: float | None = None
+    redo: Counter[str] = field(default_factory=Counter)  # tasks whose marker was not trusted, by why
 
     def add(self, rows_in: int, statuses: dict[str, int], reasons: dict[str, int]) -> None:
         self.tasks_done += 1
@@ -79,9 +80,16 @@ def counts_table(title: str, rows: Iterable[StageCounts]) -> Table:
 
 
 def counts_from_markers(run: RunDir, stage: str, tasks: set[str], config_hash: str | None) -> StageCounts:
-    """What the run directory holds for one stage; markers of another config are not counted."""
+    """What the run directory holds for one stage; markers of another config are not counted, nor
+    those not trusted (counted in `redo`)."""
     counts = StageCounts(stage, tasks_total=len(tasks))
     for task, marker in read_markers(run, stage).items():
         if task in tasks and (config_hash is None or marker.config_hash == config_hash):
             counts.add(marker.rows_in, marker.statuses, marker.reasons)
+    counts.redo.update(why for task, why in distrusted(run, stage).items() if task in tasks)
     return counts
+
+
+def redo_lines(rows: Iterable[StageCounts], done: str) -> list[str]:
+    """One line per stage with tasks whose marker was not trusted: `done` says what happens to them."""
+    return [f"{row.stage}: {row.redo.total():,} tasks {done} ({_reasons(row.redo)})" for row in rows if row.redo]
