@@ -4,7 +4,8 @@ The backend (`segment.backend`) sees a batch of crops and each one's target face
 the person around that face. The stage keeps the evidence (mask area, share of the face box inside
 the mask) and drops `no_person_mask` where no mask covers enough of the face. Masks are 1-bit PNGs of
 the crop's size; padding a crop got at the image border is never part of the person. Crops are
-decoded in `prepare` (CPU workers), the backend runs in `infer` (its actors).
+decoded in `prepare` (CPU workers; one that does not decode is dropped, `crop_unreadable`), the backend
+runs in `infer` (its actors).
 """
 
 from __future__ import annotations

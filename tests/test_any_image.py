@@ -265,6 +265,17 @@ def test_any_image_ends_as_a_row_or_goes_through(pipeline: Pipeline, data: bytes
         exported(cropped)
 
 
+@pytest.mark.slow
+def test_an_unreadable_crop_is_dropped_beside_masked_ones(pipeline: Pipeline) -> None:
+    """Segment drops a crop that does not decode and masks the rest of its batch, in order."""
+    cropped = crop_outcome(pipeline, verified(filtered(pipeline, PHOTO.read_bytes())))
+    broken = {**cropped, "crop_image": cropped["crop_image"][:200]}
+    pipeline.segment.setup()
+    rows = pipeline.segment.process(pa.Table.from_pylist([broken, cropped, broken])).to_pylist()
+    assert [row["reason"] == "crop_unreadable" for row in rows] == [True, False, True]
+    assert rows[1]["mask_source"].startswith("modnet") and rows[1]["mask"]
+
+
 def face_photo_in(mode: str, fmt: str, **options: object) -> bytes:
     return encode(in_mode(Image.open(PHOTO), mode), fmt, **options)
 

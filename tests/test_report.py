@@ -35,7 +35,7 @@ from tests.test_any_image import APPLE_NAME, encode, in_mode, small_photo, write
 from tests.test_object_store import CREDENTIALS, bucket  # noqa: F401 (bucket: a fixture)
 
 IDENTITIES = ["angelina_jolie", "matt_damon", "katy_perry", "george_clooney"]
-IMPOSTOR = "img17.jpg"  # jack_dorsey, not in the run: in greys among Katy Perry's photos
+IMPOSTOR = "img17.jpg"  # jack_dorsey, not in the run: in greys among Angelina Jolie's photos
 HOSTILE_NAME = """Zoë "Q" O'Hara </table><script>alert('name')</script> & co"""
 HOSTILE_CAPTION = """a photo of a woman "x" </td></table><script>alert('caption')</script> & 'y'"""
 HOSTILE_URL = "javascript:alert('url')"
@@ -130,11 +130,11 @@ def test_report_without_a_run_says_how_to_make_one(tmp_path: Path) -> None:
 
 def _build_photos(root: Path, faces: dict) -> Path:
     """The four identities' folders, plus a photo of George Clooney hidden in Matt Damon's folder
-    (verify must drop it), a couple photo in Angelina Jolie's, odd images in Katy Perry's (greys, CMYK,
+    (verify must drop it), a couple photo and odd images in Angelina Jolie's (greys, CMYK,
     palette, 16-bit, EXIF orientation 128, a wide-gamut profile, a grey impostor), and a hostile name's
     folder (its slug)."""
     build_tree(root, faces, IDENTITIES)
-    write_odd_photos(root / "katy_perry", faces, "katy_perry", IMPOSTOR)
+    write_odd_photos(root / "angelina_jolie", faces, "angelina_jolie", IMPOSTOR)
     shutil.copy(faces["images"] / "img39.jpg", root / "matt_damon" / "impostor.jpg")
     shutil.copy(faces["images"] / "couple.jpg", root / "angelina_jolie" / "couple.jpg")
     build_tree(root / "hostile", faces, ["jennifer_aniston"])
@@ -223,7 +223,7 @@ def test_odd_images_end_as_rows_and_in_the_report(report_run) -> None:
     """The run over odd images finishes with its report; each is a row kept to the shards or dropped with a reason."""
     out, _ = report_run
     odd = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-           for path in (out.parent / "photos" / "katy_perry").glob("odd-*")}
+           for path in (out.parent / "photos" / "angelina_jolie").glob("odd-*")}
     rows = [row for stage in ("crawl", "filter", "verify", "hygiene", "safety_scores", "safety", "crop", "segment",
                               "caption") for row in stage_rows(out, stage) if row["image_id"] in odd.values()]
     shards = [row for path in (out / "shards").glob("train-*.parquet")
