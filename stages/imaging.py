@@ -1,8 +1,7 @@
 """Image bytes: format sniffing, header probing and safe decoding to upright sRGB, shared by the stages (Pillow).
 
-Every decode for a model, for crop output or for display goes through `decode_upright` (or `to_srgb` for
-an image already open), so every source mode (1, L, LA, P, PA, RGBA, CMYK, YCbCr, LAB, I;16, I, F)
-comes out as 8-bit RGB in sRGB. An embedded ICC profile (Display P3 from phones, Adobe RGB from
+Every decode for a model, for crop output or for display goes through `decode_upright`, so every source
+mode (1, L, LA, P, PA, RGBA, CMYK, YCbCr, LAB, I;16, I, F) comes out as 8-bit RGB in sRGB. An embedded ICC profile (Display P3 from phones, Adobe RGB from
 cameras, a press profile on CMYK) is converted with littleCMS (Pillow's ImageCms); a profile that is
 broken or made for another colour space is ignored, and the pixels converted as Pillow does by default.
 
@@ -102,14 +101,14 @@ def decode_upright(data: bytes, max_pixels: int, at_least: int | None = None) ->
         try:
             if at_least:
                 image.draft("RGB", (at_least, at_least))
-            rgb = to_srgb(image)
+            rgb = _to_srgb(image)
         except Exception as exc:  # truncated or corrupt pixel data: Pillow's errors vary by format
             raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
     method = UPRIGHT.get(header.orientation)
     return rgb if method is None else rgb.transpose(method)
 
 
-def to_srgb(image: Image.Image) -> Image.Image:
+def _to_srgb(image: Image.Image) -> Image.Image:
     """`image` as 8-bit RGB in sRGB: through its embedded ICC profile where that one is usable."""
     flat = _flattened(image)
     conversion = _srgb_conversion(image)

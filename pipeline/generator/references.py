@@ -40,7 +40,8 @@ class Reference:
             return decode_upright(self.crop_image, PILLOW_MAX_PIXELS)
         except ImageRejected as rejected:
             raise UserError(f"the crop of {self.image_id} ({self.identity}) does not decode: {rejected.detail}",
-                            "re-run crop, then the later stages: python -m pipeline run --stage crop --force, then --stage all") from rejected
+                            "re-run crop and the later stages: python -m pipeline run --stage crop --force, "
+                            "then python -m pipeline run --stage all") from rejected
 
     @property
     def raw_embedding(self) -> np.ndarray:
