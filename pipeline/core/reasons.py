@@ -68,7 +68,7 @@ AI_GENERATED = _reason("ai_generated", "crawl", "the IPTC digital source type is
 LOW_RESOLUTION = _reason("low_resolution", "filter", "the short side is below filter.min_short_side")
 EXTREME_ASPECT_RATIO = _reason("extreme_aspect_ratio", "filter", "long side / short side above filter.max_aspect_ratio")
 DECOMPRESSION_BOMB = _reason("decompression_bomb", "filter", "the header declares more than filter.max_pixels")
-DECODE_ERROR = _reason("decode_error", "filter, safety_scores", "the image could not be decoded")
+DECODE_ERROR = _reason("decode_error", "filter, safety_scores, crop", "the image could not be decoded")
 NO_FACE = _reason("no_face", "filter", "the detector found no face")
 FACE_TOO_SMALL = _reason("face_too_small", "filter", "no face box reaches filter.min_face_size")
 # verify
@@ -94,7 +94,7 @@ CROP_TOO_SMALL = _reason("crop_too_small", "crop", "the crop would need more tha
 NO_PERSON_MASK = _reason("no_person_mask", "segment",
                          "no person found, or the mask covers less than segment.min_face_coverage of the face")
 MASK_FILLS_CROP = _reason("mask_fills_crop", "segment", "the mask fills more than segment.max_mask_area of the crop")
-CROP_UNREADABLE = _reason("crop_unreadable", "caption", "the stored crop could not be decoded")
+CROP_UNREADABLE = _reason("crop_unreadable", "segment, caption", "the stored crop could not be decoded")
 
 _FAMILIES = [(re.compile(r"http_\d{3}"), HTTP_STATUS)]
 
