@@ -1,12 +1,19 @@
-"""Command line: `python -m pipeline run|status|report|models|generate`. User mistakes print one line and exit 2."""
+"""Command line: `python -m pipeline run|status|report|models|export|remove|generate`.
+
+User mistakes, bad configs and bad run directories print one `error:` line and exit 2; only a bug in our
+code shows a traceback, and a command working on a run also writes it to the run's log.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,7 +26,11 @@ from pipeline.core.schema import OK
 from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_backends, check_contracts, selected
 from pipeline.export import FORMAT_NAMES
 
+if TYPE_CHECKING:
+    from pipeline.engine.stats import StageCounts
+
 RUN_INFO = "run.json"
+LEVELS = ("debug", "info", "warning", "error")
 ERROR_CHARS = 500  # longest `error:` line
 
 
@@ -40,12 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="never download model files: a missing one is an error (config models.offline)")
     run.add_argument("--accept-licenses", action="store_true",
                      help="accept the licences of model files fetched first that require it (else asked, or refused)")
+    _console_options(run)
 
     status = commands.add_parser("status", help="per stage: tasks done, rows kept and dropped by reason")
     _config_options(status)
 
     report = commands.add_parser("report", help="write the QA report: DIR/report/index.html and summary.json")
     _config_options(report)
+    _console_options(report)
 
     models = commands.add_parser("models", help="the profile's model files: list them, fetch the missing, verify sha256")
     models.add_argument("action", choices=("list", "fetch", "verify"))
@@ -62,24 +75,40 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", required=True, choices=FORMAT_NAMES, help="what to write")
     _config_options(export)
     export.add_argument("--dest", help="destination folder or URI (default: <run>/exports/<format>)")
+    _console_options(export)
 
     remove = commands.add_parser("remove", help="take an identity, photo, URL or domain out of a run for good (takedown)")
     _config_options(remove)
     from pipeline.remove import add_arguments as remove_arguments
 
     remove_arguments(remove)
+    _console_options(remove)
 
     generate = commands.add_parser("generate", help="PhotoMaker-style images of an identity, scored against its photos")
     _config_options(generate)
     from pipeline.generator.cli import add_arguments  # here: argparse only, no torch
 
     add_arguments(generate)
+    _console_options(generate)
     return parser
 
 
 def _config_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--config", help="YAML profile: a path or a name in configs/ (default: default)")
     command.add_argument("--out", help="run directory or URI (default: runs/<config name>)")
+
+
+def _console_options(command: argparse.ArgumentParser) -> None:
+    """What a command that works on a run shows; everything else goes to its log, <run>/logs/<command>-<time>.log."""
+    command.add_argument("--quiet", action="store_true", help="no progress bars or tables: warnings, errors, results")
+    command.add_argument("--log-level", default="warning", choices=LEVELS,
+                         help="our log records shown on the console; the log file has all")
+
+
+def _logged(run: RunDir, args: argparse.Namespace) -> AbstractContextManager[str]:
+    from pipeline.engine.progress import logged
+
+    return logged(run, args.command, args.log_level, args.quiet)
 
 
 def _settings(args: argparse.Namespace) -> tuple[PipelineConfig, Path]:
@@ -159,8 +188,6 @@ def command_run(args: argparse.Namespace) -> int:
     _ray_environment(config)
     from pipeline.engine.driver import run_stages, write_dataset
     from pipeline.engine.models import ensure_models
-    from pipeline.engine.progress import console
-    from pipeline.engine.stats import counts_table, redo_lines
 
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
@@ -168,35 +195,72 @@ def command_run(args: argparse.Namespace) -> int:
     for stage in chosen:
         stage.preflight(config)
     run = _run_dir(config, profile, create=True)
-    with run_lock(run, "run"):
+    with _logged(run, args) as log, run_lock(run, "run"):
         _save_run_info(run, config, profile, identities)
         summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
         if args.stage in ("all", SHARD):
             summaries.append(write_dataset(config, run, identities, args.force))
-        console.print(counts_table(f"run {run.uri}", summaries))
-        for line in redo_lines(summaries, "redone: their markers were not trusted"):
-            console.print(line)
         failed = sum(summary.tasks_failed for summary in summaries)
-        if failed:
-            console.print(f"[red]{failed} tasks failed[/] (see the log above); run the same command again to retry them")
-        elif args.stage == "all":
-            _finish_dataset(run, changed=any(summary.tasks_done for summary in summaries))
+        if args.stage == "all" and not failed:
+            _write_report(run, changed=any(summary.tasks_done for summary in summaries))
+    _run_summary(run, args, summaries, identities, log)
     return 1 if failed else 0
 
 
-def _finish_dataset(run: RunDir, changed: bool) -> None:
-    """After a whole run: warn when the dataset is empty, and write the QA report unless the run did no
-    work and has one (the report reads every identity's rows: a resume at 100k identities must not)."""
-    from pipeline.engine.progress import console
-    from pipeline.engine.shards import shard_counts
-    from pipeline.report import INDEX, index_uri, write_report
+def _write_report(run: RunDir, changed: bool) -> None:
+    """After a whole run, the QA report, unless the run did no work and has one (the report reads every
+    identity's rows: a resume at 100k identities must not)."""
+    from pipeline.report import INDEX, write_report
 
-    if not shard_counts(run).statuses[OK]:
-        console.print("[yellow]warning:[/] the dataset is empty: no image passed every stage; "
-                      "the report's funnel shows where they dropped")
     if changed or not run.exists(INDEX):
         write_report(run)
-    console.print(f"QA report: {index_uri(run)}")
+
+
+def _run_summary(run: RunDir, args: argparse.Namespace, summaries: list[StageCounts], identities: list[Identity],
+                 log: str) -> None:
+    """The table (unless --quiet), then what came out, where it is, and what to run next."""
+    from pipeline.engine.progress import console
+    from pipeline.engine.stats import counts_table, redo_lines
+
+    if not args.quiet:
+        console.print(counts_table(f"run {run.uri}", summaries))
+    for line in redo_lines(summaries, "redone: their markers were not trusted"):
+        console.print(line)
+    failed = sum(summary.tasks_failed for summary in summaries)
+    if failed:
+        console.print(f"[red]{failed} tasks failed[/] (their tracebacks are in the log); run the same command "
+                      "again to retry them")
+    elif args.stage == "all":
+        _dataset_lines(run, identities)
+    elif args.stage != SHARD:
+        following = STAGE_NAMES[STAGE_NAMES.index(args.stage) + 1]
+        console.print(f"next: the same command with --stage {following} (or --stage all)")
+    if log:
+        console.print(f"log: {log}", highlight=False)
+
+
+def _dataset_lines(run: RunDir, identities: list[Identity]) -> None:
+    """Where the shards and the report are, the names that got no photo, and the next command."""
+    from pipeline.engine.markers import read_markers
+    from pipeline.engine.progress import console
+    from pipeline.engine.shards import shard_counts
+    from pipeline.report import index_uri
+
+    rows = shard_counts(run).statuses[OK]
+    if rows:
+        console.print(f"shards: {run.uri_of('shards/')} ({rows:,} rows)", highlight=False)
+    else:
+        console.print("[yellow]warning:[/] the dataset is empty: no image passed every stage; "
+                      "the report's funnel shows where they dropped")
+    console.print(f"QA report: {index_uri(run)}", highlight=False)
+    crawled = read_markers(run, STAGES[0].name)
+    none = [identity.name for identity in identities if identity.slug in crawled and not crawled[identity.slug].kept]
+    if none:
+        named = ", ".join(none[:10]) + (f" and {len(none) - 10} more" if len(none) > 10 else "")
+        console.print(f"no photo found for {len(none)} of {len(identities)} names: {named}", highlight=False)
+    if rows:
+        console.print(f"next: python -m pipeline export --format {FORMAT_NAMES[0]} --out {shlex.quote(run.uri)}",
+                      highlight=False)
 
 
 def command_status(args: argparse.Namespace) -> int:
@@ -222,7 +286,8 @@ def command_report(args: argparse.Namespace) -> int:
     run = _existing_run(config, profile)
     from pipeline.report import index_uri, write_report  # matplotlib: only once the run is known
 
-    write_report(run)
+    with _logged(run, args):
+        write_report(run)
     print(index_uri(run))
     return 0
 
@@ -241,7 +306,8 @@ def command_export(args: argparse.Namespace) -> int:
 
     run = _run_dir(config, profile)
     dest = RunDir(args.dest or default_dest(run, args.format))
-    done = export_dataset(run, dest, FORMATS[args.format], config.run.address)
+    with _logged(run, args):
+        done = export_dataset(run, dest, FORMATS[args.format], config.run.address)
     print(f"{done.dest}: {done.samples} samples; {done.written} shards written, {done.unchanged} unchanged, "
           f"{done.removed} removed")
     return 0
@@ -252,7 +318,7 @@ def command_remove(args: argparse.Namespace) -> int:
 
     config, profile = _settings(args)
     run = _existing_run(config, profile)
-    with run_lock(run, "remove"):
+    with _logged(run, args), run_lock(run, "remove"):
         return remove(run, args)
 
 
@@ -264,7 +330,9 @@ def command_generate(args: argparse.Namespace) -> int:
     run = _existing_run(config, profile)
     from pipeline.generator.run import run_generate  # torch and diffusers: seconds to import, so only now
 
-    print(f"{run.uri}/{run_generate(config, run, request(args, config))}")
+    with _logged(run, args):
+        made = run_generate(config, run, request(args, config))
+    print(f"{run.uri}/{made}")
     return 0
 
 

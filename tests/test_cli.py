@@ -34,6 +34,7 @@ def finished(tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     result = run_cli("run", "--stage", "all", *args(tree, out))
     assert result.returncode == 0, result.stderr
+    (out.parent / "console.txt").write_text(result.stdout + result.stderr)  # what the user saw (not a terminal)
     return out
 
 
@@ -77,6 +78,23 @@ def test_a_second_run_does_no_work(tree, finished) -> None:
     assert result.stderr.count(f"+{len(IDENTITIES) + 1} done") == len(STAGES)
     assert "+1 done" in next(line for line in result.stderr.splitlines() if line.startswith("│ shard"))
     assert {path: path.stat().st_mtime_ns for path in parts} == parts
+
+
+@pytest.mark.slow
+def test_the_console_shows_our_lines_and_the_log_the_libraries(finished) -> None:
+    """Not a terminal: no ANSI escapes. Ray's and OpenCV's lines are in the run's log, not on the console; the
+    summary names the shards, the report, the names without photos, the next command and the log."""
+    seen = (finished.parent / "console.txt").read_text()
+    assert "\x1b" not in seen
+    for noise in ("core_worker", "setPreferableTarget", "UserWarning", "site-packages", "Traceback"):
+        assert noise not in seen, noise
+    lines = seen.splitlines()
+    assert f"shards: {finished}/shards/ (" in seen and f"QA report: {finished}/report/index.html" in lines
+    assert f"no photo found for 1 of {len(IDENTITIES) + 1} names: Nobody Without Photos" in lines
+    assert f"next: python -m pipeline export --format webdataset --out {finished}" in lines
+    log = Path(next(line for line in lines if line.startswith("log: ")).removeprefix("log: "))
+    assert log.parent == finished / "logs" and log.name.startswith("run-")
+    assert "setPreferableTarget" in log.read_text()
 
 
 @pytest.mark.slow

@@ -72,6 +72,11 @@ class RunDir:
             raise UserError(f"cannot use {self.uri} as a run directory: {exc}", "check the path, its permissions "
                             "and, for a store, its address and credentials") from exc
 
+    def uri_of(self, rel: str) -> str:
+        """Where `rel` is, written like the run's URI (an s3:// URI's options stay at its end)."""
+        base, sep, options = self.uri.partition("?")
+        return f"{base}/{rel}{sep}{options}"
+
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 

@@ -45,6 +45,8 @@ from stages.base import ModelStage, Stage
 if TYPE_CHECKING:
     import ray.data
 
+log = logging.getLogger(__name__)
+
 # Ray calls (blocks) a stage gets at most: Ray Data keeps ~12 KB of driver memory per block, so at 100k
 # identities one task per call would hold over 1 GB; past this, tasks share calls whatever they cost.
 MAX_CALLS = 4096
@@ -73,6 +75,7 @@ def connect(address: str | None) -> None:
             ray.init(address="local", **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot join the Ray cluster at {address}: {exc}", "check --address and `ray status`") from exc
+    log.debug("Ray: %s, resources %s", f"joined {address}" if address else "a local instance", ray.cluster_resources())
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours below counts tasks and rows instead
@@ -152,10 +155,10 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
     if len(setup_errors) == len(plan.todo):  # no worker could load its models: a setting, not bad luck
         import ray
 
-        ray.shutdown()  # the workers' logged tracebacks reach the terminal now, before the one line
+        ray.shutdown()  # the workers' logged tracebacks reach the run's log now, before the one line
         raise UserError(f"the {stage.name} stage could not start: {setup_errors[0]}",
                         f"check the {' and '.join(stage.sections)} settings and their model files; the "
-                        "workers' log has the traceback, and finished work is kept")
+                        "run's log has the workers' tracebacks, and finished work is kept")
     return summary
 
 
@@ -237,6 +240,8 @@ def run_stages(
     for stage in selected:
         upstream = upstream_of(stage)
         plan = plan_stage(stage, upstream, config, run, identities, force, retry_failed)
+        log.debug("%s: %d tasks to run, %d done, %d without input rows, %d without upstream output", stage.name,
+                  len(plan.todo), plan.skipped, len(plan.empty), len(plan.missing))
         if plan.missing and not summaries:
             _missing_input(stage, upstream, plan, run)
         summaries.append(execute(stage, upstream, config, run, plan))
