@@ -149,7 +149,7 @@ def main() -> None:
 
 
 def _tiny_pack(root: Path) -> str:
-    from tests.tiny_onnx import write_pack
+    from benchmarks.fixtures.tiny_onnx import write_pack
 
     return str(write_pack(root / "models" / "tiny", score_bias=0.0))
 

@@ -2,7 +2,7 @@
 
     python benchmarks/mask_quality.py [--sides 512 320 256]
 
-Crops are cut by the crop stage (crop.size=512) around the faces of `--faces` (sface, the cpu profile's; or dlib) (tests/segment_crops.py): one per
+Crops are cut by the crop stage (crop.size=512) around the faces of `--faces` (sface, the cpu profile's; or dlib) (benchmarks/fixtures/segment_crops.py): one per
 single-person photo, one per face of each group photo. Each backend runs through the segment stage,
 so drops are the stage's. Per backend: masks/s through the stage (and CPU seconds per mask, which
 shared cores disturb less); mean coverage of the target face box (the stage's `mask_face_coverage`:
@@ -34,7 +34,7 @@ from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.rundir import RunDir
 from stages.segment import SegmentStage
 from stages.segmenters import decode_mask, face_coverage
-from tests.segment_crops import corpus_photos, crop_rows
+from benchmarks.fixtures.segment_crops import corpus_photos, crop_rows
 
 FILLS = 0.85  # a mask over this share of the crop took background (or the crop is all person)
 TARGETS = {"coverage": 0.95, "over_85": 0.02, "other_faces": 0.2, "dropped": 0.10}  # modnet's

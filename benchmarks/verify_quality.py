@@ -3,7 +3,7 @@
     python benchmarks/verify_quality.py [--backend dlib|sface|all] [--detail] [--set verify.key=value ...]
                                         [identity ...]
 
-Folder kinds, all built from the labelled photos (tests/crawled_folders.py: the folders of
+Folder kinds, all built from the labelled photos (benchmarks/fixtures/crawled_folders.py: the folders of
 tests/test_verify.py's quality test):
   realistic  the identity's photos, a re-encoded copy, 40% wrong hits (other identities' photos, rotated
              per folder), three group photos, two faceless scenes
@@ -39,7 +39,7 @@ from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.rundir import RunDir
 from stages.faces import open_backend
 from stages.verify import VerifyStage
-from tests.crawled_folders import (
+from benchmarks.fixtures.crawled_folders import (
     QUALITY_IDENTITIES,
     ROWS,
     Corpus,

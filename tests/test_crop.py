@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.core.config import CropSection, load_config, resolve_profile
 from pipeline.core.rundir import RunDir
 from stages.crop import CropStage, crop_square, face_share
-from tests.verified_rows import SCHEMA, verified_table
+from benchmarks.fixtures.verified_rows import SCHEMA, verified_table
 
 
 @st.composite

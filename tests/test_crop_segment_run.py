@@ -13,7 +13,7 @@ from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
 from stages.crop import CropStage
 from stages.segment import SegmentStage
 from stages.segmenters import decode_mask
-from tests.verified_rows import verified_table
+from benchmarks.fixtures.verified_rows import verified_table
 
 PHOTOS = {"george_clooney": ["img38.jpg", "img39.jpg", "img40.jpg", "img41.jpg"], "elon_musk": ["img18.jpg", "img19.jpg"]}
 

@@ -25,7 +25,7 @@ from stages.faces.dlib_backend import (
     packaged_model_dir,
 )
 from stages.faces.insightface_backend import InsightFaceBackend, aligned_crop
-from tests.tiny_onnx import write_pack
+from benchmarks.fixtures.tiny_onnx import write_pack
 
 FACES = Path(__file__).resolve().parent / "data" / "faces"
 LABELS = json.loads((FACES / "identities.json").read_text())

@@ -21,7 +21,7 @@ from pipeline.core.models import locate, manifest
 from stages.faces import FACES, LANDMARK_ORDER, Face
 from stages.faces.sface_backend import CROP_SIDE, SFaceBackend, yunet_row
 from tests.conftest import FACES as FACE_DATA
-from tests.crawled_folders import scene
+from benchmarks.fixtures.crawled_folders import scene
 
 EYE_L, EYE_R, NOSE, MOUTH_L, MOUTH_R = range(5)
 # two photos each of six identities, all <= 1.4 MP (frontal or near-frontal faces)

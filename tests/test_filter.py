@@ -22,7 +22,7 @@ from stages.imaging import decode_for_detection, decode_upright
 from tests.conftest import image_bytes
 from tests.local_tree import png_declaring, rotated_jpeg
 from tests.test_any_image import ADOBE, ADOBE_NAME, APPLE, APPLE_NAME, encode, profile_of
-from tests.tiny_onnx import write_pack
+from benchmarks.fixtures.tiny_onnx import write_pack
 
 
 def animated_webp() -> bytes:

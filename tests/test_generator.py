@@ -42,7 +42,7 @@ from stages.faces.insightface_backend import InsightFaceBackend
 from tests import tiny_sdxl
 from tests.conftest import run_cli
 from tests.generator_shards import SHARD, write_shards
-from tests.tiny_onnx import write_pack
+from benchmarks.fixtures.tiny_onnx import write_pack
 
 PEOPLE = {"angelina_jolie": "woman", "mark_zuckerberg": "man"}
 TINY = {"width": 32, "height": 32, "steps": 4, "start_merge_step": 2}

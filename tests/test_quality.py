@@ -40,7 +40,7 @@ from stages.faces.quality import EYE_TO_MOUTH, FRONTAL_NOSE, NOSE_DEPTH, TEMPLAT
 from stages.faces.sface_backend import SFaceBackend
 from stages.filter import FilterStage
 from stages.verify import VerifyStage
-from tests.crawled_folders import ROWS
+from benchmarks.fixtures.crawled_folders import ROWS
 
 CLOONEY = "george_clooney"  # img38-41, one clear face each
 BLURRED = "img38-blurred.jpg"  # img38 through a Gaussian blur of radius 3: its 316 px face's sharpness 110 -> ~11

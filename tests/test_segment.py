@@ -16,7 +16,7 @@ from pipeline.core.schema import CROP, extend
 from stages.segment import SegmentStage
 from stages.segmenters import PersonMask, Prompt, Segmenter, decode_mask, encode_mask, face_coverage
 from stages.segmenters.yolo_sam import negative_points, pick_mask, pick_person
-from tests.verified_rows import SCHEMA
+from benchmarks.fixtures.verified_rows import SCHEMA
 
 CROP_SCHEMA = extend(SCHEMA, CROP)
 

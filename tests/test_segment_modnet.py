@@ -13,7 +13,7 @@ from stages.crop import decode_crop
 from stages.segment import SegmentStage
 from stages.segmenters import SEGMENTERS, decode_mask, face_coverage, open_segmenter
 from stages.segmenters.modnet import ModnetSegmenter, input_size
-from tests.segment_crops import FACES, crop_rows
+from benchmarks.fixtures.segment_crops import FACES, crop_rows
 
 PHOTOS = ("img1.jpg", "img38.jpg", "img57.jpg", "couple.jpg")  # portrait, wide, dark background, two people
 

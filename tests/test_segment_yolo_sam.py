@@ -20,7 +20,7 @@ from stages.segmenters import decode_mask, face_coverage
 from stages.segmenters.checkpoints import import_ultralytics, layer, read_yolo
 from stages.segmenters.yolo_sam import YoloSamSegmenter, negative_points, pick_mask
 from tests.tiny_segmenters import SAM_FILE, YOLO_FILE, build_weights
-from tests.verified_rows import verified_table
+from benchmarks.fixtures.verified_rows import verified_table
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Verify stage: identity decisions from real dlib embeddings of the shared labelled photos.
 
-Rows are built the way the face filter writes them (tests/crawled_folders.py); only the tests
+Rows are built the way the face filter writes them (benchmarks/fixtures/crawled_folders.py); only the tests
 about the algorithm's geometry (order, empty input, phash groups, contracts) use made-up vectors.
 """
 
@@ -24,7 +24,7 @@ from stages.faces.dlib_backend import DlibBackend
 from stages.filter import FilterStage
 from stages.verify import VerifyStage
 from tests.conftest import REPO
-from tests.crawled_folders import (
+from benchmarks.fixtures.crawled_folders import (
     GROUP_FACES,
     QUALITY_IDENTITIES,
     ROWS,
