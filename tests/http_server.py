@@ -5,7 +5,8 @@ installed icrawler parsers read (Bing, Baidu, Google, Flickr's API), listing `se
 Every other route misbehaves in one way. `files` serves exact paths as a test sets them (robots.txt,
 tdmrep.json, images it made); `drips` sends the whole answer to some paths (status line and headers
 included) a byte at a time. `requests` logs every request line the server received, so a test can
-assert what was (or was never) fetched.
+assert what was (or was never) fetched; `max_held` is the peak of /slow-headers requests held unanswered
+at once, the downloads a client had in flight.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class LocalServer(ThreadingHTTPServer):
         self.files: dict[str, tuple[int, bytes, dict[str, str]]] = {}  # path -> (status, body, headers)
         self.drips: dict[str, float] = {}  # path -> seconds between the bytes of its whole answer
         self.lock = threading.Lock()
-        self.in_flight = self.max_in_flight = 0  # requests being answered at once, and the peak
+        self.held = self.max_held = 0  # /slow-headers requests held unanswered at once, and the peak
         self.scheme = "http"
 
     @property
@@ -104,10 +105,19 @@ class LocalServer(ThreadingHTTPServer):
         if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError):
             super().handle_error(request, client_address)
 
-    def count_in_flight(self, change: int) -> None:
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """One request held unanswered. Counted from its arrival to its answer's first byte, inside the client's
+        own wait for it: a handler thread still finishing after its client read the answer (and sent the next
+        request) counts no more, so the peak is never above what the client had in flight."""
         with self.lock:
-            self.in_flight += change
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.held += 1
+            self.max_held = max(self.max_held, self.held)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.held -= 1
 
     def log_request_target(self, target: str) -> int:
         """Record a request; returns how many times this exact target was asked for before."""
@@ -148,11 +158,7 @@ class Handler(BaseHTTPRequestHandler):
         if parts.path in self.server.drips:
             self.wfile = Drip(self.wfile, self.server.drips[parts.path])  # type: ignore[assignment]
             self.close_connection = True
-        self.server.count_in_flight(+1)
-        try:
-            (handler or self.route_missing)()
-        finally:
-            self.server.count_in_flight(-1)
+        (handler or self.route_missing)()
 
     # -- helpers ---------------------------------------------------------------------------------
     def send(self, status: int, body: bytes, content_type: str = "image/jpeg", **headers: str) -> None:
@@ -202,7 +208,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_slow_headers(self) -> None:
         seconds, _, name = self.rest.partition("/")
-        time.sleep(float(seconds))
+        with self.server.holding():
+            time.sleep(float(seconds))
         self.send(200, self.photo(name))
 
     def route_drip(self) -> None:
