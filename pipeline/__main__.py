@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from pipeline.engine.stats import StageCounts
 
 RUN_INFO = "run.json"
+RUN_CONFIG = "config.yaml"  # the resolved config of the run's last `run`
 LEVELS = ("debug", "info", "warning", "error")
 ERROR_CHARS = 500  # longest `error:` line
 
@@ -148,17 +149,22 @@ def _run_info(run: RunDir) -> RunInfo:
                         "run `python -m pipeline run` on this --out again, which rewrites it") from exc
 
 
-def _existing_run(config: PipelineConfig, profile: Path) -> RunDir:
-    """The run directory of a run made before, with a readable run.json (status, report, remove, generate)."""
+def _existing_run(config: PipelineConfig, profile: Path, required: bool = True) -> RunDir:
+    """The run directory of a run made before, with a readable run.json and a config.yaml (report, remove);
+    not `required`, only its run.json, if any, is checked (generate also reads shards copied without their run)."""
     run = _run_dir(config, profile)
-    _run_info(run)
+    if required or run.exists(RUN_INFO):
+        _run_info(run)
+    if required and not run.exists(RUN_CONFIG):
+        raise UserError(f"{run.uri} has a run.json but no {RUN_CONFIG}",
+                        "run `python -m pipeline run` on this --out again, which rewrites both")
     return run
 
 
 def _save_run_info(run: RunDir, config: PipelineConfig, profile: Path, identities: list[Identity]) -> None:
     hashes = {stage.name: stage.fingerprint(config) for stage in STAGES}
     header = f"# resolved from {profile}; stage config hashes: {hashes}\n"
-    run.write_bytes("config.yaml", (header + config.to_yaml()).encode())
+    run.write_bytes(RUN_CONFIG, (header + config.to_yaml()).encode())
     run.write_json(RUN_INFO, {
         "profile": str(profile),
         "stage_hashes": hashes,
@@ -236,7 +242,7 @@ def _run_summary(run: RunDir, args: argparse.Namespace, summaries: list[StageCou
         following = STAGE_NAMES[STAGE_NAMES.index(args.stage) + 1]
         console.print(f"next: the same command with --stage {following} (or --stage all)")
     if log:
-        console.print(f"log: {log}", highlight=False)
+        console.print(f"log: {log}", markup=False, highlight=False)
 
 
 def _dataset_lines(run: RunDir, identities: list[Identity]) -> None:
@@ -248,19 +254,20 @@ def _dataset_lines(run: RunDir, identities: list[Identity]) -> None:
 
     rows = shard_counts(run).statuses[OK]
     if rows:
-        console.print(f"shards: {run.uri_of('shards/')} ({rows:,} rows)", highlight=False)
+        console.print(f"shards: {run.uri_of('shards/')} ({rows:,} rows)", markup=False, highlight=False)
     else:
         console.print("[yellow]warning:[/] the dataset is empty: no image passed every stage; "
                       "the report's funnel shows where they dropped")
-    console.print(f"QA report: {index_uri(run)}", highlight=False)
+    console.print(f"QA report: {index_uri(run)}", markup=False, highlight=False)
     crawled = read_markers(run, STAGES[0].name)
     none = [identity.name for identity in identities if identity.slug in crawled and not crawled[identity.slug].kept]
     if none:
         named = ", ".join(none[:10]) + (f" and {len(none) - 10} more" if len(none) > 10 else "")
-        console.print(f"no photo found for {len(none)} of {len(identities)} names: {named}", highlight=False)
+        console.print(f"no photo found for {len(none)} of {len(identities)} names: {named}", markup=False,
+                      highlight=False)
     if rows:
         console.print(f"next: python -m pipeline export --format {FORMAT_NAMES[0]} --out {shlex.quote(run.uri)}",
-                      highlight=False)
+                      markup=False, highlight=False)
 
 
 def command_status(args: argparse.Namespace) -> int:
@@ -327,7 +334,7 @@ def command_generate(args: argparse.Namespace) -> int:
 
     args.overrides = [*args.overrides, *overrides(args)]
     config, profile = _settings(args)
-    run = _existing_run(config, profile)
+    run = _existing_run(config, profile, required=False)
     from pipeline.generator.run import run_generate  # torch and diffusers: seconds to import, so only now
 
     with _logged(run, args):

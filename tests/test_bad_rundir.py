@@ -26,7 +26,10 @@ RUN_DIRS = {
     "no run.json": lambda root: _folder(root / "empty"),
     "corrupt run.json": lambda root: _file(_folder(root / "corrupt") / "run.json", b"garbage{").parent,
     "run.json of another shape": lambda root: _file(_folder(root / "shape") / "run.json", b'{"identities": 3}').parent,
+    "no config.yaml": lambda root: _file(_folder(root / "noconfig") / "run.json", RUN_JSON).parent,
 }
+RUN_JSON = b'{"profile": "default", "stage_hashes": {}, "identities": [["a", "A"]]}'
+
 CONFIGS = {
     "not YAML": "filter: [unclosed\n",
     "not a mapping": "- filter\n- verify\n",
@@ -58,6 +61,8 @@ def assert_one_error_line(argv: list[str], capsys: pytest.CaptureFixture) -> str
 def test_a_bad_run_directory_is_one_error_line(tmp_path, capsys, command: str, case: str) -> None:
     if command == "run" and case not in ("a file", "below a file"):
         pytest.skip("run starts a new run there")
+    if (command, case) == ("status", "no config.yaml"):
+        pytest.skip("status reads no config.yaml")
     out = RUN_DIRS[case](tmp_path)
     assert_one_error_line([*COMMANDS[command], "--out", str(out)], capsys)
 

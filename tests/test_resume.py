@@ -28,7 +28,8 @@ IDENTITIES = 8  # tasks per stage: enough that a kill after the first finished t
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory, faces) -> dict:
-    """Identities, each a folder of links to one labelled person's real photos."""
+    """Identities, each a folder of copies of one labelled person's real photos (the local source follows
+    no link out of its root)."""
     root = tmp_path_factory.mktemp("many")
     people = sorted(faces["identities"])
     names = []
@@ -37,7 +38,7 @@ def tree(tmp_path_factory, faces) -> dict:
         folder = root / "photos" / f"{person}_{index:02d}"
         folder.mkdir(parents=True)
         for photo in faces["identities"][person]:
-            (folder / photo).symlink_to(faces["images"] / photo)
+            shutil.copyfile(faces["images"] / photo, folder / photo)
         names.append(folder.name)
     (root / "names.txt").write_text("\n".join(names) + "\n")
     return {"root": root}

@@ -84,6 +84,7 @@ def test_run_and_remove_exit_2_with_one_line_while_another_run_holds_the_lock(
     out = tmp_path / "run"
     write_lock(out, other_process)
     (out / "run.json").write_text(json.dumps({"profile": "default", "stage_hashes": {}, "identities": []}))
+    (out / "config.yaml").write_text("{}\n")
     assert main([*command, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {out} is in use by `run` (pid {other_process} on ")

@@ -1,6 +1,7 @@
 """Typed configuration: defaults live in these models, YAML profiles and `--set` only override.
 
-Unknown keys are errors naming their full path; the resolved config is saved with the run.
+Unknown keys are errors naming their full path; YAML aliases are refused (a config needs none, and
+nested ones expand exponentially); the resolved config is saved with the run.
 """
 
 from __future__ import annotations

@@ -260,8 +260,7 @@ def _read_index(run: RunDir, stage: str) -> dict[str, Marker] | None:
 
 def _check_against_files(run: RunDir, stage: str, known: dict[str, Marker], since: datetime) -> bool:
     """Local disk: markers written (at or after `since`) or removed behind the index's back."""
-    listing = _listing(run, f"stages/{stage}/_done", ".json")
-    files = {info.base_name.removesuffix(".json"): info.mtime for info in listing}
+    files = {info.base_name.removesuffix(".json"): info.mtime for info in _marker_files(run, stage)}
     run.cache["listed"].add(stage)
     doubted = distrusted(run, stage)
     gone = [task for task, marker in known.items() if marker.part and task not in files]
@@ -283,9 +282,14 @@ def _check_parts(run: RunDir, stage: str, known: dict[str, Marker]) -> None:
     """Local disk: a marker whose part is gone or not the size it pinned is dropped (its task is redone)."""
     sizes = {info.base_name: info.size for info in _listing(run, f"stages/{stage}", ".parquet")}
     for task, marker in list(known.items()):
-        if marker.part_size is not None and sizes.get(posixpath.basename(part_path(stage, task))) != marker.part_size:
+        size = sizes.get(posixpath.basename(part_path(stage, task)))
+        if marker.part_size is not None and size != marker.part_size:
             del known[task]
             distrusted(run, stage)[task] = PART_CHANGED
+
+
+def _marker_files(run: RunDir, stage: str) -> list[pafs.FileInfo]:
+    return _listing(run, f"stages/{stage}/_done", ".json")
 
 
 def _listing(run: RunDir, folder: str, suffix: str) -> list[pafs.FileInfo]:
@@ -297,7 +301,7 @@ def _listing(run: RunDir, folder: str, suffix: str) -> list[pafs.FileInfo]:
 def _read_files(run: RunDir, stage: str, tasks: list[str] | None) -> dict[str, Marker]:
     """Marker files, read concurrently: these tasks' (those that have one), else all the listing shows."""
     if tasks is None or len(tasks) > LIST_ABOVE:
-        listed = {posixpath.splitext(info.base_name)[0] for info in _listing(run, f"stages/{stage}/_done", ".json")}
+        listed = {posixpath.splitext(info.base_name)[0] for info in _marker_files(run, stage)}
         run.cache["listed"].add(stage)
         tasks = sorted(listed) if tasks is None else [task for task in tasks if task in listed]
     with ThreadPoolExecutor(READERS) as pool:

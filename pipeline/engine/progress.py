@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -73,9 +74,9 @@ class ConsoleHandler(logging.Handler):
 def logged(run: RunDir, command: str, level: str = "warning", quiet: bool = False) -> Iterator[str]:
     """Run the block with stderr in the run's log file (module docstring); yields the log's URI, "" when
     there is no run directory to hold one (a command that fails at once, finding nothing there)."""
-    view.quiet = quiet
     name = f"{command}-{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.log"
     path = _log_path(run, name)
+    view.quiet = quiet
     try:
         if path is None:
             yield ""
@@ -88,7 +89,7 @@ def logged(run: RunDir, command: str, level: str = "warning", quiet: bool = Fals
                 raise
             except Exception:
                 log.exception("unexpected error, a bug: please report it", extra=FILE_ONLY)
-                console.print(f"[red]unexpected error[/] (a bug, not your mistake): the traceback is in {path}")
+                console.print(f"[red]unexpected error[/] (a bug, not your mistake): the traceback is in {escape(path)}")
                 raise
             finally:
                 _stop_ray()

@@ -1,7 +1,9 @@
 """The runner: plans a stage's tasks from the markers, runs the rest as a Ray Data actor pool.
 
 A task is one identity. Each actor builds its stage once (`setup` loads models) and runs whole
-tasks: read the upstream part, `process`, write the part atomically, then the done-marker. The
+tasks: read the upstream part (checked against the upstream marker's pin: a changed part fails the task
+as `input changed`, and the driver forgets that marker), `process`, write the part atomically, then the
+done-marker, which pins the part. The
 driver only sees one small result row per task, so its memory does not grow with the data. A
 model stage on GPUs gets its tasks prepared (images read and decoded) by `prepare_tasks` on CPU
 workers first, and its actors only `infer`.
