@@ -198,10 +198,10 @@ def command_run(args: argparse.Namespace) -> int:
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
     ensure_models(config, chosen, args.config, args.accept_licenses)
-    for stage in chosen:
-        stage.preflight(config)
     run = _run_dir(config, profile, create=True)
     with _logged(run, args) as log, run_lock(run, "run"):
+        for stage in chosen:  # inside the log: a preflight's warnings (names without folders) show as such
+            stage.preflight(config)
         _save_run_info(run, config, profile, identities)
         summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
         if args.stage in ("all", SHARD):
@@ -279,12 +279,13 @@ def command_status(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     run = _run_dir(config, profile)
     info = _run_info(run)
+    ledger = load_ledger(run)  # first: a torn request stops the command before it prints anything
     tasks = {slug for slug, _ in info.identities}
     rows = [counts_from_markers(run, stage.name, tasks, info.stage_hashes.get(stage.name)) for stage in STAGES]
     console.print(counts_table(f"status of {run.uri}", [*rows, shard_counts(run)]))
     for line in redo_lines(rows, "to redo at the next run: their markers are not trusted"):
         console.print(line)
-    console.print(removals_line(load_ledger(run), sum(row.reasons[TAKEN_DOWN] for row in rows)))
+    console.print(removals_line(ledger, sum(row.reasons[TAKEN_DOWN] for row in rows)))
     return 0
 
 

@@ -76,7 +76,7 @@ def test_the_driver_says_which_names_have_no_folder_and_which_folders_no_name(tm
     with caplog.at_level(logging.WARNING):
         LocalSource.check(config)
     said = [record.getMessage() for record in caplog.records]
-    assert len(said) == 3 and all(line.startswith("warning: ") for line in said)
+    assert len(said) == 3 and all(record.levelname == "WARNING" for record in caplog.records)
     assert "1 names have no folder" in said[0] and "'Jeff Bezos'" in said[0]
     assert "1 names take several folders" in said[1] and "'Jack Dorsey' ('Jack-Dorsey', 'Jack_Dorsey')" in said[1]
     assert "2 folders match no name" in said[2] and "'Unlisted Person', 'Zoe Test'" in said[2]  # Zoë has her own

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
 
 LEDGER = "governance/removals"
@@ -121,10 +122,19 @@ class Ledger:
 def load_ledger(run: RunDir) -> Ledger:
     entries = []
     for filename in run.list_files(LEDGER, ".json"):
-        data = run.read_json(f"{LEDGER}/{filename}")
-        entries.append(Removal(**{**data, "image_ids": tuple(data.get("image_ids", ())),
-                                  "identities": tuple(data.get("identities", ()))}))
+        entries.append(_entry(run, f"{LEDGER}/{filename}"))
     return Ledger(entries)
+
+
+def _entry(run: RunDir, rel: str) -> Removal:
+    """One takedown request; a torn one stops the command: skipping it would re-admit what it removed."""
+    try:
+        data = run.read_json(rel)
+        return Removal(**{**data, "image_ids": tuple(data.get("image_ids", ())),
+                          "identities": tuple(data.get("identities", ()))})
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise UserError(f"removals ledger entry {run.uri}/{rel} is unreadable ({type(exc).__name__})",
+                        "restore it from a backup, or re-run the same `python -m pipeline remove` command") from exc
 
 
 def record(run: RunDir, removal: Removal) -> None:

@@ -131,6 +131,17 @@ class RunDir:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_bytes(rel))
 
+    def read_state(self, rel: str) -> dict | None:
+        """A state file the run can make again (a step's fingerprint, a summary): None when missing, torn or
+        not a JSON object, so the step is redone rather than the command failing."""
+        if not self.exists(rel):
+            return None
+        try:
+            data = self.read_json(rel)
+        except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+            return None
+        return data if isinstance(data, dict) else None
+
     def list_files(self, rel_dir: str, suffix: str = "") -> list[str]:
         """Base names of the files in a folder (not recursive); temporaries excluded."""
         selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True)

@@ -65,7 +65,7 @@ def run_fingerprint(config: PipelineConfig, inputs: dict[str, Marker]) -> str:
 
 
 def is_current(run: RunDir, fingerprint: str) -> bool:
-    return run.exists(DONE) and run.read_json(DONE).get("fingerprint") == fingerprint
+    return (run.read_state(DONE) or {}).get("fingerprint") == fingerprint
 
 
 def reader(run: RunDir, upstream: str, present: set[str]) -> Reader:
@@ -113,4 +113,4 @@ def by_identity(decisions: pa.Table | None) -> dict[str, list[str]]:
 
 def summary(run: RunDir) -> dict | None:
     """What the last whole-run step found (report, status): counts, rules, seconds; None before it ran."""
-    return run.read_json(DONE) if run.exists(DONE) else None
+    return run.read_state(DONE)

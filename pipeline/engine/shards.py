@@ -71,7 +71,7 @@ def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dic
 
 
 def is_current(run: RunDir, plan: ShardPlan) -> bool:
-    return run.exists(DONE) and run.read_json(DONE).get("fingerprint") == plan.fingerprint
+    return (run.read_state(DONE) or {}).get("fingerprint") == plan.fingerprint
 
 
 def without_opted_out(table: pa.Table, optout: OptOutList) -> tuple[pa.Table, Counter[str]]:
@@ -139,8 +139,8 @@ INDEX_SCHEMA = pa.schema(
 def shard_counts(run: RunDir) -> StageCounts:
     """What `status` shows for the shard step: shards written and the rows they hold."""
     counts = StageCounts("shard")
-    if run.exists(DONE):
-        done = run.read_json(DONE)
+    done = run.read_state(DONE)
+    if done and isinstance(done.get("rows"), int) and isinstance(done.get("shards"), int):  # else: to be written
         counts.add(done["rows"], {OK: done["rows"]}, {})
         counts.tasks_done = counts.tasks_total = done["shards"]
     return counts

@@ -149,7 +149,7 @@ class LocalSource(Source):
                 "set crawl.local_root to a folder holding one sub-folder of images per name",
             )
         for warning in Folders(settings.local_root).census([i.name for i in read_names(config.run.names)]):
-            log.warning("warning: %s", warning)
+            log.warning("%s", warning)
 
     @functools.cached_property
     def folders(self) -> Folders:
