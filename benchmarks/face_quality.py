@@ -5,8 +5,8 @@
 Every labelled identity's photos go through the real filter (detection, embeddings, quality evidence)
 and verify with the quality gates open, so the target face is verify's own choice. Printed per backend:
 the range of each gate's measure over those target faces (FaceQualitySection's defaults must keep them
-all), and the cosine of pairs of distinct photos of one person (COPY_PASTE_DEFAULTS sits above the
-typical pair, below a copy).
+all), and the cosine of pairs of distinct photos of one person (each backend's
+`calibration.copy_paste_max`, beside its model, sits above the typical pair, below a copy).
 """
 
 from __future__ import annotations

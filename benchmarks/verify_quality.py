@@ -13,7 +13,7 @@ tests/test_verify.py's quality test):
   hard       grayscale and lookalike at once
 
 Per backend it prints the similarity distributions its verify defaults are chosen from
-(VERIFY_BACKEND_DEFAULTS in pipeline/core/config.py), then precision and recall per folder kind
+(the backend's `calibration`, declared beside its model in stages/faces/), then precision and recall per folder kind
 (`--detail`: per identity too).
 """
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))  # run as a script: make `tests` importable
 
 from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.rundir import RunDir
-from stages.faces import open_backend
+from stages.faces import applied_calibration, open_backend
 from stages.verify import VerifyStage
 from benchmarks.fixtures.crawled_folders import (
     QUALITY_IDENTITIES,
@@ -72,7 +72,7 @@ def report(backend: str, identities: list[str], overrides: list[str], detail: bo
     started = time.monotonic()
     config = load_config(resolve_profile("cpu"), [f"face.backend={backend}", *overrides])
     corpus = Corpus(open_backend(config))
-    print(f"== {backend}: verify {config.verify.resolved(backend)}")
+    print(f"== {backend}: verify {applied_calibration(config, backend)}")
     print_distributions(distributions(corpus, identities))
     print_scores(verify_kinds(config, corpus, identities), detail)
     seconds = time.monotonic() - started

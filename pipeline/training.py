@@ -47,7 +47,7 @@ from pipeline.core.rundir import RunDir
 from stages.imaging import PILLOW_MAX_PIXELS, decode_upright
 
 INDEX_FILE = "_index.parquet"
-PLAN_COLUMNS = ["identity", "image_id", "dup_group", "faces", "target_face", "face_backend"]
+PLAN_COLUMNS = ["identity", "image_id", "dup_group", "faces", "target_face", "calibration"]
 ITEM_COLUMNS = ["identity", "image_id", "crop_image", "mask", "caption", "class_word", "class_word_tokens"]
 TOKEN_PAD = -1  # never a valid token position
 
@@ -132,7 +132,8 @@ class IdentityDataset(Dataset):
         """The shard's small columns and row-group starts, checked against what the index says of it."""
         with self._root.fs.open_input_file(self._root.path(shard)) as handle:
             parquet = pq.ParquetFile(handle)
-            table = parquet.read(columns=PLAN_COLUMNS)
+            # calibration: shards made before verify recorded it have none (training.copy_paste_max must then be set)
+            table = parquet.read(columns=[name for name in PLAN_COLUMNS if name in parquet.schema_arrow.names])
             sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
         ends = np.cumsum([entry["num_rows"] for entry in entries]).tolist()
         layout = [entry["identity"] for entry in entries for _ in range(entry["num_rows"])]
@@ -143,10 +144,11 @@ class IdentityDataset(Dataset):
     def _plan_faces(self, table: pa.Table, groups: np.ndarray, entries: list[dict], offset: int) -> np.ndarray:
         """The shard's target-face yaws (NaN where unmeasured); records each identity's too-alike pairs."""
         vectors, yaws = target_faces(table)
-        backends = table["face_backend"].to_pylist()
+        recorded = table["calibration"].to_pylist() if "calibration" in table.schema.names else [None] * table.num_rows
         for entry in entries:
             rows = np.arange(entry["row_start"], entry["row_start"] + entry["num_rows"])
-            blocked = too_similar(vectors[rows], groups[rows], self._rules.resolved(backends[rows[0]]))
+            limit = self._rules.resolved((recorded[rows[0]] or {}).get("copy_paste_max"))
+            blocked = too_similar(vectors[rows], groups[rows], limit)
             for target, mask in zip(rows, blocked, strict=True):
                 if mask.any():
                     self._blocked[offset + int(target)] = offset + rows[mask]

@@ -29,7 +29,7 @@ from pipeline.core.names import Identity, IdentityIndex
 BLOCK = 4096  # centroids per matrix product: a 4096 x 4096 float32 block of similarities is 64 MB
 GROUPS_PER_READ = 128  # identities read at once in the census (their faces' embeddings: ~10 MB)
 CACHED_GROUPS = 1024  # identities' photos held while candidate pairs are compared
-COLUMNS = ["identity", "image_id", "phash", "faces", "target_face", "face_backend"]  # what the step reads
+COLUMNS = ["identity", "image_id", "phash", "faces", "target_face", "face_backend", "calibration"]  # what the step reads
 CLAIMED, SAME_PERSON, MERGE_FROM, MERGED_INTO = "claimed", "same_person", "merge_from", "merged_into"
 
 DECISION_SCHEMA = pa.schema(
@@ -58,11 +58,11 @@ class Rules:
     dup_similarity: float
 
     @classmethod
-    def of(cls, config: PipelineConfig, backend: str) -> Rules:
-        resolved = config.verify.resolved(backend)
+    def of(cls, config: PipelineConfig, calibration: dict) -> Rules:
+        """From the calibration verify recorded in the rows; hygiene.same_person_similarity null = its threshold."""
         explicit = config.hygiene.same_person_similarity
-        same = resolved["threshold"] if explicit is None else explicit
-        return cls(same, resolved["cluster_threshold"], config.verify.dup_hamming, resolved["dup_similarity"])
+        same = calibration["threshold"] if explicit is None else explicit
+        return cls(same, calibration["cluster_threshold"], config.verify.dup_hamming, calibration["dup_similarity"])
 
     @property
     def search_cut(self) -> float:
@@ -129,6 +129,7 @@ class Census:
     phashes: np.ndarray  # uint64
     has_phash: np.ndarray
     owners: np.ndarray  # int32: its group
+    calibration: dict | None = None  # the thresholds verify applied, as its rows record them
 
     @classmethod
     def of(cls, groups: list[tuple[str, ...]], read: Reader) -> Census:
@@ -146,6 +147,8 @@ class Census:
         table = read(members)
         self.backends |= set(table["face_backend"].unique().to_pylist())
         one_backend(self.backends)  # before two backends' vectors meet in one matrix
+        if self.calibration is None and table.num_rows:  # one per run: verify applies one config to one backend
+            self.calibration = table["calibration"][0].as_py()
         found = pc.index_in(table["identity"], value_set=pa.array(members, pa.string()))
         member = found.to_numpy(zero_copy_only=False).astype(np.int64)  # every row's identity is one asked for
         local = np.repeat(np.arange(len(chunk)), [len(group) for group in chunk])[member]
@@ -374,7 +377,7 @@ def decide(groups: list[tuple[str, ...]], read: Reader, config: PipelineConfig,
     if not len(active):
         counts = {"identities": 0, "merged": len(merges) // 2}
         return Outcome(table(merges, DECISION_SCHEMA), table([], PAIR_SCHEMA), counts)
-    rules = Rules.of(config, *census.backends)  # one: Census.add refused more, and a photo was kept
+    rules = Rules.of(config, census.calibration)  # a photo was kept, so its row recorded one
     i, j, sims = close_pairs(census.centroids, active, rules.search_cut)
     flagged = sims >= rules.same_person
     candidates = {(int(a), int(b)) for a, b, sim in zip(i, j, sims, strict=True) if sim >= rules.candidate}

@@ -11,11 +11,12 @@ import numpy as np
 
 from pipeline.core.config import VerifySection
 from stages.base import Row
+from stages.faces import Calibration
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The verify section with the backend's defaults filled in."""
+    """The verify section with the face backend's applied calibration."""
 
     threshold: float
     cluster_threshold: float
@@ -25,9 +26,11 @@ class Settings:
     competing_ratio: float
 
     @classmethod
-    def of(cls, section: VerifySection, backend: str) -> Settings:
+    def of(cls, section: VerifySection, calibration: Calibration) -> Settings:
         return cls(
-            **section.resolved(backend),
+            threshold=calibration.threshold,
+            cluster_threshold=calibration.cluster_threshold,
+            dup_similarity=calibration.dup_similarity,
             dup_hamming=section.dup_hamming,
             min_images=section.min_images,
             competing_ratio=section.competing_ratio,

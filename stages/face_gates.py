@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pipeline.core.config import FaceQualitySection
 from stages.base import Row
+from stages.faces import Calibration
 
 # A face at least half the target's side (a quarter of its area) competes with it in a crop; background faces do not.
 LARGE_FACE_RATIO = 0.5
@@ -18,7 +19,7 @@ LARGE_FACE_RATIO = 0.5
 
 @dataclass(frozen=True)
 class Gates:
-    """`verify.quality` with the backend's detector-score default filled in."""
+    """`verify.quality` with the detector-score floor of the face backend's applied calibration."""
 
     min_sharpness: float
     max_yaw: float
@@ -28,13 +29,13 @@ class Gates:
     max_large_faces: int | None
 
     @classmethod
-    def of(cls, section: FaceQualitySection, backend: str) -> Gates:
+    def of(cls, section: FaceQualitySection, calibration: Calibration) -> Gates:
         return cls(
             min_sharpness=section.min_sharpness,
             max_yaw=section.max_yaw,
             max_pitch=section.max_pitch,
             min_image_share=section.min_image_share,
-            min_face_score=section.face_score(backend),
+            min_face_score=calibration.min_face_score,
             max_large_faces=section.max_large_faces,
         )
 

@@ -18,20 +18,20 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.core.config import VERIFY_BACKEND_DEFAULTS, PipelineConfig
+from pipeline.core.config import PipelineConfig
 from pipeline.core.names import read_names
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import HYGIENE, OK
 from stages.base import Row, Stage, drop, keep
 from stages.cross_identity import CLAIMED, MERGE_FROM, MERGED_INTO, SAME_PERSON, merge_groups
 from stages.face_clusters import Folder, Settings, dup_groups
+from stages.faces import Calibration
 
 RUN_FOLDER = "stages/hygiene/_run"  # the whole-run step's files, beside the stage's parts
 DECISIONS = f"{RUN_FOLDER}/decisions.parquet"
@@ -45,10 +45,6 @@ class HygieneStage(Stage):
     produces = HYGIENE
     one_to_one = False  # a merge target takes other identities' rows in; `process` checks its own count
     tasks_per_call = 32  # a read, a filter and a write: milliseconds a task
-
-    @classmethod
-    def constants(cls) -> dict[str, Any]:
-        return {"backend_defaults": VERIFY_BACKEND_DEFAULTS}
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
@@ -68,7 +64,7 @@ class HygieneStage(Stage):
         pulled = [row for d in decisions if d["decision"] == MERGE_FROM for row in self.pulled(d, own[0])]
         out = flagged(judged(own + pulled, decisions), decisions)
         if pulled:
-            regroup(out, Settings.of(self.config.verify, out[0]["face_backend"]))
+            regroup(out, Settings.of(self.config.verify, Calibration(**out[0]["calibration"])))
         out = enough_photos(out, self.config.verify.min_images)
         if len(out) != len(own) + len(pulled):
             raise RuntimeError(f"hygiene returned {len(out)} rows for {len(own)} + {len(pulled)} merged in")

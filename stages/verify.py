@@ -28,16 +28,19 @@ The rule, and why:
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.config import FACE_SCORE_DEFAULTS, VERIFY_BACKEND_DEFAULTS
+from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import UserError
 from pipeline.core.schema import VERIFICATION
 from stages.base import Row, Stage, drop, keep
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
 from stages.face_gates import LARGE_FACE_RATIO, Gates, failures, large_faces
+from stages.faces import applied_calibration, calibrations
 
 
 def image_columns(decision: Decision, image: int, target: int, faces: list[Row], group: str) -> Row:
@@ -65,14 +68,21 @@ def outcome(columns: Row, passed: bool, failed: list[tuple[str, str]], distinct:
 class VerifyStage(Stage):
     name = "verify"
     sections = ("verify",)
+    requires = ("faces", "phash", "face_backend")
+    produces = VERIFICATION
+    version = 2  # 2: rows record the calibration they were decided with
+    tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate
 
     @classmethod
     def constants(cls) -> dict[str, Any]:
-        return {"backend_defaults": VERIFY_BACKEND_DEFAULTS, "face_score_defaults": FACE_SCORE_DEFAULTS,
-                "large_face_ratio": LARGE_FACE_RATIO}
-    requires = ("faces", "phash", "face_backend")
-    produces = VERIFICATION
-    tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate
+        return {"calibrations": calibrations(), "large_face_ratio": LARGE_FACE_RATIO}
+
+    @classmethod
+    def preflight(cls, config: PipelineConfig) -> None:
+        try:
+            applied_calibration(config, config.face.backend)
+        except ValueError as exc:
+            raise UserError(str(exc), "or add a calibration to the backend (docs/architecture.md)") from exc
 
     def setup(self) -> None:
         """scipy once per worker, before the first task; not at module import, as a resume imports every stage."""
@@ -88,8 +98,8 @@ class VerifyStage(Stage):
 
     def verify(self, rows: list[Row]) -> dict[str, Row]:
         """image_id -> the verify columns, for rows that all have faces, sorted by image_id."""
-        backend = backend_of(rows)
-        settings, gates = Settings.of(self.config.verify, backend), Gates.of(self.config.verify.quality, backend)
+        calibration = applied_calibration(self.config, backend_of(rows))
+        settings, gates = Settings.of(self.config.verify, calibration), Gates.of(self.config.verify.quality, calibration)
         folder = Folder.of(rows)
         decision = decide(folder, settings)
         groups = dup_groups(folder, decision.target, settings)
@@ -102,6 +112,7 @@ class VerifyStage(Stage):
             "identity_purity": decision.cluster_size / folder.num_images,
             "identity_competing": decision.competing,
             "identity_kept": int(usable.sum()) if distinct >= settings.min_images else 0,
+            "calibration": asdict(calibration),
         }
         return {
             image_id: outcome(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.core.schema import FACE
+from pipeline.core.schema import CALIBRATION, FACE
 from pipeline.engine.shards import INDEX_SCHEMA
 from stages.faces import Face, FaceBackend
 from stages.faces.dlib_backend import DlibBackend
@@ -28,7 +29,7 @@ SHARD = "train-00000-of-00001.parquet"
 SCHEMA = pa.schema([
     pa.field("identity", pa.string()), pa.field("image_id", pa.string()), pa.field("crop_image", pa.binary()),
     pa.field("faces", pa.list_(FACE)), pa.field("target_face", pa.int32()), pa.field("class_word", pa.string()),
-    pa.field("dup_group", pa.string()), pa.field("face_backend", pa.string()),
+    pa.field("dup_group", pa.string()), pa.field("face_backend", pa.string()), pa.field("calibration", CALIBRATION),
 ])
 
 
@@ -60,7 +61,7 @@ def crop_row(backend: FaceBackend, identity: str, class_word: str, photo: Path) 
         "faces": [{"box": list(f.box), "landmarks": f.landmarks.reshape(-1).tolist(), "score": f.score,
                    "embedding": f.embedding.tolist(), "embedding_norm": f.embedding_norm} for f in found],
         "target_face": target, "class_word": class_word, "dup_group": hashlib.sha256(data).hexdigest()[:16],
-        "face_backend": backend.name,
+        "face_backend": backend.name, "calibration": asdict(type(backend).calibration),
     }
 
 

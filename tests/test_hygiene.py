@@ -8,6 +8,7 @@ group photo of the two of them side by side (one photo, a different target face 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, identity_slug
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import FACE_EVIDENCE, NAMES, ROW_KEYS, VERIFICATION, extend
+from stages.faces.sface_backend import SFaceBackend
 from pipeline.engine.markers import Marker, part_path, write_marker
 from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
 from stages.cross_identity import DECISION_SCHEMA, SAME_PERSON, close_pairs, merge_groups, shared_keys
@@ -241,10 +243,13 @@ def test_the_fingerprint_follows_the_hygiene_and_verify_sections() -> None:
     assert HygieneStage.fingerprint(scheduling) == HygieneStage.fingerprint(base)
 
 
+CALIBRATION = asdict(SFaceBackend.calibration)  # what verify records in its rows
+
+
 def verified_rows(identity: str, photos: list[tuple[str, np.ndarray]]) -> pa.Table:
     """Verify's kept rows for synthetic photos: (image_id, embedding) each, one face, its own dup group."""
     rows = [{"identity": identity, "name": identity, "image_id": image, "status": "ok", "phash": image[:16],
-             "face_backend": "sface", "target_face": 0, "dup_group": image,
+             "face_backend": "sface", "target_face": 0, "dup_group": image, "calibration": CALIBRATION,
              "faces": [{"box": [0, 0, 100, 100], "landmarks": [0.0] * 10, "score": 1.0,
                         "embedding": vector.tolist(), "embedding_norm": 1.0}]}
             for image, vector in photos]

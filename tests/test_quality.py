@@ -15,6 +15,7 @@ import math
 import random
 import tempfile
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,14 @@ from pipeline.core.config import PipelineConfig, TrainingSection, load_config, r
 from pipeline.core.names import Identity
 from pipeline.core.pairs import pair_counts, pose_weights
 from pipeline.core.rundir import RunDir
-from pipeline.core.schema import FACE, IMAGE_SIZE, NAMES, OK, PROVENANCE, extend
+from pipeline.core.schema import CALIBRATION, FACE, IMAGE_SIZE, NAMES, OK, PROVENANCE, extend
 from pipeline.engine.markers import Marker, part_path, read_markers, write_marker
 from pipeline.engine.runner import RUN, TaskExecutor, content_digest, name_digest, plan_stage
 from pipeline.generator.references import IdentityRows, Reference, sample_references
 from pipeline.report import write_report
 from pipeline.training import IdentityDataset
 from stages.crawl import CrawlStage
+from stages.faces import applied_calibration
 from stages.faces.quality import EYE_TO_MOUTH, FRONTAL_NOSE, NOSE_DEPTH, TEMPLATE, head_pose
 from stages.faces.sface_backend import SFaceBackend
 from stages.filter import FilterStage
@@ -274,9 +276,9 @@ def test_gate_thresholds_change_verify_only_and_score_defaults_follow_the_backen
     base, tuned = config(), config("verify.quality.min_sharpness=5")
     assert FilterStage.fingerprint(base) == FilterStage.fingerprint(tuned)
     assert VerifyStage.fingerprint(base) != VerifyStage.fingerprint(tuned)
-    quality = base.verify.quality
-    assert (quality.face_score("sface"), quality.face_score("dlib"), quality.face_score("future")) == (0.8, 0.0, None)
-    assert config("verify.quality.min_face_score=0.3").verify.quality.face_score("sface") == 0.3
+    scores = [applied_calibration(base, backend).min_face_score for backend in ("sface", "dlib", "insightface")]
+    assert scores == [0.8, 0.0, 0.5]
+    assert applied_calibration(config("verify.quality.min_face_score=0.3"), "sface").min_face_score == 0.3
 
 
 @pytest.mark.slow
@@ -376,6 +378,7 @@ SHARD_SCHEMA = pa.schema([
     pa.field("faces", pa.list_(FACE)), pa.field("target_face", pa.int32()), pa.field("face_backend", pa.string()),
     pa.field("crop_image", pa.binary()), pa.field("mask", pa.binary()), pa.field("caption", pa.string()),
     pa.field("class_word", pa.string()), pa.field("class_word_tokens", pa.list_(pa.int32())),
+    pa.field("calibration", CALIBRATION),
 ])
 
 Photo = tuple[int | None, list[int], float | None]  # duplicate group (None: its own), embedding, yaw
@@ -392,7 +395,8 @@ def write_shards(root: Path, identities: list[list[Photo]]) -> list[dict]:
             rows.append({"identity": identity, "image_id": f"{identity}-{k}", "crop_image": PIXEL, "mask": MASK,
                          "dup_group": None if group is None else f"{identity}-g{group}", "faces": [face],
                          "target_face": 0, "face_backend": "sface", "caption": "a photo of a man",
-                         "class_word": "man", "class_word_tokens": [5]})
+                         "class_word": "man", "class_word_tokens": [5],
+                         "calibration": asdict(SFaceBackend.calibration)})
     pq.write_table(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), root / SHARD)
     pq.write_table(pa.Table.from_pylist(index), root / "_index.parquet")
     return rows
@@ -459,7 +463,7 @@ def test_the_default_copy_paste_limit_follows_the_face_backend(tmp_path) -> None
     for index in range(len(dataset)):
         item = dataset[index]
         assert all({item["image_id"], ref} != {"id0-0", "id0-1"} for ref in item["reference_ids"])
-    assert TrainingSection().resolved("sface") == 0.835 < cosine([1, 0, 0], alike)
+    assert TrainingSection().resolved(SFaceBackend.calibration.copy_paste_max) == 0.835 < cosine([1, 0, 0], alike)
     assert len(IdentityDataset(tmp_path, num_refs=(2, 2))) == 1  # only the third photo has two references left
 
 

@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.core.config import VERIFY_BACKEND_DEFAULTS
 from pipeline.core.names import identity_slug
 from pipeline.core.rundir import RunDir
 from pipeline.report import write_report
@@ -28,6 +27,7 @@ from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Histogram
 from pipeline.report.html import link
 from pipeline.report.thumbs import Thumbs
+from stages.faces.sface_backend import SFaceBackend
 from tests import browser
 from tests.conftest import image_bytes, run_cli, stage_rows
 from tests.local_tree import build_tree
@@ -274,7 +274,7 @@ def test_summary_agrees_with_the_stage_tables(report_run) -> None:
     assert sims["kept"]["count"] == sum(row["status"] == "ok" for row in verify)
     impostors = Counter(row["reason"] for row in verify)["not_target_identity"]
     assert sims["dropped: not target identity"]["count"] == impostors >= 1
-    assert summary["verify_threshold"] == VERIFY_BACKEND_DEFAULTS["sface"]["threshold"]  # the cpu profile resolves to it
+    assert summary["verify_threshold"] == SFaceBackend.calibration.threshold  # the cpu profile's, as verify recorded it
 
 
 @pytest.mark.slow

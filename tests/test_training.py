@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.core.config import TrainingSection
 from pipeline.training import IdentityDataset, collate_references
+from stages.faces.sface_backend import SFaceBackend
 from tests.conftest import REPO, run_cli
 from tests.local_tree import build_tree
 
@@ -147,7 +148,7 @@ def test_each_item_is_its_target_with_references_of_other_photos_of_its_identity
         assert 1 <= len(references) <= 4 and item["references"].shape[0] == len(references)
         assert all(ref["identity"] == target["identity"] for ref in references)
         assert all(ref["dup_group"] != target["dup_group"] for ref in references)  # not the target, nor its copies
-        assert all(similarity(ref, target) <= TrainingSection().resolved("sface") for ref in references)  # its shoot
+        assert all(similarity(ref, target) <= TrainingSection().resolved(SFaceBackend.calibration.copy_paste_max) for ref in references)  # its shoot
         assert len({ref["dup_group"] for ref in references}) == len(references)  # nor twice the same photo
         for tensor, ref in zip(item["references"], references, strict=True):
             assert torch.equal(tensor, decoded(ref["crop_image"]))

@@ -6,20 +6,24 @@ about the algorithm's geometry (order, empty input, phash groups, contracts) use
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import subprocess
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.core.config import VERIFY_BACKEND_DEFAULTS, load_config, resolve_profile
+from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import VERIFICATION
 from pipeline.engine.markers import part_path, read_markers
 from pipeline.engine.runner import RUN, TaskExecutor
+from stages.faces import FACES, Calibration, applied_calibration
 from stages.faces.dlib_backend import DlibBackend
 from stages.filter import FilterStage
 from stages.verify import VerifyStage
@@ -159,7 +163,9 @@ def test_new_thresholds_change_decisions_not_evidence(corpus, verify) -> None:
 
 
 def test_the_stage_imports_no_image_or_face_model_library() -> None:
-    probe = "import sys, stages.verify; print(sorted({'PIL', 'cv2', 'dlib', 'onnxruntime', 'stages.faces'} & set(sys.modules)))"
+    """Its fingerprint reads the face backends' calibrations, which are declarations: no model library loads."""
+    libraries = "{'PIL', 'cv2', 'dlib', 'onnxruntime', 'insightface', 'torch'}"
+    probe = f"import sys, stages.verify; stages.verify.VerifyStage.constants(); print(sorted({libraries} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -283,10 +289,19 @@ def test_one_identity_from_two_backends_is_an_error(verify) -> None:
 
 def test_thresholds_default_per_backend_and_are_overridable() -> None:
     config = load_config(resolve_profile("cpu"), ["verify.dup_similarity=0.97"])
-    assert config.verify.resolved("dlib") == {"threshold": 0.945, "cluster_threshold": 0.93, "dup_similarity": 0.97}
-    assert config.verify.resolved("insightface")["threshold"] == 0.40
+    assert applied_calibration(config, "dlib") == Calibration(
+        threshold=0.945, cluster_threshold=0.93, dup_similarity=0.97, min_face_score=0.0, copy_paste_max=0.979)
+    assert applied_calibration(config, "insightface").threshold == 0.40
     with pytest.raises(UserError, match="verify.treshold"):
         load_config(resolve_profile("cpu"), ["verify.treshold=0.9"])
+
+
+def test_verify_records_the_calibration_it_applied(verify) -> None:
+    rows = [fake_row(f"0{k}", [spread(k)]) for k in range(1, 4)]
+    out = verify(pa.Table.from_pylist(rows, schema=ROWS), "verify.quality.min_face_score=0.5")
+    assert {tuple(sorted(row["calibration"].items())) for row in out} == {
+        tuple(sorted({"threshold": 0.945, "cluster_threshold": 0.93, "dup_similarity": 0.99, "min_face_score": 0.5,
+                      "copy_paste_max": 0.979}.items()))}
 
 
 def test_a_new_verify_threshold_reruns_verify_but_not_filter() -> None:
@@ -295,12 +310,63 @@ def test_a_new_verify_threshold_reruns_verify_but_not_filter() -> None:
     assert base.fingerprint(FilterStage.sections, 1) == changed.fingerprint(FilterStage.sections, 1)
 
 
-def test_a_changed_backend_default_reruns_verify(monkeypatch) -> None:
-    """The per-backend defaults decide verify's output, so they are part of its fingerprint."""
+def test_a_changed_backend_calibration_reruns_verify(monkeypatch) -> None:
+    """A backend's calibration decides verify's output, so it is part of its fingerprint."""
     config = load_config(resolve_profile("cpu"))
     before = VerifyStage.fingerprint(config)
-    monkeypatch.setitem(VERIFY_BACKEND_DEFAULTS, "dlib", {**VERIFY_BACKEND_DEFAULTS["dlib"], "threshold": 0.9})
+    monkeypatch.setattr(DlibBackend, "calibration", replace(DlibBackend.calibration, threshold=0.9))
     assert VerifyStage.fingerprint(config) != before
+
+
+DUMMY_BACKEND = """
+from stages.backends import Backend
+from stages.faces.base import FACES, Calibration, FaceBackend
+
+
+@FACES.register
+class DummyBackend(FaceBackend, Backend):
+    name = "dummy"
+    embedding_dim = 8
+    calibration = {calibration}
+
+    def _detect_one(self, image):
+        return []
+
+    def embed(self, images, faces):
+        return [list(found) for found in faces]
+"""
+
+
+def add_backend(folder: Path, calibration: str, monkeypatch) -> None:
+    """A new face backend in a package of its own: one file, registered as the project's own are."""
+    FACES.names()  # the project's backends first; the registry is restored after the test
+    monkeypatch.setattr(FACES, "_backends", dict(FACES._backends))
+    path = folder / "dummy_face.py"
+    path.write_text(DUMMY_BACKEND.format(calibration=calibration))
+    spec = importlib.util.spec_from_file_location("dummy_face", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_a_new_face_backend_is_one_file_with_its_calibration(tmp_path, verify, monkeypatch) -> None:
+    before = VerifyStage.fingerprint(load_config(resolve_profile("cpu")))
+    add_backend(tmp_path, "Calibration(0.7, 0.6, 0.97, None, 0.9)", monkeypatch)
+    config = load_config(resolve_profile("cpu"), ["face.backend=dummy"])
+    VerifyStage.preflight(config)  # calibrated: no threshold needs setting
+    assert VerifyStage.fingerprint(config) != before  # its calibration is part of verify's fingerprint
+    rows = [fake_row(f"0{k}", [spread(k)], backend="dummy") for k in range(1, 4)]  # 0.96 alike: one person, 3 photos
+    out = verify(pa.Table.from_pylist(rows, schema=ROWS), "face.backend=dummy")
+    assert {row["status"] for row in out} == {"ok"}
+    assert out[0]["calibration"] == {"threshold": 0.7, "cluster_threshold": 0.6, "dup_similarity": 0.97,
+                                     "min_face_score": None, "copy_paste_max": 0.9}
+
+
+def test_an_uncalibrated_backend_needs_its_thresholds_set(tmp_path, monkeypatch) -> None:
+    add_backend(tmp_path, "None", monkeypatch)
+    with pytest.raises(UserError, match="verify.threshold, verify.cluster_threshold, verify.dup_similarity"):
+        VerifyStage.preflight(load_config(resolve_profile("cpu"), ["face.backend=dummy"]))
+    VerifyStage.preflight(load_config(resolve_profile("cpu"), ["face.backend=dummy", "verify.threshold=0.5",
+                                                               "verify.cluster_threshold=0.4",
+                                                               "verify.dup_similarity=0.9"]))
 
 
 def test_the_stage_contract() -> None:

@@ -128,30 +128,7 @@ class FaceSection(Section):
     max_side: int = Field(1280, ge=256, description="images are shrunk to this long side before detection")
 
 
-# Verify thresholds left null take these, by the rows' `face_backend`; they are part of verify's fingerprint.
-VERIFY_BACKEND_DEFAULTS: dict[str, dict[str, float]] = {
-    # Measured on tests/data/faces (dlib 128-d, L2-normalised): leave-one-out centroid similarity of an
-    # identity's own photos >= 0.952, of the nearest other identity <= 0.937; pairs: deepface's dlib cut (cosine
-    # distance 0.07); copies (resized, re-encoded, cropped, mirrored) >= 0.990, distinct photos <= 0.986.
-    "dlib": {"threshold": 0.945, "cluster_threshold": 0.93, "dup_similarity": 0.99},
-    # ArcFace (insightface buffalo_l), from the literature, not measured here: deepface's ArcFace pair cut is
-    # cosine 0.32 (distance 0.68); a centroid of several photos lifts same-person similarity above pair level.
-    "insightface": {"threshold": 0.40, "cluster_threshold": 0.32, "dup_similarity": 0.90},
-    # Measured on tests/data/faces (YuNet + SFace int8, vector of crop + mirror; benchmarks/verify_quality.py):
-    # leave-one-out centroid similarity of an identity's own photos >= 0.651 (grayscale copies >= 0.660), of another
-    # identity's photo <= 0.412 (the nearest look-alike); any threshold in 0.45-0.60 keeps precision 1.0 and recall
-    # 0.986 on the realistic, grayscale and look-alike folders (the one miss: a 1990s group-photo face at 0.44).
-    # Mean cosine to an identity's photos (what average linkage cuts): own >= 0.562, other <= 0.375. Copies (re-encoded,
-    # cropped, mirrored) >= 0.919, two distinct photos <= 0.888.
-    "sface": {"threshold": 0.50, "cluster_threshold": 0.45, "dup_similarity": 0.905},
-}
-VERIFY_BACKEND_KEYS = ("threshold", "cluster_threshold", "dup_similarity")
 
-# verify.quality.min_face_score left null takes these, by `face_backend` (detector scores have each detector's
-# scale). sface: YuNet scores the labelled target faces >= 0.935 and a real profile 0.73-0.77. insightface: SCRFD's
-# own cut (face.det_threshold), no extra gate: not measured here. dlib: the HOG margin's detection cut (0), the
-# same; the labelled faces score >= 0.40.
-FACE_SCORE_DEFAULTS: dict[str, float] = {"sface": 0.8, "insightface": 0.5, "dlib": 0.0}
 
 
 class FaceQualitySection(Section):
@@ -175,9 +152,6 @@ class FaceQualitySection(Section):
         "null: no limit"
     )
 
-    def face_score(self, backend: str) -> float | None:
-        return self.min_face_score if self.min_face_score is not None else FACE_SCORE_DEFAULTS.get(backend)
-
 
 class VerifySection(Section):
     """Identity verification, on cosine similarities of L2-normalised face embeddings (null = backend default)."""
@@ -196,16 +170,6 @@ class VerifySection(Section):
     )
     quality: FaceQualitySection = FaceQualitySection()
     resources: Resources = Resources()
-
-    def resolved(self, backend: str) -> dict[str, float]:
-        """The backend-dependent thresholds, nulls filled from VERIFY_BACKEND_DEFAULTS."""
-        explicit = {key: getattr(self, key) for key in VERIFY_BACKEND_KEYS if getattr(self, key) is not None}
-        if len(explicit) == len(VERIFY_BACKEND_KEYS):
-            return explicit
-        if backend not in VERIFY_BACKEND_DEFAULTS:
-            keys = ", ".join(f"verify.{key}" for key in VERIFY_BACKEND_KEYS)
-            raise ValueError(f"no verify defaults for face backend {backend!r}: set {keys}")
-        return {**VERIFY_BACKEND_DEFAULTS[backend], **explicit}
 
 
 class HygieneSection(Section):
@@ -299,12 +263,6 @@ class ShardSection(Section):
     resources: Resources = Resources()
 
 
-# training.copy_paste_max left null takes these, by `face_backend`: halfway between a typical pair of distinct photos
-# of one person and a copy (verify's dup_similarity), where a reference shows the target's shoot rather than the
-# person. Measured on tests/data/faces (same-person distinct-photo pairs): sface median 0.766 (90% <= 0.831, max 0.888),
-# dlib median 0.968 (90% <= 0.981). ArcFace from the literature: real same-person pairs around 0.46 (WithAnyone's
-# MultiID-2M).
-COPY_PASTE_DEFAULTS: dict[str, float] = {"sface": 0.835, "dlib": 0.979, "insightface": 0.68}
 
 
 class TrainingSection(Section):
@@ -315,12 +273,14 @@ class TrainingSection(Section):
         "(it would teach copy-paste); null: the backend's default"
     )
 
-    def resolved(self, backend: str) -> float:
+    def resolved(self, recorded: float | None) -> float:
+        """The cut in force: this key where set, else the face backend's calibration verify recorded in the rows."""
         if self.copy_paste_max is not None:
             return self.copy_paste_max
-        if backend not in COPY_PASTE_DEFAULTS:
-            raise ValueError(f"no copy-paste default for face backend {backend!r}: set training.copy_paste_max")
-        return COPY_PASTE_DEFAULTS[backend]
+        if recorded is None:
+            raise ValueError("the rows carry no face calibration (written before it was recorded): re-run "
+                             "`python -m pipeline run --stage all`, or set training.copy_paste_max")
+        return recorded
 
 
 class GenerateSection(Section):

@@ -87,6 +87,18 @@ FACE_EVIDENCE = pa.schema(
     ]
 )
 
+# The face backend's calibration as verify applied it (config values over the backend's own): what hygiene, the
+# report, training and the generator read, rather than resolving the config again (float64: the values as set).
+CALIBRATION = pa.struct(
+    [
+        pa.field("threshold", pa.float64()),
+        pa.field("cluster_threshold", pa.float64()),
+        pa.field("dup_similarity", pa.float64()),
+        pa.field("min_face_score", pa.float64()),
+        pa.field("copy_paste_max", pa.float64()),  # the backend's; training.copy_paste_max applies at read time
+    ]
+)
+
 VERIFICATION = pa.schema(
     [
         pa.field("target_face", pa.int32()),  # index into `faces` of the person this identity is about
@@ -98,6 +110,7 @@ VERIFICATION = pa.schema(
         pa.field("identity_kept", pa.int32()),  # images of this identity that verification kept
         pa.field("dup_group", pa.string()),  # near-duplicates (same photo resized/re-encoded) share it
         pa.field("large_faces", pa.int32()),  # faces at least half the target face's side, the target included
+        pa.field("calibration", CALIBRATION),  # the thresholds verify applied (stages/faces: Calibration)
     ]
 )
 

@@ -20,7 +20,8 @@ from pipeline.core.rundir import RunDir
 from pipeline.engine.shards import INDEX
 from stages.imaging import PILLOW_MAX_PIXELS, ImageRejected, decode_upright
 
-COLUMNS = ["identity", "image_id", "crop_image", "faces", "target_face", "class_word", "dup_group", "face_backend"]
+COLUMNS = ["identity", "image_id", "crop_image", "faces", "target_face", "class_word", "dup_group", "face_backend",
+           "calibration"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class IdentityRows:
     class_word: str
     face_backend: str
     references: list[Reference]  # every row of the identity
+    copy_paste_max: float | None = None  # the face backend's cut verify recorded (shards made before: None)
 
     def centroid(self) -> np.ndarray:
         mean = np.mean([ref.embedding for ref in self.references], axis=0)
@@ -70,11 +72,13 @@ def load_identity(run: RunDir, identity: str) -> IdentityRows:
     if not index:
         raise UserError(f"identity {identity!r} is not in the shards of {run.uri}", "see shards/_index.parquet")
     entry = index[0]
-    table = run.read_table(f"shards/{entry['shard']}").select(COLUMNS).slice(entry["row_start"], entry["num_rows"])
-    table = table.filter(pc.equal(table["identity"], identity))
-    rows = table.to_pylist()
+    table = run.read_table(f"shards/{entry['shard']}")
+    table = table.select([name for name in COLUMNS if name in table.schema.names])  # calibration: newer shards only
+    table = table.slice(entry["row_start"], entry["num_rows"])
+    rows = table.filter(pc.equal(table["identity"], identity)).to_pylist()
     refs = [Reference(identity, r["image_id"], r["dup_group"], r["crop_image"], *_target_embedding(r)) for r in rows]
-    return IdentityRows(identity, rows[0]["class_word"], rows[0]["face_backend"], refs)
+    recorded = (rows[0].get("calibration") or {}).get("copy_paste_max")
+    return IdentityRows(identity, rows[0]["class_word"], rows[0]["face_backend"], refs, recorded)
 
 
 def _target_embedding(row: dict) -> tuple[np.ndarray, float | None, float | None]:

@@ -61,8 +61,15 @@ def plan(
         raise UserError("--weights needs one weight per identity and the same --num-ref for all", "e.g. --weights 0.7,0.3")
     rng = random.Random(seed)
     rows = [load_identity(run, identity) for identity in resolve(run, request.identities)]
-    return rows, [sample_references(identity, count, rng, training.resolved(identity.face_backend))
+    return rows, [sample_references(identity, count, rng, _copy_paste_max(training, identity))
                   for identity, count in zip(rows, counts)]
+
+
+def _copy_paste_max(training: TrainingSection, identity: IdentityRows) -> float:
+    try:
+        return training.resolved(identity.copy_paste_max)
+    except ValueError as exc:
+        raise UserError(f"{identity.identity}: {exc}") from exc
 
 
 def resolve(run: RunDir, given: list[str]) -> list[str]:

@@ -34,7 +34,7 @@ def write_report(run: RunDir) -> dict:
     """Write the report of the run in `run`; returns what summary.json holds."""
     state = load_state(run)
     gathered = gather(run, state)
-    threshold = verify_threshold(state, gathered)
+    threshold = verify_threshold(gathered)
     figures = write_figures(run, state, gathered, threshold)
     thumbs = Thumbs(run)
     chosen = choose(gathered.identities)

@@ -57,6 +57,7 @@ class Gathered:
     dists: Distributions = field(default_factory=Distributions)
     guidance: Guidance = field(default_factory=Guidance)
     face_backends: set[str] = field(default_factory=set)
+    calibration: dict | None = None  # the thresholds verify applied, as its rows record them
     training: TrainingSection = field(default_factory=TrainingSection)  # the rules pairs are counted under
     pairs: dict[str, PairCounts] = field(default_factory=dict)  # identity slug -> its training pairs
 
@@ -97,6 +98,7 @@ def _verify(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
     if scored:
         stats.purity, stats.competing = scored[0]["identity_purity"], scored[0]["identity_competing"]
     result.face_backends.update(row["face_backend"] for row in rows if row["face_backend"])
+    result.calibration = result.calibration or next((r["calibration"] for r in rows if r.get("calibration")), None)
     hist = result.dists.hists["sim_to_centroid"]
     hist.add("kept", sims)
     hist.add("dropped: not target identity", [r["sim_to_centroid"] for r in rows if r["reason"] == NOT_TARGET])

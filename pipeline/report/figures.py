@@ -17,15 +17,9 @@ NOTES = {"face_size": "only faces that reach filter.min_face_size are stored, so
          "pitch": "the estimate's zero depends on the detector's nose landmark (YuNet reads level faces near -18)"}
 
 
-def verify_threshold(state: RunState, gathered: Gathered) -> float | None:
-    """The threshold verify applied: the run's config, nulls filled by the rows' face backend."""
-    backends = gathered.face_backends or {state.config.face.backend}
-    if len(backends) != 1:
-        return None
-    try:
-        return state.config.verify.resolved(next(iter(backends)))["threshold"]
-    except ValueError:  # a backend without defaults and no explicit threshold
-        return None
+def verify_threshold(gathered: Gathered) -> float | None:
+    """The threshold verify applied, as its rows record it (None: no verified row, or rows made before it)."""
+    return gathered.calibration["threshold"] if gathered.calibration else None
 
 
 def write_figures(run: RunDir, state: RunState, gathered: Gathered, threshold: float | None) -> list[Figure]:
@@ -34,7 +28,7 @@ def write_figures(run: RunDir, state: RunState, gathered: Gathered, threshold: f
         "short_side": (state.config.filter.min_short_side, "filter.min_short_side"),
         "face_size": (state.config.filter.min_face_size, "filter.min_face_size"),
         "sim_to_centroid": (threshold, "verify.threshold"),
-        **thresholds(state.config, next(iter(gathered.face_backends)) if len(gathered.face_backends) == 1 else None),
+        **thresholds(state.config, gathered.calibration),
     }
     pngs = {
         name: None if hist.empty else histogram_png(hist, *lines.get(name, (None, "")))

@@ -57,7 +57,7 @@ def add_quality(rows: list[Row], hists: dict[str, Histogram]) -> None:
             hists[name].add(series, [value(row) for row in chosen])
 
 
-def thresholds(config: PipelineConfig, backend: str | None) -> dict[str, tuple[float | None, str]]:
+def thresholds(config: PipelineConfig, calibration: dict | None) -> dict[str, tuple[float | None, str]]:
     """Each quality histogram's line: the gate's value (in the histogram's units) and its config key."""
     gates = config.verify.quality
     sharpness = math.log10(gates.min_sharpness) if gates.min_sharpness > 0 else None
@@ -65,7 +65,7 @@ def thresholds(config: PipelineConfig, backend: str | None) -> dict[str, tuple[f
         "sharpness": (sharpness, "log10 of verify.quality.min_sharpness"),
         "yaw": (gates.max_yaw, "verify.quality.max_yaw"),
         "pitch": (gates.max_pitch, "verify.quality.max_pitch"),
-        "face_score": (gates.face_score(backend) if backend else None, "verify.quality.min_face_score"),
+        "face_score": (calibration["min_face_score"] if calibration else None, "verify.quality.min_face_score"),
         "image_share": (gates.min_image_share, "verify.quality.min_image_share"),
         "large_faces": (gates.max_large_faces, "verify.quality.max_large_faces"),
     }
@@ -73,12 +73,12 @@ def thresholds(config: PipelineConfig, backend: str | None) -> dict[str, tuple[f
 
 def identity_pairs(rows: list[Row], training: TrainingSection) -> PairCounts | None:
     """The identity's (target, reference) pairs among the photos verify kept; None when it kept none, or when
-    its face backend has no copy-paste default and none is set."""
+    its rows record no copy-paste cut (written before verify recorded it) and none is set."""
     kept = [row for row in rows if row["status"] == OK]
     if not kept:
         return None
     try:
-        limit = training.resolved(kept[0]["face_backend"])
+        limit = training.resolved((kept[0].get("calibration") or {}).get("copy_paste_max"))
     except ValueError:
         return None
     vectors = np.stack([target_evidence(row)[0] for row in kept])

@@ -39,9 +39,23 @@ class Face:
         return replace(self, embedding=embedding, embedding_norm=norm)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """What the backend's scales mean, measured beside its model: the value of every threshold left null in
+    the config. Verify applies it (config values win) and records what it applied in each row's `calibration`,
+    which hygiene, the report, training and the generator read; it is part of verify's fingerprint."""
+
+    threshold: float  # verify: face-to-identity-centroid cosine needed to keep an image
+    cluster_threshold: float  # verify: average-linkage cosine at which faces join one cluster
+    dup_similarity: float  # verify: target-face cosine at which two images count as the same photo
+    min_face_score: float | None  # verify.quality: detector score floor on the detector's own scale; None: no gate
+    copy_paste_max: float | None  # training: a reference this alike to the target shows its shoot, not the person
+
+
 class FaceBackend(ABC):
     name: str
     embedding_dim: int
+    calibration: Calibration | None = None  # None: uncalibrated, every threshold must be set in the config
     _versions: dict[str, str]  # set once the models are loaded
 
     def versions(self) -> dict[str, str]:

@@ -19,6 +19,7 @@ from stages.backends import Backend, onnx_options, onnx_providers
 
 from .base import (
     FACES,
+    Calibration,
     Face,
     FaceBackend,
     attach_embeddings,
@@ -97,6 +98,12 @@ def aligned_crop(image_bgr: np.ndarray, landmarks: np.ndarray, size: int) -> np.
 class InsightFaceBackend(FaceBackend, Backend):
     name = "insightface"
     fields = ("model", "model_root", "device", "det_size", "det_threshold")
+    # ArcFace (buffalo_l) from the literature, not measured here (no ArcFace weights on our machines): deepface's
+    # ArcFace pair cut is cosine 0.32 (distance 0.68); a centroid of several photos lifts same-person similarity
+    # above pair level. SCRFD's own cut (face.det_threshold) is the score floor. Real same-person pairs sit around
+    # 0.46 (WithAnyone's MultiID-2M), so a reference above 0.68 shows the target's shoot.
+    calibration = Calibration(threshold=0.40, cluster_threshold=0.32, dup_similarity=0.90, min_face_score=0.5,
+                              copy_paste_max=0.68)
 
     @classmethod
     def model_names(cls, config: PipelineConfig) -> list[str]:

@@ -30,6 +30,7 @@ from stages.backends import Backend, cpu_threads
 
 from .base import (
     FACES,
+    Calibration,
     Face,
     FaceBackend,
     attach_embeddings,
@@ -53,6 +54,16 @@ CROP_SIDE = 112
 class SFaceBackend(FaceBackend, Backend):
     name = "sface"
     embedding_dim = 128
+    # Measured on tests/data/faces (YuNet + SFace int8, vector of crop + mirror; benchmarks/verify_quality.py):
+    # leave-one-out centroid similarity of an identity's own photos >= 0.651 (grayscale copies >= 0.660), of another
+    # identity's photo <= 0.412 (the nearest look-alike); any threshold in 0.45-0.60 keeps precision 1.0 and recall
+    # 0.986 on the realistic, grayscale and look-alike folders (the one miss: a 1990s group-photo face at 0.44).
+    # Mean cosine to an identity's photos (what average linkage cuts): own >= 0.562, other <= 0.375. Copies
+    # (re-encoded, cropped, mirrored) >= 0.919, two distinct photos <= 0.888. YuNet scores the labelled target faces
+    # >= 0.935 and a real profile 0.73-0.77. Distinct-photo pairs of one person: median 0.766, 90% <= 0.831, max
+    # 0.888, so a reference above 0.835 shows the target's shoot (benchmarks/face_quality.py).
+    calibration = Calibration(threshold=0.50, cluster_threshold=0.45, dup_similarity=0.905, min_face_score=0.8,
+                              copy_paste_max=0.835)
     fields = ("det_threshold", "device")
 
     @classmethod
