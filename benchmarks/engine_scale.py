@@ -34,7 +34,7 @@ from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.engine.driver import MAX_CALLS, connect, execute, tasks_per_call
-from pipeline.engine.markers import part_path, read_markers, write_marker_file
+from pipeline.core.markers import part_path, read_markers, write_marker_file
 from pipeline.engine.runner import TaskExecutor, name_digest, plan_stage
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage

@@ -37,7 +37,7 @@ from benchmarks.common import REPO, identity_tree, write_names
 from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import Marker, read_markers, record_markers, write_marker_file
+from pipeline.core.markers import Marker, read_markers, record_markers, write_marker_file
 from pipeline.engine.registry import STAGES
 from pipeline.engine.runner import name_digest
 
@@ -123,11 +123,13 @@ def synthetic_markers(config: PipelineConfig, identities: list[Identity]) -> Ite
 
 def mark_whole_run_steps_current(run: RunDir, config: PipelineConfig, identities: list[Identity]) -> None:
     """The hygiene step's and the shard step's done files, as a finished run leaves them."""
-    from pipeline.engine import hygiene, shards
-    from pipeline.engine.markers import read_markers
+    from pipeline.core.markers import read_markers
+    from pipeline.dataset import shards
+    from stages import hygiene_run
+    from stages.hygiene import HygieneStage
 
-    inputs = read_markers(run, STAGES[STAGES.index(hygiene.HygieneStage) - 1].name)
-    run.write_json(hygiene.DONE, {"fingerprint": hygiene.run_fingerprint(config, inputs)})
+    inputs = read_markers(run, STAGES[STAGES.index(HygieneStage) - 1].name)
+    run.write_json(hygiene_run.DONE, {"fingerprint": hygiene_run.run_fingerprint(config, inputs)})
     plan = shards.plan_shards(config, identities, read_markers(run, STAGES[-1].name))
     run.write_json(shards.DONE, {"fingerprint": plan.fingerprint, "shards": len(plan.shards), "rows": 0})
 
@@ -135,8 +137,8 @@ def mark_whole_run_steps_current(run: RunDir, config: PipelineConfig, identities
 def resume(run: RunDir, config: PipelineConfig, identities: list[Identity]) -> None:
     """What `run` does on a finished run, less the model check: plan every stage, check the shards are current."""
     from pipeline.engine.driver import run_stages
-    from pipeline.engine.markers import read_markers
-    from pipeline.engine.shards import is_current, plan_shards
+    from pipeline.core.markers import read_markers
+    from pipeline.dataset.shards import is_current, plan_shards
 
     summaries = run_stages(STAGES, config, run, identities, force=False, retry_failed=False)
     assert all(not s.tasks_total for s in summaries), "a synthetic finished run should have nothing to do"

@@ -28,7 +28,7 @@ from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.engine.driver import connect, execute
-from pipeline.engine.markers import part_path
+from pipeline.core.markers import part_path
 from pipeline.engine.registry import STAGES, upstream_of
 from pipeline.engine.runner import Plan, TaskExecutor, plan_stage
 from stages.base import Stage

@@ -192,8 +192,9 @@ def _ray_environment(config: PipelineConfig) -> None:
 def command_run(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     _ray_environment(config)
-    from pipeline.engine.driver import run_stages, write_dataset
-    from pipeline.engine.models import ensure_models
+    from pipeline.dataset.write import write_dataset
+    from pipeline.engine.driver import run_stages
+    from pipeline.models import ensure_models
 
     identities = read_names(config.run.names)
     chosen = selected(args.stage)
@@ -247,9 +248,9 @@ def _run_summary(run: RunDir, args: argparse.Namespace, summaries: list[StageCou
 
 def _dataset_lines(run: RunDir, identities: list[Identity]) -> None:
     """Where the shards and the report are, the names that got no photo, and the next command."""
-    from pipeline.engine.markers import read_markers
+    from pipeline.core.markers import read_markers
     from pipeline.engine.progress import console
-    from pipeline.engine.shards import shard_counts
+    from pipeline.dataset.shards import shard_counts
     from pipeline.report import index_uri
 
     rows = shard_counts(run).statuses[OK]
@@ -273,7 +274,7 @@ def _dataset_lines(run: RunDir, identities: list[Identity]) -> None:
 def command_status(args: argparse.Namespace) -> int:
     from pipeline.core.removals import TAKEN_DOWN, load_ledger, removals_line
     from pipeline.engine.progress import console
-    from pipeline.engine.shards import shard_counts
+    from pipeline.dataset.shards import shard_counts
     from pipeline.engine.stats import counts_from_markers, counts_table, redo_lines
 
     config, profile = _settings(args)
@@ -301,7 +302,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_models(args: argparse.Namespace) -> int:
-    from pipeline.engine.models import models_command
+    from pipeline.models import models_command
 
     config, _ = _settings(args)
     return models_command(args.action, config, args.accept_licenses, args.config)

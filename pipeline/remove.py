@@ -1,7 +1,7 @@
 """`python -m pipeline remove`: take an identity, a photo, a URL or a domain out of a run for good.
 
 The request goes into the removals ledger first (who, what, when, why), then the whole ledger is
-applied to the run (`pipeline.engine.takedown`); the crawl and the shard step consult the ledger,
+applied to the run (`pipeline.dataset.takedown`); the crawl and the shard step consult the ledger,
 so no later run, `--force` included, brings it back. The same command again finishes an
 interrupted takedown without a second entry. An identity is named as everywhere (its name in any
 case or Unicode form, its slug or its readable slug); a local crawl's file by its `local:` URL or
@@ -20,9 +20,9 @@ from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, IdentityIndex
 from pipeline.core.removals import Ledger, Removal, host_of, load_ledger, new_removal, record
 from pipeline.core.rundir import RunDir
-from pipeline.engine.takedown import apply_ledger, covered, describe, verified_photos
-from pipeline.engine.markers import part_path
-from pipeline.engine.takedown_parts import CRAWL, crawled
+from pipeline.dataset.takedown import apply_ledger, covered, describe, verified_photos
+from pipeline.core.markers import part_path
+from pipeline.dataset.takedown_parts import CRAWL, crawled
 from stages.sources.local import url_forms
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.config import PipelineConfig, Resources
+from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, FAILED, OK, extend
 
@@ -72,6 +73,12 @@ class Stage(ABC):
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
         """Checks on the driver before any task is scheduled; raise UserError for a user mistake."""
+
+    @classmethod
+    def before_tasks(cls, upstream: str, config: PipelineConfig, run: RunDir, identities: list[Identity],
+                     force: bool) -> None:
+        """A whole-run step on the driver before the per-identity tasks are planned (hygiene's decisions across
+        identities); it may forget the markers of tasks whose input it changed, so they run again."""
 
     def setup(self) -> None:
         """Load models once per worker; called before the first task."""

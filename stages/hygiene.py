@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core.config import PipelineConfig
-from pipeline.core.names import read_names
+from pipeline.core.names import Identity, read_names
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import HYGIENE, OK
 from stages.base import Row, Stage, drop, keep
@@ -50,6 +50,14 @@ class HygieneStage(Stage):
     def preflight(cls, config: PipelineConfig) -> None:
         """A merge naming no listed identity is a user mistake: said before any work."""
         merge_groups(read_names(config.run.names), config.hygiene.merge)
+
+    @classmethod
+    def before_tasks(cls, upstream: str, config: PipelineConfig, run: RunDir, identities: list[Identity],
+                     force: bool) -> None:
+        """The decisions across identities, made again unless current (stages/hygiene_run.py)."""
+        from stages.hygiene_run import refresh  # it reads this module's names
+
+        refresh(upstream, config, run, identities, force)
 
     @functools.cached_property
     def decisions(self) -> Decisions:

@@ -24,7 +24,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """The real models the tests run on come from `python -m pipeline models fetch` (the README's test
     command runs it first); without them, stop at once with that fix rather than fail test by test."""
     from pipeline.core.config import load_config, resolve_profile
-    from pipeline.engine.models import needed_models
+    from pipeline.models import needed_models
 
     config = load_config(resolve_profile(None))  # the default profile: every CPU model the tests use
     missing = [entry.file for entry in needed_models(config) if not entry.path(config.models.cache_dir).is_file()]

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipeline.core.schema import CALIBRATION, FACE
-from pipeline.engine.shards import INDEX_SCHEMA
+from pipeline.dataset.shards import INDEX_SCHEMA
 from stages.faces import Face, FaceBackend
 from stages.faces.dlib_backend import DlibBackend
 

@@ -29,8 +29,8 @@ from pipeline.core.names import Identity, identity_slug
 from pipeline.core.optout import OptOutList
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, FAILED, OK
-from pipeline.engine.markers import Marker, part_path
-from pipeline.engine.shards import plan_shards, write_shard
+from pipeline.core.markers import Marker, part_path
+from pipeline.dataset.shards import plan_shards, write_shard
 from stages.crawl import CrawlStage
 from stages.imaging import decode_upright
 from stages.sources.consent import (

@@ -8,7 +8,7 @@ import pytest
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import Marker, part_path, read_markers, write_marker
+from pipeline.core.markers import Marker, part_path, read_markers, write_marker
 from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
 from stages.crop import CropStage
 from stages.segment import SegmentStage

@@ -15,7 +15,7 @@ import pytest
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import part_path
+from pipeline.core.markers import part_path
 from pipeline.engine.runner import TaskExecutor, plan_stage, read_input
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage

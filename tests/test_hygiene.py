@@ -27,7 +27,7 @@ from pipeline.core.names import Identity, identity_slug
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import FACE_EVIDENCE, NAMES, ROW_KEYS, VERIFICATION, extend
 from stages.faces.sface_backend import SFaceBackend
-from pipeline.engine.markers import Marker, part_path, write_marker
+from pipeline.core.markers import Marker, part_path, write_marker
 from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
 from stages.cross_identity import DECISION_SCHEMA, SAME_PERSON, close_pairs, merge_groups, shared_keys
 from stages.hygiene import DECISIONS, Decisions, HygieneStage

@@ -9,7 +9,7 @@ import pytest
 from benchmarks.object_store import BUCKET, cpu_config, resume, s3_server, synthetic_run
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import (
+from pipeline.core.markers import (
     Marker,
     index_path,
     marker_path,
@@ -73,7 +73,7 @@ def test_a_task_without_marker_runs_again(store) -> None:
 
 def test_empty_tasks_write_no_part_and_resume_as_done(tmp_path) -> None:
     from pipeline.engine.driver import execute
-    from pipeline.engine.markers import read_part
+    from pipeline.core.markers import read_part
 
     run, config = RunDir(str(tmp_path / "run")), cpu_config()
     people = [Identity("e0", "E 0")]

@@ -20,13 +20,13 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress
 
-import pipeline.engine.models as engine_models
+import pipeline.models as engine_models
 from pipeline.__main__ import main
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.fetch import Fetcher
 from pipeline.core.models import MANIFEST, RECORDED, HubRepo, ModelFile, Unpack, WheelMember, manifest
-from pipeline.engine.models import needed_models
+from pipeline.models import needed_models
 from stages.segmenters import SEGMENTERS
 from tests.http_server import running
 

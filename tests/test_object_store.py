@@ -7,7 +7,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import read_markers
+from pipeline.core.markers import read_markers
 from tests.conftest import cpu_run_args, labelled_tree, run_cli
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -31,7 +31,7 @@ from pipeline.core.names import Identity
 from pipeline.core.pairs import pair_counts, pose_weights
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import CALIBRATION, FACE, IMAGE_SIZE, NAMES, OK, PROVENANCE, extend
-from pipeline.engine.markers import Marker, part_path, read_markers, write_marker
+from pipeline.core.markers import Marker, part_path, read_markers, write_marker
 from pipeline.engine.runner import RUN, TaskExecutor, content_digest, name_digest, plan_stage
 from pipeline.generator.references import IdentityRows, Reference, sample_references
 from pipeline.report import write_report

@@ -9,7 +9,7 @@ from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.engine.driver import MAX_CALLS, tasks_per_call
-from pipeline.engine.markers import Marker, part_path, read_markers, write_marker
+from pipeline.core.markers import Marker, part_path, read_markers, write_marker
 from pipeline.engine.runner import RETRY, RUN, TaskExecutor, plan_stage
 from stages.crawl import CrawlStage
 from stages.filter import FilterStage

@@ -21,7 +21,7 @@ from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import part_path
+from pipeline.core.markers import part_path
 from pipeline.engine.registry import STAGES, check_contracts, upstream_of
 from pipeline.engine.runner import TaskExecutor, plan_stage
 from stages.base import Stage

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.names import Identity
-from pipeline.engine.markers import Marker
-from pipeline.engine.shards import plan_shards
+from pipeline.core.markers import Marker
+from pipeline.dataset.shards import plan_shards
 from tests.conftest import run_cli
 from tests.local_tree import build_tree
 

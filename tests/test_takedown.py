@@ -20,13 +20,13 @@ from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, identity_slug
 from pipeline.core.removals import TAKEN_DOWN, Ledger, load_ledger, new_removal, record
 from pipeline.core.rundir import RunDir
-from pipeline.engine import governance
-from pipeline.engine.governance_card import card_section
-from pipeline.engine.markers import Marker, part_path, write_marker
-from pipeline.engine.shards import write_shard
+from pipeline.dataset import governance
+from pipeline.dataset.governance_card import card_section
+from pipeline.core.markers import Marker, part_path, write_marker
+from pipeline.dataset.shards import write_shard
 from pipeline.engine.stats import StageCounts
-from pipeline.engine.takedown_parts import pending, take_down
-from pipeline.engine.takedown_shards import rewrite_shard
+from pipeline.dataset.takedown_parts import pending, take_down
+from pipeline.dataset.takedown_shards import rewrite_shard
 from pipeline.remove import requested
 from pipeline.report.state import RunState
 from stages.crawl import CrawlStage

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import read_markers
+from pipeline.core.markers import read_markers
 from pipeline.engine.registry import STAGE_NAMES
 from tests.conftest import REPO
 from tests.test_object_store import CREDENTIALS

@@ -21,7 +21,7 @@ from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import VERIFICATION
-from pipeline.engine.markers import part_path, read_markers
+from pipeline.core.markers import part_path, read_markers
 from pipeline.engine.runner import RUN, TaskExecutor
 from stages.faces import FACES, Calibration, applied_calibration
 from stages.faces.dlib_backend import DlibBackend

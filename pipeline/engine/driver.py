@@ -11,7 +11,8 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -20,13 +21,9 @@ import stages
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity
-from pipeline.core.optout import OptOutList
-from pipeline.core.removals import load_ledger
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
-from pipeline.engine import governance
-from pipeline.engine.governance_card import card_section
-from pipeline.engine.markers import Marker, distrusted, forget_markers, read_markers, record_markers
+from pipeline.core.markers import Marker, distrusted, forget_markers, read_markers, record_markers
 from pipeline.engine.progress import console, plain_text, task_progress
 from pipeline.engine.registry import STAGES, upstream_of
 from pipeline.engine.runner import (
@@ -38,7 +35,6 @@ from pipeline.engine.runner import (
     prepare_tasks,
     result_from_row,
 )
-from pipeline.engine.shards import dataset_card, finish, is_current, opted_out_counts, plan_shards, write_shard
 from pipeline.engine.stats import StageCounts, counts_from_markers, counts_table
 from stages.base import ModelStage, Stage
 
@@ -256,50 +252,19 @@ def _missing_input(stage: type[Stage], upstream: type[Stage] | None, plan: Plan,
     console.print(f"[yellow]warning:[/] {len(plan.missing)} identities have no {upstream.name} output yet; {fix}")
 
 
-def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity], force: bool) -> StageCounts:
-    """The shard step: Ray tasks write the shards, then the driver writes the index and the card."""
-    last = STAGES[-1]
-    markers = read_markers(run, last.name)
-    if not markers:
-        raise UserError(f"no {last.name} output in {run.uri} to shard", f"run `python -m pipeline run --stage {last.name}` first")
-    plan = plan_shards(config, identities, markers)
-    if is_current(run, plan) and not force:
-        return StageCounts("shard", tasks_skipped=len(plan.shards))
-    connect(config.run.address)
+def map_tasks(function: Callable[..., dict], specs: list[dict], address: str | None, num_cpus: float,
+              **kwargs: Any) -> list[dict]:
+    """`function(spec, **kwargs)` for every spec, each as a Ray task of `num_cpus`: a whole-run step's parallel part
+    (the shard step's shards). Results must be JSON-able; they come back in no particular order."""
+    connect(address)
     import ray.data
 
-    run.remove_temporaries("shards")
-    specs = [{"target": plan.file(i), "identities": ids} for i, ids in enumerate(plan.shards)]
-    shards = ray.data.from_items(specs, override_num_blocks=max(1, len(specs))).map_batches(
-        _write_shards,
-        fn_kwargs={"run_uri": run.uri, "upstream": last.name, "row_group_rows": config.shard.row_group_rows,
-                   "optout": plan.optout},
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=config.shard.resources.num_cpus,
+    batches = ray.data.from_items(specs, override_num_blocks=max(1, len(specs))).map_batches(
+        _call_each, fn_kwargs={"function": function, "kwargs": kwargs}, batch_size=1, batch_format="pyarrow",
+        num_cpus=num_cpus,
     )
-    results = [json.loads(row["result"]) for row in shards.iter_rows()]
-    finish(run, plan, results, card(config, run, identities, results))
-    written = sum(row["num_rows"] for result in results for row in result["index"])
-    opted_out = opted_out_counts(results)  # rows the opt-out list covers now: counted as dropped here
-    counts = StageCounts("shard", tasks_total=len(plan.shards))
-    counts.add(written + opted_out.total(), {OK: written, DROPPED: opted_out.total()}, dict(opted_out))
-    counts.tasks_done = len(results)
-    return counts
+    return [json.loads(row["result"]) for row in batches.iter_rows()]
 
 
-def card(config: PipelineConfig, run: RunDir, identities: list[Identity], results: list[dict]) -> str:
-    """The dataset card of these shard results: the funnel and governance as the markers and the ledger say now."""
-    funnel = [counts_from_markers(run, stage.name, {i.slug for i in identities}, None) for stage in STAGES]
-    shards = sorted({row["shard"] for result in results for row in result["index"]})
-    facts = governance.gather(run, config, funnel, load_ledger(run), shards)
-    return dataset_card(config, plain_text(counts_table("funnel", funnel)), results, card_section(facts))
-
-
-def _write_shards(
-    batch: pa.Table, run_uri: str, upstream: str, row_group_rows: int, optout: OptOutList
-) -> dict[str, list[str]]:
-    run = RunDir(run_uri)
-    results = [write_shard(run, upstream, spec["target"], spec["identities"], row_group_rows, optout)
-               for spec in batch.to_pylist()]  # fmt: skip
-    return {"result": [json.dumps(result) for result in results]}
+def _call_each(batch: pa.Table, function: Callable[..., dict], kwargs: dict[str, Any]) -> dict[str, list[str]]:
+    return {"result": [json.dumps(function(spec, **kwargs)) for spec in batch.to_pylist()]}

@@ -27,8 +27,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import NAMES, OK
-from pipeline.engine.hygiene import refresh as refresh_whole_run
-from pipeline.engine.markers import (
+from pipeline.core.markers import (
     Marker,
     PartChanged,
     count_outcomes,
@@ -92,7 +91,8 @@ def plan_stage(
     retry_failed: bool = False,
 ) -> Plan:
     """Which tasks to run: those without a marker matching today's config and today's input."""
-    refresh_whole_run(stage, upstream, config, run, identities, force)  # the hygiene stage's decisions first
+    if upstream:
+        stage.before_tasks(upstream.name, config, run, identities, force)  # a whole-run step (hygiene's) first
     config_hash = stage.fingerprint(config)
     slugs = [identity.slug for identity in identities]
     done = read_markers(run, stage.name, slugs)

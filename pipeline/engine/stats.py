@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, FAILED, OK
-from pipeline.engine.markers import distrusted, read_markers
+from pipeline.core.markers import distrusted, read_markers
 
 TOP_REASONS = 4
 

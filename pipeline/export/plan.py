@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
-from pipeline.engine.shards import INDEX, SHARDS
+from pipeline.dataset.shards import INDEX, SHARDS
 from pipeline.export.format import Format, stem
 
 DONE = "_done.json"

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.core.rundir import RunDir
-from pipeline.engine.shards import SHARDS
+from pipeline.dataset.shards import SHARDS
 
 Row = dict[str, Any]
 

@@ -17,7 +17,7 @@ from PIL import Image
 from pipeline.core.errors import UserError
 from pipeline.core.pairs import pose_weights, weighted_sample
 from pipeline.core.rundir import RunDir
-from pipeline.engine.shards import INDEX
+from pipeline.dataset.shards import INDEX
 from stages.imaging import PILLOW_MAX_PIXELS, ImageRejected, decode_upright
 
 COLUMNS = ["identity", "image_id", "crop_image", "faces", "target_face", "class_word", "dup_group", "face_backend",

@@ -20,7 +20,7 @@ from pipeline.core.config import PipelineConfig, TrainingSection
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, IdentityIndex, run_identities
 from pipeline.core.rundir import RunDir
-from pipeline.engine.shards import INDEX
+from pipeline.dataset.shards import INDEX
 from pipeline.generator import record
 from pipeline.generator.checkpoint import ADAPTER_SOURCE, build_encoder, load_adapter
 from pipeline.generator.cli import Request

@@ -13,7 +13,7 @@ from pipeline.core.config import TrainingSection
 from pipeline.core.pairs import PairCounts
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
-from pipeline.engine.markers import read_part
+from pipeline.core.markers import read_part
 from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Distributions
 from pipeline.report.quality import add_quality, identity_pairs

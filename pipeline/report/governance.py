@@ -9,9 +9,9 @@ import numpy as np
 
 from pipeline.core.removals import LEDGER, TAKEN_DOWN, load_ledger
 from pipeline.core.rundir import RunDir
-from pipeline.engine import governance
-from pipeline.engine.governance import MEASURES, Governance, Measure
-from pipeline.engine.governance_card import EVIDENCE_NOTE, evidence_text
+from pipeline.dataset import governance
+from pipeline.dataset.governance import MEASURES, Governance, Measure
+from pipeline.dataset.governance_card import EVIDENCE_NOTE, evidence_text
 from pipeline.report.hist import Histogram
 from pipeline.report.html import cell, esc, num_cell, table
 from pipeline.report.plots import histogram_png

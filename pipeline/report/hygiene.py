@@ -4,7 +4,7 @@ photos, photos kept under two identities, merges. Read from the hygiene step's o
 from __future__ import annotations
 
 from pipeline.core.rundir import RunDir
-from pipeline.engine.hygiene import PAIRS, summary
+from stages.hygiene_run import PAIRS, summary
 from pipeline.report.data import IdentityStats
 from pipeline.report.gallery import tiles
 from pipeline.report.html import cell, esc, num_cell, table

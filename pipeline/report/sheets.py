@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
-from pipeline.engine.markers import read_part
+from pipeline.core.markers import read_part
 from pipeline.report.data import IdentityStats
 from pipeline.report.guidance import Candidate
 from pipeline.report.state import RunState

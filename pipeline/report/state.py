@@ -16,10 +16,10 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import read_markers
+from pipeline.core.markers import read_markers
 from pipeline.engine.registry import SHARD, STAGES
 from pipeline.engine.runner import name_digest
-from pipeline.engine.shards import INDEX, is_current, plan_shards
+from pipeline.dataset.shards import INDEX, is_current, plan_shards
 from pipeline.engine.stats import StageCounts
 
 RUN_INFO = "run.json"

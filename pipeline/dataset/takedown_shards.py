@@ -19,10 +19,10 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity
 from pipeline.core.removals import Ledger
 from pipeline.core.rundir import RunDir
-from pipeline.engine.driver import card
-from pipeline.engine.markers import read_markers
+from pipeline.dataset.write import card
+from pipeline.core.markers import read_markers
 from pipeline.engine.registry import STAGES
-from pipeline.engine.shards import DONE, INDEX, INDEX_SCHEMA, PROVENANCE_COUNTS, SHARDS, plan_shards
+from pipeline.dataset.shards import DONE, INDEX, INDEX_SCHEMA, PROVENANCE_COUNTS, SHARDS, plan_shards
 
 KEYS = ["identity", "image_id", "url", "page_url"]  # what the ledger matches on
 

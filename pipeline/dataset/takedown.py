@@ -20,11 +20,11 @@ from pipeline.core.names import Identity
 from pipeline.core.removals import Ledger
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
-from pipeline.engine.markers import part_path
+from pipeline.core.markers import part_path
 from pipeline.engine.registry import STAGES
-from pipeline.engine.shards import SHARDS
-from pipeline.engine.takedown_parts import CRAWL, crawled, pending, take_down
-from pipeline.engine.takedown_shards import KEYS, rewrite_dataset, shard_files
+from pipeline.dataset.shards import SHARDS
+from pipeline.dataset.takedown_parts import CRAWL, crawled, pending, take_down
+from pipeline.dataset.takedown_shards import KEYS, rewrite_dataset, shard_files
 from stages.hygiene import HygieneStage
 from stages.verify import VerifyStage
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipeline.core.removals import TAKEN_DOWN, Ledger, Removal
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
-from pipeline.engine.markers import Marker, count_outcomes, marker_path, part_path, write_marker
+from pipeline.core.markers import Marker, count_outcomes, marker_path, part_path, write_marker
 from pipeline.engine.registry import STAGES
 from pipeline.engine.runner import content_digest
 

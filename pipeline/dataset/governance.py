@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from pipeline.core.config import PipelineConfig
 from pipeline.core.removals import TAKEN_DOWN, Ledger, Removal, ledger_summary
 from pipeline.core.rundir import RunDir
-from pipeline.engine.markers import part_path, read_markers
-from pipeline.engine.shards import INDEX, SHARDS
+from pipeline.core.markers import part_path, read_markers
+from pipeline.dataset.shards import INDEX, SHARDS
 from pipeline.engine.stats import StageCounts
 
 

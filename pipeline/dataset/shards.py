@@ -26,7 +26,7 @@ from pipeline.core.optout import OptOutList
 from pipeline.core.removals import load_ledger
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
-from pipeline.engine.markers import Marker, part_path
+from pipeline.core.markers import Marker, part_path
 from pipeline.engine.stats import StageCounts
 
 SHARDS = "shards"

@@ -6,7 +6,7 @@ import json
 from itertools import pairwise
 
 from pipeline.core.removals import LEDGER, TAKEN_DOWN
-from pipeline.engine.governance import MEASURES, Distribution, Governance, Measure
+from pipeline.dataset.governance import MEASURES, Distribution, Governance, Measure
 
 EVIDENCE_NOTE = (
     "Rows dropped are counted over every stage. Outcomes come from each image's `consent` evidence: pass (a "

@@ -1,6 +1,7 @@
 """The hygiene stage's whole-run step: decisions across identities, made before the stage's tasks are planned.
 
-Its unit of work is the run: `refresh` is called by `plan_stage` for the hygiene stage, so resume, `--force`
+Its unit of work is the run: `refresh` is the stage's `before_tasks` hook, which the engine calls before it
+plans the stage's tasks (as it calls every stage's), so resume, `--force`
 and `--stage hygiene` treat it as they treat tasks. It is current when `done.json` holds today's fingerprint:
 the stage's (hygiene and verify sections, version) and every upstream part's digest. Otherwise the decisions
 are made again and the tasks whose decisions changed lose their done-marker, so they (and, where their
@@ -28,23 +29,19 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import FACE_EVIDENCE, OK, ROW_KEYS, VERIFICATION
-from pipeline.engine.markers import Marker, forget_markers, part_path, read_markers
-from stages.base import Stage
+from pipeline.core.markers import Marker, forget_markers, part_path, read_markers
 from stages.cross_identity import COLUMNS, Outcome, Reader, decide, merge_groups
-from stages.hygiene import DECISIONS, RUN_FOLDER, HygieneStage
+from stages.hygiene import DECISIONS, RUN_FOLDER, HygieneStage  # the stage's hook imports this module lazily
 
 PAIRS = f"{RUN_FOLDER}/pairs.parquet"
 DONE = f"{RUN_FOLDER}/done.json"
 DECISION_ROW_GROUP = 1024
 
 
-def refresh(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir,
-            identities: list[Identity], force: bool) -> None:
+def refresh(upstream: str, config: PipelineConfig, run: RunDir, identities: list[Identity], force: bool) -> None:
     """Before the hygiene stage is planned: its decisions, unless they are current (or nothing is verified)."""
-    if stage is not HygieneStage or upstream is None:
-        return
     listed = {identity.slug for identity in identities}
-    inputs = {slug: marker for slug, marker in read_markers(run, upstream.name).items() if slug in listed}
+    inputs = {slug: marker for slug, marker in read_markers(run, upstream).items() if slug in listed}
     if not inputs:
         return  # the plan reports the missing upstream output
     fingerprint = run_fingerprint(config, inputs)
@@ -52,9 +49,9 @@ def refresh(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
         return
     started = time.monotonic()
     groups = merge_groups(identities, config.hygiene.merge)
-    parts = {slug: (part_path(upstream.name, slug), marker.output_digest) for slug, marker in inputs.items()}
+    parts = {slug: (part_path(upstream, slug), marker.output_digest) for slug, marker in inputs.items()}
     present = {slug for slug, marker in inputs.items() if marker.part}  # an empty task has no part
-    outcome = decide(groups, reader(run, upstream.name, present), config, parts)
+    outcome = decide(groups, reader(run, upstream, present), config, parts)
     publish(run, outcome, fingerprint, time.monotonic() - started)
 
 
