@@ -83,33 +83,61 @@ def without_opted_out(table: pa.Table, optout: OptOutList) -> tuple[pa.Table, Co
     return table.filter(pa.array([verdict is None for verdict in verdicts])), Counter(v[0] for v in verdicts if v)
 
 
+@dataclass
+class ShardResult:
+    """What writing one shard found: its index rows, provenance counts and the rows left out, by reason. It
+    crosses processes as JSON (`as_dict`): the shard step's tasks return it to the driver."""
+
+    index: list[dict] = field(default_factory=list)
+    counts: dict[str, Counter[str]] = field(default_factory=lambda: {key: Counter() for key in PROVENANCE_COUNTS})
+    opted_out: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "counts": {key: dict(c) for key, c in self.counts.items()},
+                "opted_out": dict(self.opted_out)}
+
+
+class ShardWriter:
+    """One shard file streamed identity by identity (row groups of `row_group_rows`), keeping its index rows
+    and provenance counts: the shard step and a takedown's rewrite write shards the same way."""
+
+    def __init__(self, stream: pa.NativeFile, name: str, row_group_rows: int, schema: pa.Schema | None = None):
+        self.stream, self.name, self.row_group_rows = stream, name, row_group_rows
+        self.writer = pq.ParquetWriter(stream, schema, compression="zstd") if schema is not None else None
+        self.result, self.rows = ShardResult(), 0
+
+    def add(self, identity: str, table: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.stream, table.schema, compression="zstd")
+        self.writer.write_table(table.cast(self.writer.schema), row_group_size=self.row_group_rows)
+        if table.num_rows:  # an identity left with no row (opted out, taken down) is not in the index
+            self.result.index.append({"identity": identity, "shard": self.name, "row_start": self.rows,
+                                      "num_rows": table.num_rows})
+        self.rows += table.num_rows
+        for key in PROVENANCE_COUNTS:
+            self.result.counts[key].update(str(value) for value in table[key].to_pylist())
+
+    def close(self) -> ShardResult:
+        if self.writer is not None:
+            self.writer.close()
+        return self.result
+
+
 def write_shard(
     run: RunDir, upstream: str, target: str, identities: list[str], row_group_rows: int,
     optout: OptOutList | None = None,
 ) -> dict:
-    """One shard, streamed identity by identity; returns its index rows, provenance and opt-out counts."""
-    index, counts, first_row = [], {key: Counter() for key in PROVENANCE_COUNTS}, 0
-    opted_out: Counter[str] = Counter()
-    writer: pq.ParquetWriter | None = None
+    """One shard from the upstream parts; returns its `ShardResult` as a dict."""
     removals = load_ledger(run)  # a takedown made after these rows were written still keeps them out
     with run.open_atomic(target) as stream:
+        shard = ShardWriter(stream, target.rsplit("/", 1)[1], row_group_rows)
         for identity in identities:
             table = run.read_table(part_path(upstream, identity))
             table, taken_down = removals.withhold(table.filter(pc.equal(table["status"], OK)))
             table, left_out = without_opted_out(table.drop_columns(ROW_STATUS), optout or OptOutList())
-            opted_out.update(taken_down + left_out)
-            if writer is None:
-                writer = pq.ParquetWriter(stream, table.schema, compression="zstd")
-            writer.write_table(table.cast(writer.schema), row_group_size=row_group_rows)
-            if table.num_rows:  # an identity the opt-out list emptied is not in the index
-                index.append({"identity": identity, "shard": target.rsplit("/", 1)[1], "row_start": first_row,
-                              "num_rows": table.num_rows})
-            first_row += table.num_rows
-            for key in PROVENANCE_COUNTS:
-                counts[key].update(str(value) for value in table[key].to_pylist())
-        if writer is not None:
-            writer.close()
-    return {"index": index, "counts": {key: dict(counter) for key, counter in counts.items()}, "opted_out": opted_out}
+            shard.result.opted_out.update(taken_down + left_out)
+            shard.add(identity, table)
+        return shard.close().as_dict()
 
 
 def finish(run: RunDir, plan: ShardPlan, results: list[dict], card: str) -> None:

@@ -22,7 +22,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.dataset.write import card
 from pipeline.core.markers import read_markers
 from pipeline.engine.registry import STAGES
-from pipeline.dataset.shards import DONE, INDEX, INDEX_SCHEMA, PROVENANCE_COUNTS, SHARDS, plan_shards
+from pipeline.dataset.shards import DONE, INDEX, INDEX_SCHEMA, PROVENANCE_COUNTS, SHARDS, ShardWriter, plan_shards
 
 KEYS = ["identity", "image_id", "url", "page_url"]  # what the ledger matches on
 
@@ -58,24 +58,16 @@ def by_identity(shard: pq.ParquetFile) -> Iterator[pa.Table]:
 
 
 def rewrite_shard(run: RunDir, name: str, ledger: Ledger, row_group_rows: int) -> dict:
-    """The shard without the rows the ledger covers; its index rows and provenance counts, as
-    `write_shard` returns them."""
-    index, counts, first_row = [], {key: Counter() for key in PROVENANCE_COUNTS}, 0
+    """The shard without the rows the ledger covers; its `ShardResult` as a dict, as `write_shard` returns it."""
     with run.fs.open_input_file(run.path(f"{SHARDS}/{name}")) as source:
         shard = pq.ParquetFile(source)
-        with run.open_atomic(f"{SHARDS}/{name}") as stream, pq.ParquetWriter(stream, shard.schema_arrow,
-                                                                            compression="zstd") as writer:
+        with run.open_atomic(f"{SHARDS}/{name}") as stream:
+            writer = ShardWriter(stream, name, row_group_rows, shard.schema_arrow)
             for table in by_identity(shard):
                 table = ledger.admitted(table)
-                if not table.num_rows:
-                    continue  # a removed identity leaves the index too
-                writer.write_table(table, row_group_size=row_group_rows)
-                index.append({"identity": table["identity"][0].as_py(), "shard": name, "row_start": first_row,
-                              "num_rows": table.num_rows})
-                first_row += table.num_rows
-                for key in PROVENANCE_COUNTS:
-                    counts[key].update(str(value) for value in table[key].to_pylist())
-    return {"index": index, "counts": {key: dict(counter) for key, counter in counts.items()}}
+                if table.num_rows:  # a removed identity leaves the shard and its index
+                    writer.add(table["identity"][0].as_py(), table)
+            return writer.close().as_dict()
 
 
 def untouched(run: RunDir, name: str, index: list[dict]) -> dict:
