@@ -21,6 +21,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.optout import OPTED_OUT_IDENTITY, OPTED_OUT_IMAGE, OptOutList
 from pipeline.core.removals import TAKEN_DOWN, load_ledger
 from pipeline.core.schema import FAILED, OK, PROVENANCE
+from pipeline.core.reasons import DUPLICATE, NOT_AN_IMAGE, NO_IMAGES_FOUND, ZERO_BYTES
 from stages.base import Row, Stage, drop
 from stages.imaging import EXTENSIONS, ImageRejected, decode_upright, sniff_format
 from stages.sources import SOURCES, Fetched, Source
@@ -95,7 +96,7 @@ class CrawlStage(Stage):
         rows = [{**person, **self._row(person["identity"], item, seen),
                  "consent": json.dumps({"optout_name": name_checked, **item.consent}, sort_keys=True)}
                 for item in found]  # fmt: skip
-        return rows or [{**person, **drop("no_images_found", f"{self.source.name} returned nothing")}]
+        return rows or [{**person, **drop(NO_IMAGES_FOUND, f"{self.source.name} returned nothing")}]
 
     def _row(self, identity: str, item: Fetched, seen: set[str]) -> Row:
         row: Row = {
@@ -117,16 +118,16 @@ class CrawlStage(Stage):
             return row
         row.update(image_id=image_id, num_bytes=len(item.data))
         if not item.data:
-            return {**row, **drop("zero_bytes", "the body or file is empty")}
+            return {**row, **drop(ZERO_BYTES, "the body or file is empty")}
         image_format = sniff_format(item.data)
         if image_format is None:
-            return {**row, **drop("not_an_image", "the bytes are not an image format Pillow reads")}
+            return {**row, **drop(NOT_AN_IMAGE, "the bytes are not an image format Pillow reads")}
         row["image_format"] = image_format
         refusal = self._after_download(item, image_id, image_format)
         if refusal:  # never stored
             return {**row, **drop(*refusal)}
         if image_id in seen:
-            return {**row, **drop("duplicate", "the same bytes were already kept for this identity")}
+            return {**row, **drop(DUPLICATE, "the same bytes were already kept for this identity")}
         seen.add(image_id)
         row["raw_path"] = self._store(identity, image_id, image_format, item.data)
         return row

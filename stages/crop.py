@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.core.config import CropSection
-from pipeline.core.reasons import CROP_UNREADABLE
+from pipeline.core.reasons import CROP_TOO_SMALL, CROP_UNREADABLE
 from pipeline.core.schema import CROP
 from stages.base import Row, RowStage, drop, keep
 from stages.imaging import PILLOW_MAX_PIXELS, ImageRejected, decode_upright
@@ -105,7 +105,7 @@ class CropStage(RowStage):
         square = crop_square(target, row["width"], row["height"], settings)
         if square.side * settings.max_upscale < settings.size:
             detail = f"source square {square.side} px, {settings.size} px wanted (max upscale {settings.max_upscale})"
-            return drop("crop_too_small", detail)
+            return drop(CROP_TOO_SMALL, detail)
         try:  # the image has exactly width x height pixels: that is its decompression-bomb bound
             image = decode_upright(self.run.read_bytes(row["raw_path"]), row["width"] * row["height"])
         except ImageRejected as rejected:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.core.config import FaceQualitySection
+from pipeline.core.reasons import BLURRY_FACE, EXTREME_POSE, LOW_FACE_SCORE, MANY_FACES, SMALL_FACE_SHARE
 from stages.base import Row
 from stages.faces import Calibration
 
@@ -73,11 +74,11 @@ def failures(faces: list[Row], target: int, gates: Gates) -> list[tuple[str, str
     face = faces[target]
     count = large_faces(faces, target)
     checks = [
-        ("extreme_pose", _pose(face, gates)),
-        ("blurry_face", _below(face.get("sharpness"), gates.min_sharpness, "sharpness", 1)),
-        ("low_face_score", _below(face.get("score"), gates.min_face_score, "detector score", 3)),
-        ("small_face_share", _below(face.get("image_share"), gates.min_image_share, "face share of the image", 4)),
-        ("many_faces", None if gates.max_large_faces is None or count <= gates.max_large_faces
+        (EXTREME_POSE, _pose(face, gates)),
+        (BLURRY_FACE, _below(face.get("sharpness"), gates.min_sharpness, "sharpness", 1)),
+        (LOW_FACE_SCORE, _below(face.get("score"), gates.min_face_score, "detector score", 3)),
+        (SMALL_FACE_SHARE, _below(face.get("image_share"), gates.min_image_share, "face share of the image", 4)),
+        (MANY_FACES, None if gates.max_large_faces is None or count <= gates.max_large_faces
          else f"{count} large faces > {gates.max_large_faces}"),
     ]
     return [(reason, detail) for reason, detail in checks if detail is not None]

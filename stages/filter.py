@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.schema import FACE_EVIDENCE, IMAGE_SIZE
+from pipeline.core.reasons import EXTREME_ASPECT_RATIO, FACE_TOO_SMALL, LOW_RESOLUTION, NO_FACE
 from stages.base import ModelStage, Row, drop, keep
 from stages.faces import FACES, Face, open_backend
 from stages.faces.quality import head_pose, sharpness
@@ -78,9 +79,9 @@ class FilterStage(ModelStage):
                 "icc_profile": header.icc_profile}
         short, long = sorted((header.width, header.height))
         if short < settings.min_short_side:
-            candidate.verdict = drop("low_resolution", f"short side {short} < {settings.min_short_side}", **size)
+            candidate.verdict = drop(LOW_RESOLUTION, f"short side {short} < {settings.min_short_side}", **size)
         elif long > settings.max_aspect_ratio * short:
-            candidate.verdict = drop("extreme_aspect_ratio", f"{header.width}x{header.height}", **size)
+            candidate.verdict = drop(EXTREME_ASPECT_RATIO, f"{header.width}x{header.height}", **size)
         else:
             try:
                 detection = decode_for_detection(data, settings.max_pixels, self.config.face.max_side)
@@ -104,14 +105,14 @@ class FilterStage(ModelStage):
         evidence = {**columns, "num_detected": len(faces), "face_backend": self.backend.name,
                     "face_models": self.models}
         if not faces:
-            return drop("no_face", "the detector found no face", **evidence)
+            return drop(NO_FACE, "the detector found no face", **evidence)
         records = [face_record(face, scale) for face in faces]
         minimum = self.config.filter.min_face_size
         large = [pair for pair in zip(faces, records, strict=True) if box_side(pair[1]["box"]) >= minimum]
         if not large:
             biggest = max(box_side(record["box"]) for record in records)
             detail = f"largest face {biggest:.0f} px < {minimum}"
-            return drop("face_too_small", detail, **evidence)
+            return drop(FACE_TOO_SMALL, detail, **evidence)
         area = columns["width"] * columns["height"]
         measured = [{**record, **face_quality(face, record, pixels, area)} for face, record in large]
         return keep(**evidence, faces=measured)

@@ -28,6 +28,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity, read_names
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import HYGIENE, OK
+from pipeline.core.reasons import CLAIMED_BY_OTHER_IDENTITY, DUPLICATE, TOO_FEW_IMAGES
 from stages.base import Row, Stage, drop, keep
 from stages.cross_identity import CLAIMED, MERGE_FROM, MERGED_INTO, SAME_PERSON, merge_groups
 from stages.face_clusters import Folder, Settings, dup_groups
@@ -118,9 +119,9 @@ def judged(rows: list[Row], decisions: list[dict]) -> list[Row]:
         if into:
             verdict = drop(MERGED, f"merged into {into} (hygiene.merge)", kept_under=into)
         elif row["image_id"] in seen:
-            verdict = drop("duplicate", "the same photo is already kept under this identity (hygiene.merge)")
+            verdict = drop(DUPLICATE, "the same photo is already kept under this identity (hygiene.merge)")
         elif row["image_id"] in claimed:
-            verdict = drop("claimed_by_other_identity", claimed[row["image_id"]]["detail"],
+            verdict = drop(CLAIMED_BY_OTHER_IDENTITY, claimed[row["image_id"]]["detail"],
                            kept_under=claimed[row["image_id"]]["other"])
         else:
             verdict = keep()
@@ -156,4 +157,4 @@ def enough_photos(rows: list[Row], min_images: int) -> list[Row]:
     if distinct >= min_images:
         return rows
     detail = f"{distinct} distinct photos left after hygiene < {min_images}"
-    return [{**row, **drop("too_few_images", detail)} if row["status"] == OK else row for row in rows]
+    return [{**row, **drop(TOO_FEW_IMAGES, detail)} if row["status"] == OK else row for row in rows]

@@ -18,6 +18,8 @@ from functools import cache, lru_cache
 
 from PIL import Image, ImageCms
 
+from pipeline.core.reasons import DECODE_ERROR, DECOMPRESSION_BOMB, NOT_AN_IMAGE
+
 # Pillow's bomb check reads a process-wide limit; ours is per config and checked on the header
 # before every decode (`probe`), which is also safe when download threads share the process.
 Image.MAX_IMAGE_PIXELS = None
@@ -64,7 +66,7 @@ def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except Exception as exc:  # Pillow raises many types for hostile bytes; all mean the same here
-        raise ImageRejected("not_an_image", f"{type(exc).__name__}: {exc}") from exc
+        raise ImageRejected(NOT_AN_IMAGE, f"{type(exc).__name__}: {exc}") from exc
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -81,7 +83,7 @@ def probe(data: bytes, max_pixels: int) -> ImageHeader:
     with _open(data) as image:
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageRejected("decompression_bomb", f"{width}x{height} exceeds {max_pixels} pixels")
+            raise ImageRejected(DECOMPRESSION_BOMB, f"{width}x{height} exceeds {max_pixels} pixels")
         orientation = _orientation(image)
         if orientation in ROTATED_ORIENTATIONS:
             width, height = height, width
@@ -103,7 +105,7 @@ def decode_upright(data: bytes, max_pixels: int, at_least: int | None = None) ->
                 image.draft("RGB", (at_least, at_least))
             rgb = _to_srgb(image)
         except Exception as exc:  # truncated or corrupt pixel data: Pillow's errors vary by format
-            raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
+            raise ImageRejected(DECODE_ERROR, f"{type(exc).__name__}: {exc}") from exc
     method = UPRIGHT.get(header.orientation)
     return rgb if method is None else rgb.transpose(method)
 

@@ -32,6 +32,7 @@ from PIL import Image
 from pipeline.core.config import GovernanceSection, PipelineConfig, Resources
 from pipeline.core.errors import ModelNotFound, UserError
 from pipeline.core.schema import OK, SAFETY, SAFETY_SCORES
+from pipeline.core.reasons import IDENTITY_MINOR, MINOR, NSFW
 from stages.base import ModelStage, Row, Stage, drop, keep
 from stages.captioners import ESTIMATORS, pick_estimator
 from stages.classifiers import CLASSIFIERS, NsfwClassifier, open_classifier
@@ -144,9 +145,9 @@ def too_young(age: float, settings: GovernanceSection) -> bool:
 def image_verdict(row: Row, settings: GovernanceSection) -> Row:
     age, score = row["safety_age"], row["nsfw_score"]
     if too_young(age, settings):
-        return drop("minor", f"estimated age {age:g} - margin {settings.age_margin:g} < {settings.min_age:g}")
+        return drop(MINOR, f"estimated age {age:g} - margin {settings.age_margin:g} < {settings.min_age:g}")
     if score > settings.max_nsfw:
-        return drop("nsfw", f"nsfw score {score:.3f} > {settings.max_nsfw:g}")
+        return drop(NSFW, f"nsfw score {score:.3f} > {settings.max_nsfw:g}")
     return keep()
 
 
@@ -170,6 +171,6 @@ class SafetyStage(Stage):
             verdict = image_verdict(row, settings)
             if minor_identity and verdict["status"] == OK:
                 detail = f"identity's median estimated age {median:g} - margin {settings.age_margin:g} < {settings.min_age:g}"
-                verdict = drop("identity_minor", detail)
+                verdict = drop(IDENTITY_MINOR, detail)
             out.append({**row, **verdict, "identity_median_age": median})
         return self.to_table(out, rows.schema)

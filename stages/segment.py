@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.schema import MASK
+from pipeline.core.reasons import MASK_FILLS_CROP, NO_PERSON_MASK
 from stages.base import ModelStage, Row, drop, keep
 from stages.crop import decode_crop, target_crop_box
 from stages.imaging import ImageRejected
@@ -53,7 +54,7 @@ class SegmentStage(ModelStage):
     def _judge(self, row: Row, person: PersonMask | None) -> Row:
         source = self.segmenter.source
         if person is None:
-            return drop("no_person_mask", f"{source}: no person found around the target face", mask_source=source)
+            return drop(NO_PERSON_MASK, f"{source}: no person found around the target face", mask_source=source)
         mask = person.mask & source_region(row)
         coverage = face_coverage(mask, target_crop_box(row))
         evidence = {
@@ -65,12 +66,12 @@ class SegmentStage(ModelStage):
         }
         least = self.config.segment.min_face_coverage
         if not mask.any():
-            return drop("no_person_mask", f"{source}: the mask is empty", **evidence)
+            return drop(NO_PERSON_MASK, f"{source}: the mask is empty", **evidence)
         if coverage < least:
-            return drop("no_person_mask", f"mask covers {coverage:.0%} of the face box (< {least:.0%})", **evidence)
+            return drop(NO_PERSON_MASK, f"mask covers {coverage:.0%} of the face box (< {least:.0%})", **evidence)
         most = self.config.segment.max_mask_area
         if evidence["mask_area"] > most:
-            return drop("mask_fills_crop", f"mask fills {evidence['mask_area']:.0%} of the crop (> {most:.0%})", **evidence)
+            return drop(MASK_FILLS_CROP, f"mask fills {evidence['mask_area']:.0%} of the crop (> {most:.0%})", **evidence)
         return keep(**evidence)
 
 

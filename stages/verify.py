@@ -37,6 +37,7 @@ import pyarrow as pa
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.schema import VERIFICATION
+from pipeline.core.reasons import NOT_TARGET_IDENTITY, NO_FACE, TOO_FEW_IMAGES
 from stages.base import Row, Stage, drop, keep
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
 from stages.face_gates import LARGE_FACE_RATIO, Gates, failures, large_faces
@@ -57,11 +58,11 @@ def image_columns(decision: Decision, image: int, target: int, faces: list[Row],
 def outcome(columns: Row, passed: bool, failed: list[tuple[str, str]], distinct: int, settings: Settings) -> Row:
     if not passed:
         detail = f"best face {columns['sim_to_centroid']:.3f} < {settings.threshold}"
-        return drop("not_target_identity", detail, **columns)
+        return drop(NOT_TARGET_IDENTITY, detail, **columns)
     if failed:  # the first reason names the row; the detail lists every gate it fails, for re-tuning
         return drop(failed[0][0], "; ".join(detail for _, detail in failed), **columns)
     if distinct < settings.min_images:
-        return drop("too_few_images", f"{distinct} distinct photos kept < {settings.min_images}", **columns)
+        return drop(TOO_FEW_IMAGES, f"{distinct} distinct photos kept < {settings.min_images}", **columns)
     return keep(**columns)
 
 
@@ -93,7 +94,7 @@ class VerifyStage(Stage):
         records = rows.to_pylist()
         with_faces = sorted((r for r in records if r["faces"]), key=lambda r: r["image_id"])
         verdicts = self.verify(with_faces) if with_faces else {}
-        no_face = drop("no_face", "no face reached verify")  # the filter drops these; never lose a row
+        no_face = drop(NO_FACE, "no face reached verify")  # the filter drops these; never lose a row
         return self.to_table([{**r, **verdicts.get(r["image_id"], no_face)} for r in records], rows.schema)
 
     def verify(self, rows: list[Row]) -> dict[str, Row]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from pipeline.core.reasons import CATALOGUE
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+REASON_CALLS = {"drop", "fail", "ImageRejected", "DownloadError"}  # what takes a reason code first
 
 
 @pytest.mark.parametrize("name", sorted(refdocs.pages()))
@@ -61,3 +63,14 @@ def test_every_config_key_and_reason_code_is_documented() -> None:
     assert not missing, f"config keys missing from docs/configuration.md: {missing}"
     reasons = (REPO / "docs" / "reasons.md").read_text()
     assert [code for code in CATALOGUE if f"`{code}`" not in reasons] == []
+
+
+def test_stages_take_reason_codes_from_the_catalogue() -> None:
+    """A reason is a catalogue constant, never a literal: a new code cannot skip docs/reasons.md."""
+    literal = []
+    for path in [*(REPO / "stages").rglob("*.py"), *(REPO / "pipeline").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in REASON_CALLS
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                literal.append(f"{path.relative_to(REPO)}:{node.lineno} {node.args[0].value!r}")
+    assert literal == []

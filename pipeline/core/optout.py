@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 from pipeline.core.errors import UserError
 from pipeline.core.names import name_key, strip_invisible
+from pipeline.core.reasons import OPTED_OUT_IDENTITY, OPTED_OUT_IMAGE, OPTED_OUT_URL
 
-OPTED_OUT_IDENTITY, OPTED_OUT_URL, OPTED_OUT_IMAGE = "opted_out_identity", "opted_out_url", "opted_out_image"
 FORMAT = "one `kind:value` a line, kind one of name, domain, url, sha256, phash"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 PHASH = re.compile(r"[0-9a-f]{16}")  # imagehash's default 8x8 phash, as the filter stage stores it

@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
+from pipeline.core.reasons import TAKEN_DOWN
 
 LEDGER = "governance/removals"
-TAKEN_DOWN = "taken_down"  # the rows' reason code wherever a removal drops them
 KINDS = ("identity", "image", "url", "domain")
 NO_REASON = "not given"
 

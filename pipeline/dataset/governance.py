@@ -22,6 +22,21 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.removals import TAKEN_DOWN, Ledger, Removal, ledger_summary
 from pipeline.core.rundir import RunDir
 from pipeline.core.markers import part_path, read_markers
+from pipeline.core.reasons import (
+    AI_GENERATED,
+    IDENTITY_MINOR,
+    LICENSE_NOT_ALLOWED,
+    METADATA_PROHIBITS_TRAINING,
+    MINOR,
+    NSFW,
+    OPTED_OUT_IDENTITY,
+    OPTED_OUT_IMAGE,
+    OPTED_OUT_URL,
+    ROBOTS_DISALLOWED,
+    ROBOTS_NOAI,
+    ROBOTS_UNREACHABLE,
+    TDM_RESERVED,
+)
 from pipeline.dataset.shards import INDEX, SHARDS
 from pipeline.engine.stats import StageCounts
 
@@ -35,22 +50,22 @@ class Check:
 
 
 CHECKS = (
-    Check("robots.txt", ("robots_disallowed", "robots_unreachable"), "crawl.consent.robots_txt", ("robots_txt",)),
-    Check("TDMRep (text and data mining reservation)", ("tdm_reserved",), "crawl.consent.tdmrep",
+    Check("robots.txt", (ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE), "crawl.consent.robots_txt", ("robots_txt",)),
+    Check("TDMRep (text and data mining reservation)", (TDM_RESERVED,), "crawl.consent.tdmrep",
           ("tdmrep_json", "tdm_header")),
-    Check("X-Robots-Tag", ("robots_noai",), "crawl.consent.x_robots_tag", ("x_robots_tag",)),
-    Check("embedded metadata (rights, AI-generated marks)", ("metadata_prohibits_training", "ai_generated"),
+    Check("X-Robots-Tag", (ROBOTS_NOAI,), "crawl.consent.x_robots_tag", ("x_robots_tag",)),
+    Check("embedded metadata (rights, AI-generated marks)", (METADATA_PROHIBITS_TRAINING, AI_GENERATED),
           "crawl.consent.embedded_metadata", ("training_metadata", "ai_generated")),
-    Check("opt-out lists", ("opted_out_identity", "opted_out_url", "opted_out_image"), "governance.optout",
+    Check("opt-out lists", (OPTED_OUT_IDENTITY, OPTED_OUT_URL, OPTED_OUT_IMAGE), "governance.optout",
           ("optout_name", "optout_url", "optout_image")),
-    Check("licences", ("license_not_allowed",), "crawl.allowed_licenses", ("license",)),
-    Check("minors (estimated age)", ("minor", "identity_minor"), "governance.min_age"),
-    Check("NSFW", ("nsfw",), "governance.max_nsfw"),
+    Check("licences", (LICENSE_NOT_ALLOWED,), "crawl.allowed_licenses", ("license",)),
+    Check("minors (estimated age)", (MINOR, IDENTITY_MINOR), "governance.min_age"),
+    Check("NSFW", (NSFW,), "governance.max_nsfw"),
     Check("takedowns (removals ledger)", (TAKEN_DOWN,)),
 )
 PASS, ABSENT = "pass", "absent"  # consent outcomes: a signal that allows; none found (no metadata, no robots.txt)
 NOT_RECORDED = "not recorded"  # a dataset row without that check's outcome (local files, older runs)
-SAFETY_REASONS = ("minor", "identity_minor", "nsfw")
+SAFETY_REASONS = (MINOR, IDENTITY_MINOR, NSFW)
 
 
 @dataclass(frozen=True)

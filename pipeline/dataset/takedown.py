@@ -21,6 +21,7 @@ from pipeline.core.removals import Ledger
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.core.markers import part_path
+from pipeline.core.reasons import CLAIMED_BY_OTHER_IDENTITY
 from pipeline.engine.registry import STAGES
 from pipeline.dataset.shards import SHARDS
 from pipeline.dataset.takedown_parts import CRAWL, crawled, pending, take_down
@@ -30,7 +31,6 @@ from stages.verify import VerifyStage
 
 THUMBS = "report/thumbs"  # the report's cache: `<image_id>-<view>-<digest>.jpg`
 GENERATE = "generate"  # the generator's runs: `<run id>/record.json`, references, images
-CLAIMED = "claimed_by_other_identity"  # hygiene's reason for a photo another identity keeps
 
 
 @dataclass
@@ -65,7 +65,8 @@ def covered(run: RunDir, probe: Ledger) -> tuple[set[str], set[str]]:
 def verified_photos(run: RunDir, slug: str) -> set[str]:
     """An identity's photos: those verify kept (its face check says they show that person), less those
     hygiene found closer to another identity (they show someone else, who keeps them)."""
-    return _image_ids(run, VerifyStage.name, slug, OK) - _image_ids(run, HygieneStage.name, slug, CLAIMED)
+    claimed = _image_ids(run, HygieneStage.name, slug, CLAIMED_BY_OTHER_IDENTITY)
+    return _image_ids(run, VerifyStage.name, slug, OK) - claimed
 
 
 def _image_ids(run: RunDir, stage: str, slug: str, outcome: str) -> set[str]:

@@ -14,12 +14,12 @@ from pipeline.core.pairs import PairCounts
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.core.markers import read_part
+from pipeline.core.reasons import NOT_TARGET_IDENTITY  # verify's threshold decision; other drops: counts
 from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Distributions
 from pipeline.report.quality import add_quality, identity_pairs
 from pipeline.report.state import RunState
 
-NOT_TARGET = "not_target_identity"  # verify's threshold decision; other verify drops are about counts
 COLUMNS = {
     "filter": ["status", "width", "height", "faces"],
     "verify": ["identity", "image_id", "status", "reason", "detail", "sim_to_centroid", "identity_purity",
@@ -101,11 +101,11 @@ def _verify(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
     result.calibration = result.calibration or next((r["calibration"] for r in rows if r.get("calibration")), None)
     hist = result.dists.hists["sim_to_centroid"]
     hist.add("kept", sims)
-    hist.add("dropped: not target identity", [r["sim_to_centroid"] for r in rows if r["reason"] == NOT_TARGET])
-    others = [r["sim_to_centroid"] for r in rows if r["status"] != OK and r["reason"] != NOT_TARGET]
+    hist.add("dropped: not target identity", [r["sim_to_centroid"] for r in rows if r["reason"] == NOT_TARGET_IDENTITY])
+    others = [r["sim_to_centroid"] for r in rows if r["status"] != OK and r["reason"] != NOT_TARGET_IDENTITY]
     hist.add("dropped: other reasons", others)
     for row in rows:
-        if row["sim_to_centroid"] is not None and (row["status"] == OK or row["reason"] == NOT_TARGET):
+        if row["sim_to_centroid"] is not None and (row["status"] == OK or row["reason"] == NOT_TARGET_IDENTITY):
             result.guidance.offer(row, kept=row["status"] == OK)
     add_quality(rows, result.dists.hists)
     pairs = identity_pairs(rows, result.training)

@@ -14,6 +14,7 @@ import numpy as np
 from pipeline.core.config import PipelineConfig, TrainingSection
 from pipeline.core.pairs import PairCounts, pair_counts, target_evidence
 from pipeline.core.schema import OK
+from pipeline.core.reasons import BLURRY_FACE, EXTREME_POSE, LOW_FACE_SCORE, MANY_FACES, SMALL_FACE_SHARE
 from pipeline.report.hist import Histogram
 from pipeline.report.html import cell, esc, num_cell, table
 from stages.face_gates import large_faces
@@ -36,12 +37,12 @@ def _log10(value: float) -> float:
 
 # histogram -> (the target face's value, the verify.quality gate's drop reason)
 METRICS: dict[str, tuple[Callable[[Row], float | None], str]] = {
-    "sharpness": (_field("sharpness", _log10), "blurry_face"),
-    "yaw": (_field("yaw", abs), "extreme_pose"),
-    "pitch": (_field("pitch", abs), "extreme_pose"),
-    "face_score": (_field("score"), "low_face_score"),
-    "image_share": (_field("image_share"), "small_face_share"),
-    "large_faces": (lambda row: large_faces(row["faces"], row["target_face"]), "many_faces"),
+    "sharpness": (_field("sharpness", _log10), BLURRY_FACE),
+    "yaw": (_field("yaw", abs), EXTREME_POSE),
+    "pitch": (_field("pitch", abs), EXTREME_POSE),
+    "face_score": (_field("score"), LOW_FACE_SCORE),
+    "image_share": (_field("image_share"), SMALL_FACE_SHARE),
+    "large_faces": (lambda row: large_faces(row["faces"], row["target_face"]), MANY_FACES),
 }
 
 

@@ -31,10 +31,9 @@ from urllib.parse import urlsplit
 from protego import Protego
 
 from pipeline.core.optout import OPTED_OUT_URL, OptOutList
+from pipeline.core.reasons import LICENSE_NOT_ALLOWED, ROBOTS_DISALLOWED, ROBOTS_NOAI, ROBOTS_UNREACHABLE, TDM_RESERVED
 
 PASS, REFUSED, ABSENT, UNREADABLE, UNREACHABLE, OFF = "pass", "refused", "absent", "unreadable", "unreachable", "off"
-ROBOTS_DISALLOWED, ROBOTS_UNREACHABLE, TDM_RESERVED = "robots_disallowed", "robots_unreachable", "tdm_reserved"
-ROBOTS_NOAI, LICENSE_NOT_ALLOWED = "robots_noai", "license_not_allowed"
 # X-Robots-Tag directives that take a value after a colon (Google's list): never a user-agent scope.
 VALUED_DIRECTIVES = {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 BOT_NAME = re.compile(r"[a-z0-9_.-]+")  # what may scope X-Robots-Tag directives (not a date's "25-jun-10 15")

@@ -31,10 +31,10 @@ from defusedxml import ElementTree
 from PIL import Image
 
 from pipeline.core.config import ConsentSettings
+from pipeline.core.reasons import AI_GENERATED, METADATA_PROHIBITS_TRAINING
 from stages.sources.consent import ABSENT, OFF, PASS, REFUSED, UNREADABLE, Evidence, Refusal
 
 READ, UNSUPPORTED, REMOTE = "read", "unsupported", "remote"
-METADATA_PROHIBITS_TRAINING, AI_GENERATED = "metadata_prohibits_training", "ai_generated"
 PLUS = "http://ns.useplus.org/ldf/xmp/1.0/"
 IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"

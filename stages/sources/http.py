@@ -35,6 +35,16 @@ from pipeline.core.config import CrawlSection
 from pipeline.core.optout import OptOutList
 from pipeline.core.schema import DROPPED, FAILED
 from pipeline.core.tls import ca_bundle
+from pipeline.core.reasons import (
+    BAD_URL,
+    CONNECTION_ERROR,
+    NOT_AN_IMAGE,
+    PRIVATE_ADDRESS,
+    TIMEOUT,
+    TLS_ERROR,
+    TOO_LARGE,
+    TOO_MANY_REDIRECTS,
+)
 from stages.sources.addresses import AddressPolicy, AddressRefused, Deadline, GuardedPoolManager
 from stages.sources.base import Fetched, Source
 from stages.sources.consent import (
@@ -104,7 +114,7 @@ class CappedBody:
     def __init__(self, encoding: str, limit: int, truncate: bool = False) -> None:
         encoding = encoding.strip().lower()
         if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
-            raise DownloadError("not_an_image", f"unsupported Content-Encoding {encoding!r}")
+            raise DownloadError(NOT_AN_IMAGE, f"unsupported Content-Encoding {encoding!r}")
         # wbits 32+: zlib or gzip header, detected from the bytes.
         self.inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding not in ("", "identity") else None
         self.limit, self.truncate = limit, truncate
@@ -115,7 +125,7 @@ class CappedBody:
     def feed(self, chunk: bytes) -> None:
         self.wire_size += len(chunk)
         if self.wire_size > self.limit and not self.truncate:
-            raise DownloadError("too_large", f"more than {self.limit} bytes on the wire")
+            raise DownloadError(TOO_LARGE, f"more than {self.limit} bytes on the wire")
         self._add(self._inflate(chunk) if self.inflate else chunk)
         self.full = self.full or self.wire_size > self.limit  # compressed input that inflates to nothing ends too
 
@@ -129,13 +139,13 @@ class CappedBody:
         try:  # at most one byte past the cap is ever produced, whatever the ratio
             return self.inflate.decompress(chunk, self.limit - self.size + 1)
         except zlib.error as exc:
-            raise DownloadError("not_an_image", f"corrupt compressed body: {exc}") from exc
+            raise DownloadError(NOT_AN_IMAGE, f"corrupt compressed body: {exc}") from exc
 
     def _add(self, data: bytes) -> None:
         room = self.limit - self.size
         if len(data) > room:
             if not self.truncate:
-                raise DownloadError("too_large", f"more than {self.limit} bytes")
+                raise DownloadError(TOO_LARGE, f"more than {self.limit} bytes")
             data, self.full = data[:room], True
         self.size += len(data)
         self.parts.append(data)
@@ -147,9 +157,9 @@ def check_url(url: str) -> str:
         parts = urlsplit(url)
         host, _ = parts.hostname, parts.port  # .port raises on a bad port
     except ValueError as exc:
-        raise DownloadError("bad_url", f"{url!r}: {exc}") from exc
+        raise DownloadError(BAD_URL, f"{url!r}: {exc}") from exc
     if parts.scheme not in ("http", "https") or not host:
-        raise DownloadError("bad_url", f"only http(s) URLs with a host are fetched: {url!r}")
+        raise DownloadError(BAD_URL, f"only http(s) URLs with a host are fetched: {url!r}")
     return host
 
 
@@ -244,7 +254,7 @@ class Downloader:
             if response.status not in REDIRECTS or not location:
                 return self._accept(response)
             url = urljoin(url, location)
-        raise DownloadError("too_many_redirects", f"more than {self.settings.max_redirects} redirects, last to {url}")
+        raise DownloadError(TOO_MANY_REDIRECTS, f"more than {self.settings.max_redirects} redirects, last to {url}")
 
     def _check_site(self, url: str, evidence: Evidence) -> None:
         """robots.txt and tdmrep.json of the URL's origin, before any request to it."""
@@ -320,7 +330,7 @@ class Downloader:
         limit = wanted.max_bytes or self.settings.max_bytes
         declared = raw.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit and not wanted.truncate:
-            raise DownloadError("too_large", f"Content-Length {declared} > {limit}")
+            raise DownloadError(TOO_LARGE, f"Content-Length {declared} > {limit}")
         body = CappedBody(raw.headers.get("Content-Encoding", ""), limit, wanted.truncate)
         sock = getattr(raw.connection, "sock", None)
         while not body.full and (chunk := self._read_chunk(raw, sock, ends_at)):
@@ -330,7 +340,7 @@ class Downloader:
     def _read_chunk(self, raw: BaseHTTPResponse, sock: object, ends_at: float) -> bytes:
         left = ends_at - time.monotonic()
         if left <= 0:
-            raise DownloadError("timeout", "the download's deadline passed while reading", transient=True)
+            raise DownloadError(TIMEOUT, "the download's deadline passed while reading", transient=True)
         if sock is not None:  # a slow drip of bytes must not outlive the deadline
             sock.settimeout(min(self.options.read_timeout, left))  # type: ignore[attr-defined]
         return raw.read1(CHUNK, decode_content=False)
@@ -338,7 +348,7 @@ class Downloader:
     def _timeout(self, ends_at: float) -> Timeout:
         left = ends_at - time.monotonic()
         if left <= 0:
-            raise DownloadError("timeout", "the download's deadline passed", transient=True)
+            raise DownloadError(TIMEOUT, "the download's deadline passed", transient=True)
         return Timeout(connect=min(self.options.connect_timeout, left), read=min(self.options.read_timeout, left))
 
     @contextmanager
@@ -355,7 +365,7 @@ def _transport_errors(url: str, deadline: Deadline) -> Iterator[None]:
     try:
         yield
     except AddressRefused as exc:
-        raise DownloadError("private_address", f"{url}: {exc}") from exc
+        raise DownloadError(PRIVATE_ADDRESS, f"{url}: {exc}") from exc
     except (HTTPError, OSError) as exc:
         if deadline.expired:  # the deadline shut the socket: whatever broke next is its doing
             raise _deadline_passed(url) from exc
@@ -363,20 +373,20 @@ def _transport_errors(url: str, deadline: Deadline) -> Iterator[None]:
 
 
 def _deadline_passed(url: str) -> DownloadError:
-    return DownloadError("timeout", f"{url}: the download's deadline passed", transient=True)
+    return DownloadError(TIMEOUT, f"{url}: the download's deadline passed", transient=True)
 
 
 def _transport_error(url: str, exc: HTTPError | OSError) -> DownloadError:
     if isinstance(exc, NewConnectionError):  # before the timeouts: urllib3 makes it a ConnectTimeoutError subclass
-        return DownloadError("connection_error", _describe(url, exc), transient=True)
+        return DownloadError(CONNECTION_ERROR, _describe(url, exc), transient=True)
     if isinstance(exc, Urllib3Timeout):
-        return DownloadError("timeout", _describe(url, exc), transient=True)
+        return DownloadError(TIMEOUT, _describe(url, exc), transient=True)
     if isinstance(exc, SSLError):
-        return DownloadError("tls_error", _describe(url, exc))
+        return DownloadError(TLS_ERROR, _describe(url, exc))
     if isinstance(exc, LocationParseError):
-        return DownloadError("bad_url", _describe(url, exc))
+        return DownloadError(BAD_URL, _describe(url, exc))
     # refused, reset, truncated body, DNS failure; more than 100 header lines, or one over 64 KiB (http.client)
-    return DownloadError("connection_error", _describe(url, exc), transient=True)
+    return DownloadError(CONNECTION_ERROR, _describe(url, exc), transient=True)
 
 
 def _describe(url: str, exc: Exception) -> str:
