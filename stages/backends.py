@@ -134,7 +134,7 @@ def onnx_providers(device: str) -> list:
     has_cuda = "CUDAExecutionProvider" in available
     if device.startswith("cuda") and not has_cuda:
         raise UserError(f"device={device} but onnxruntime offers only {', '.join(available)}",
-                        "pip install onnxruntime-gpu in place of onnxruntime (README: GPU machines)")
+                        "pip install onnxruntime-gpu in place of onnxruntime (docs/models.md: GPU machines)")
     if device == "cpu" or not has_cuda:
         return ["CPUExecutionProvider"]
     options = {"device_id": int(device.split(":", 1)[1])} if ":" in device else {}

@@ -1,6 +1,6 @@
 """Crawl stage: one name in, one row per candidate image out; raw bytes stored content-addressed.
 
-Consent (README, "Consent and opt-out"): a name on the opt-out list is never searched for; the
+Consent (docs/governance.md): a name on the opt-out list is never searched for; the
 source refuses licences, opted-out URLs, robots.txt, TDMRep and X-Robots-Tag before or while
 downloading; here, on the bytes (the only place they exist), the opt-out list's hashes and the
 image's own metadata. Refused images are never stored. `governance.optout` is read here but is not

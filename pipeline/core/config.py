@@ -133,7 +133,7 @@ class FaceSection(Section):
 
 class FaceQualitySection(Section):
     """Gates on the target face's quality evidence, which filter measures once (stages/faces/quality.py): new
-    values re-run verify only. Defaults keep every labelled photo of tests/data/faces (the README has the figures)."""
+    values re-run verify only. Defaults keep every labelled photo of tests/data/faces (docs/verify.md has the figures)."""
 
     min_sharpness: float = Field(
         25.0, ge=0, description="variance of the Laplacian of the face region at 160 px; below: blurry_face"
@@ -144,8 +144,8 @@ class FaceQualitySection(Section):
         0.01, ge=0, le=1, description="face box area / image area; below: small_face_share (crops have crop.face_share)"
     )
     min_face_score: float | None = Field(
-        None, description="detector score, on the detector's scale; below: low_face_score. null: the backend's default "
-        "(none for a backend without one)"
+        None, description="detector score, on the detector's scale; below: low_face_score. null: the face backend's "
+        "calibration (none for a backend without one)"
     )
     max_large_faces: int | None = Field(
         None, ge=1, description="faces at least half the target's side, the target included; more: many_faces. "
@@ -154,7 +154,8 @@ class FaceQualitySection(Section):
 
 
 class VerifySection(Section):
-    """Identity verification, on cosine similarities of L2-normalised face embeddings (null = backend default)."""
+    """Identity verification, on cosine similarities of L2-normalised face embeddings. Thresholds left null take the
+    face backend's calibration, declared beside its model (stages/faces); verify records what it applied."""
 
     threshold: float | None = Field(None, ge=-1, le=1, description="face-to-identity-centroid cosine to keep an image")
     cluster_threshold: float | None = Field(
@@ -173,7 +174,7 @@ class VerifySection(Section):
 
 
 class HygieneSection(Section):
-    """Checks across identities after verify, on centroids (README, "Across identities")."""
+    """Checks across identities after verify, on centroids (docs/hygiene.md)."""
 
     same_person_similarity: float | None = Field(
         None, ge=-1, le=1,
@@ -270,7 +271,7 @@ class TrainingSection(Section):
 
     copy_paste_max: float | None = Field(
         None, ge=-1, le=1, description="target-face cosine above which a photo never serves as the target's reference "
-        "(it would teach copy-paste); null: the backend's default"
+        "(it would teach copy-paste); null: the face backend's calibration, as verify recorded it"
     )
 
     def resolved(self, recorded: float | None) -> float:

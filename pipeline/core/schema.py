@@ -34,7 +34,7 @@ PROVENANCE = pa.schema(
         pa.field("raw_path", pa.string()),  # relative to the run directory
         pa.field("num_bytes", pa.int64()),
         pa.field("image_format", pa.string()),  # decided from the bytes, never from a header
-        # JSON {check: outcome}: the consent signals checked for this row and what they said (README, "Consent")
+        # JSON {check: outcome}: the consent signals checked for this row and what they said (docs/governance.md)
         pa.field("consent", pa.string()),
     ]
 )

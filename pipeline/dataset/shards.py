@@ -199,7 +199,7 @@ def dataset_card(config: PipelineConfig, funnel: str, results: list[dict], gover
         ),
         (
             "Each row is one verified photo of its identity; the columns are documented in the pipeline's "
-            "README. Every image keeps its source URL and page: check each source's terms before use."
+            "docs (data-format.md). Every image keeps its source URL and page: check each source's terms before use."
         ),
         *(["", "**This dataset is empty**: no image passed every stage (the funnel below shows where they dropped)."]
           if not rows else []),
