@@ -109,6 +109,11 @@ def test_an_identity_is_found_by_its_name_slug_or_readable_slug(given: str, slug
     assert IdentityIndex(PEOPLE).resolve(given).slug == slug
 
 
+def test_a_typed_name_finds_the_identity_listed_by_its_slug() -> None:
+    listed = Identity("mark_zuckerberg", "mark_zuckerberg")  # a names list written in slugs
+    assert IdentityIndex([*PEOPLE, listed]).resolve("Mark Zuckerberg") == listed
+
+
 def test_an_ambiguous_or_unknown_identity_names_the_candidates() -> None:
     index = IdentityIndex(PEOPLE)
     with pytest.raises(UserError, match=r"'JOHN SMITH' names 2 identities: 'John Smith' \(john_smith-\w+\), 'john"):

@@ -112,8 +112,9 @@ def run_identities(run: RunDir) -> list[Identity]:
 
 class IdentityIndex:
     """Identities found by what a user types: the slug, the name (any case, spacing or Unicode form) or the
-    readable slug. Tried in that order; the first way that finds any decides, so `John Smith` finds that
-    name even beside `john smith`, while `john_smith` or `JOHN SMITH` finds both and is refused."""
+    readable slug, then by the readable slug of what was typed (`Mark Zuckerberg` finds `mark_zuckerberg`). Tried
+    in that order; the first way that finds any decides, so `John Smith` finds that name even beside
+    `john smith`, while `john_smith` or `JOHN SMITH` finds both and is refused."""
 
     def __init__(self, identities: Iterable[Identity]) -> None:
         self.identities = list({identity.slug: identity for identity in identities}.values())
@@ -126,7 +127,10 @@ class IdentityIndex:
     def resolve(self, given: str, what: str = "identity") -> Identity:
         """The one identity `given` names; none or several is a UserError naming the close candidates."""
         cleaned = clean_name(given)
-        for way, key in zip(self.ways, (given.strip(), cleaned, cleaned, name_key(given)), strict=True):
+        slug, name, readable, key = self.ways
+        tries = ((slug, given.strip()), (name, cleaned), (readable, cleaned), (key, name_key(given)),
+                 (readable, readable_slug(identity_slug(cleaned))))
+        for way, key in tries:
             found = way.get(key, [])
             if len(found) == 1:
                 return found[0]
