@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.rundir import TMP_MARK, RunDir
-from pipeline.engine.markers import read_markers
+from pipeline.core.markers import read_markers
 from pipeline.engine.registry import SHARD, STAGE_NAMES
 from tests.conftest import REPO, cpu_run_args, run_cli, stage_rows
 
