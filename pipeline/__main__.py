@@ -200,7 +200,7 @@ def command_run(args: argparse.Namespace) -> int:
     chosen = selected(args.stage)
     ensure_models(config, chosen, args.config, args.accept_licenses)
     run = _run_dir(config, profile, create=True)
-    with _logged(run, args) as log, run_lock(run, "run"):
+    with run_lock(run, "run"), _logged(run, args) as log:  # refused: no log left behind
         for stage in chosen:  # inside the log: a preflight's warnings (names without folders) show as such
             stage.preflight(config)
         _save_run_info(run, config, profile, identities)
@@ -327,7 +327,7 @@ def command_remove(args: argparse.Namespace) -> int:
 
     config, profile = _settings(args)
     run = _existing_run(config, profile)
-    with _logged(run, args), run_lock(run, "remove"):
+    with run_lock(run, "remove"), _logged(run, args):
         return remove(run, args)
 
 

@@ -1,6 +1,6 @@
 """Decisions across identities, made once per run on centroids: the logic of the hygiene stage's whole-run step.
 
-numpy and pyarrow only; the engine (`pipeline/engine/hygiene.py`) reads the verified rows through a callback
+numpy and pyarrow only; the hygiene stage's whole-run step (`stages/hygiene_run.py`) reads the verified rows through a callback
 and writes what `decide` returns. Memory stays bounded at 100k identities: one float16 centroid per identity
 (100 MB at 512-d), 20 bytes per kept photo, and one block of similarities at a time.
 

@@ -1,7 +1,7 @@
 """Hygiene stage: the decisions made across identities, applied to one identity's verified rows.
 
 The decisions need every identity at once, so they are made once per run, before the stage's tasks are
-planned (`pipeline/engine/hygiene.py` runs `stages/cross_identity.py`), and stored in DECISIONS; each task
+planned (its `before_tasks` hook: `stages/hygiene_run.py` runs `stages/cross_identity.py`), and stored in DECISIONS; each task
 then reads only its own and marks its rows:
 
 - a photo kept under another identity whose centroid is closer to the face: `claimed_by_other_identity`,
@@ -28,7 +28,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity, read_names
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import HYGIENE, OK
-from pipeline.core.reasons import CLAIMED_BY_OTHER_IDENTITY, DUPLICATE, TOO_FEW_IMAGES
+from pipeline.core.reasons import CLAIMED_BY_OTHER_IDENTITY, DUPLICATE, MERGED_INTO_OTHER_IDENTITY, TOO_FEW_IMAGES
 from stages.base import Row, Stage, drop, keep
 from stages.cross_identity import CLAIMED, MERGE_FROM, MERGED_INTO, SAME_PERSON, merge_groups
 from stages.face_clusters import Folder, Settings, dup_groups
@@ -36,7 +36,6 @@ from stages.faces import Calibration
 
 RUN_FOLDER = "stages/hygiene/_run"  # the whole-run step's files, beside the stage's parts
 DECISIONS = f"{RUN_FOLDER}/decisions.parquet"
-MERGED = "merged_into_other_identity"
 
 
 class HygieneStage(Stage):
@@ -117,7 +116,7 @@ def judged(rows: list[Row], decisions: list[dict]) -> list[Row]:
     out = []
     for row in rows:
         if into:
-            verdict = drop(MERGED, f"merged into {into} (hygiene.merge)", kept_under=into)
+            verdict = drop(MERGED_INTO_OTHER_IDENTITY, f"merged into {into} (hygiene.merge)", kept_under=into)
         elif row["image_id"] in seen:
             verdict = drop(DUPLICATE, "the same photo is already kept under this identity (hygiene.merge)")
         elif row["image_id"] in claimed:

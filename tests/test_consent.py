@@ -142,6 +142,17 @@ def test_robots_txt_failures_follow_rfc_9309(error: str, outcome: str) -> None:
     assert RobotsTxt.from_file(SiteFile("http://h.invalid/robots.txt", error=error)).outcome == outcome
 
 
+@pytest.mark.parametrize(("body", "outcome"), [
+    (b"User-agent: *\rDisallow: /img/\rDisallow: /priv", "pass"),  # CR-only lines: the cut one goes
+    (b"Disallow: /" + b"a" * 100, "unreachable"),  # not one whole line within the cap: nothing is allowed
+])  # fmt: skip
+def test_a_robots_txt_cut_at_the_cap_keeps_its_whole_lines_only(body: bytes, outcome: str) -> None:
+    robots = RobotsTxt.from_file(SiteFile("http://h.invalid/robots.txt", body, truncated=True))
+    assert robots.outcome == outcome
+    if outcome == "pass":
+        assert not robots.rules.can_fetch("http://h.invalid/img/a.jpg", "bot")
+
+
 def test_robots_txt_can_be_switched_off(server: LocalServer) -> None:
     serve(server, "/robots.txt", b"User-agent: *\nDisallow: /\n", content_type="text/plain")
     fetched = Downloader(settings(consent={"robots_txt": False})).fetch_image(server.url("/img/img1.jpg"))

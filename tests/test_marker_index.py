@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from benchmarks.object_store import BUCKET, cpu_config, resume, s3_server, synthetic_run
@@ -189,3 +190,17 @@ def test_a_corrupt_marker_on_an_object_store_means_not_done(store) -> None:
         write_marker_file(run, marker("crawl", person.slug, name_digest(person.name)))
     run.write_bytes(marker_path("crawl", "c1"), b"garbage{")
     assert [spec["task"] for spec in plan_stage(CrawlStage, None, cpu_config(), RunDir(run.uri), people).todo] == ["c1"]
+
+
+def test_a_pinned_part_that_is_gone_is_a_changed_part_not_an_error(tmp_path) -> None:
+    """On an object store resume lists no part sizes: the reader finds the part gone, and the task that read
+    it is redone (PartChanged) rather than failing at every run."""
+    from pipeline.core.markers import PartChanged, read_pinned_part, write_part
+
+    run = RunDir(str(tmp_path / "run"))
+    size, digest = write_part(run, "filter", "someone", pa.table({"status": ["ok"]}))
+    pin = f"{size}:{digest}"
+    assert read_pinned_part(run, "filter", "someone", pin).num_rows == 1
+    run.delete(part_path("filter", "someone"))
+    with pytest.raises(PartChanged, match="gone"):
+        read_pinned_part(run, "filter", "someone", pin)

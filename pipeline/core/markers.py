@@ -143,7 +143,10 @@ def read_pinned_part(run: RunDir, stage: str, task: str, pin: str) -> pa.Table:
     rel = part_path(stage, task)
     if not pin:
         return run.read_table(rel)
-    data = run.read_bytes(rel)
+    try:
+        data = run.read_bytes(rel)
+    except FileNotFoundError as exc:  # on a store, resume lists no part sizes: a part gone is found here
+        raise PartChanged(f"{rel} is gone, though its marker pinned it") from exc
     if f"{len(data)}:{part_hash(data)}" != pin:
         raise PartChanged(f"{rel} is not the part its marker pinned (truncated or replaced since it was written)")
     return pq.read_table(pa.BufferReader(data))
@@ -305,11 +308,12 @@ def _read_files(run: RunDir, stage: str, tasks: list[str] | None) -> dict[str, M
         run.cache["listed"].add(stage)
         tasks = sorted(listed) if tasks is None else [task for task in tasks if task in listed]
     with ThreadPoolExecutor(READERS) as pool:
-        markers = pool.map(lambda task: _read_file(run, stage, task), tasks)
+        markers = pool.map(lambda task: read_marker(run, stage, task), tasks)
         return {marker.task: marker for marker in markers if marker is not None}
 
 
-def _read_file(run: RunDir, stage: str, task: str) -> Marker | None:
+def read_marker(run: RunDir, stage: str, task: str) -> Marker | None:
+    """A task's marker file; None when there is none, or it is torn (recorded: the task is not done)."""
     try:
         return MARKER.validate_json(run.read_bytes(marker_path(stage, task)))
     except FileNotFoundError:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipeline.core.removals import TAKEN_DOWN, Ledger, Removal
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
-from pipeline.core.markers import Marker, count_outcomes, marker_path, part_path, write_marker
+from pipeline.core.markers import Marker, count_outcomes, marker_path, part_path, read_marker, write_marker
 from pipeline.engine.registry import STAGES
 from pipeline.engine.runner import content_digest
 
@@ -117,7 +117,7 @@ def _markers(run: RunDir, slug: str, new: dict[str, pa.Table]) -> dict[str, Mark
     markers: dict[str, Marker] = {}
     upstream: tuple[Marker, str, int] | None = None  # its old marker, new digest, new `ok` rows
     for stage in STAGES:
-        old = _read_marker(run, stage.name, slug) if stage.name in new else None
+        old = read_marker(run, stage.name, slug) if stage.name in new else None  # torn: none
         if old is None:  # no part, or a part without a marker: nothing downstream can be current on it
             upstream = None
             continue
@@ -131,11 +131,6 @@ def _markers(run: RunDir, slug: str, new: dict[str, pa.Table]) -> dict[str, Mark
         markers[stage.name] = with_fields(old, **changes)
         upstream = (old, digest, statuses.get(OK, 0))
     return markers
-
-
-def _read_marker(run: RunDir, stage: str, slug: str) -> Marker | None:
-    rel = marker_path(stage, slug)
-    return Marker.from_json(run.read_json(rel)) if run.exists(rel) else None
 
 
 def _write(run: RunDir, stage: str, slug: str, table: pa.Table, marker: Marker | None) -> None:

@@ -88,7 +88,7 @@ def rewrite_dataset(run: RunDir, config: PipelineConfig, identities: list[Identi
                for name in sorted({row["shard"] for row in old})]
     rows = [row for result in results for row in result["index"]]
     run.write_table(INDEX, pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
-    done = run.read_json(DONE) if run.exists(DONE) else None  # None: a shard step was killed after its index
+    done = run.read_state(DONE)  # None: a shard step was killed after its index (or left it torn)
     run.write_bytes(f"{SHARDS}/README.md", card(config, run, identities, [*results, _left_out(done)]).encode())
     if done is not None:
         if was_current:  # the markers changed with the parts: the plan of today's markers is what the shards hold

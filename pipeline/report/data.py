@@ -23,7 +23,7 @@ from pipeline.report.state import RunState
 COLUMNS = {
     "filter": ["status", "width", "height", "faces"],
     "verify": ["identity", "image_id", "status", "reason", "detail", "sim_to_centroid", "identity_purity",
-               "identity_competing", "raw_path", "target_face", "faces", "face_backend", "dup_group"],
+               "identity_competing", "raw_path", "target_face", "faces", "face_backend", "dup_group", "calibration"],
     "segment": ["status", "mask_area"],
     "caption": ["status", "caption", "class_word", "class_word_disagrees"],
 }

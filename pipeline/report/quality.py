@@ -92,7 +92,7 @@ def pairs_section(pairs: dict[str, PairCounts], names: dict[str, str], training:
         return '<p class="muted">No identity has photos verify kept yet.</p>'
     total = sum(counts.pairs for counts in pairs.values())
     blocked = sum(counts.blocked for counts in pairs.values())
-    limit = "the face backend's default" if training.copy_paste_max is None else f"{training.copy_paste_max:g}"
+    limit = "the face backend's calibration" if training.copy_paste_max is None else f"{training.copy_paste_max:g}"
     note = (f'<p class="muted">Among the photos verify kept (later stages may drop a few): {total:,} target/reference '
             f"pairs allowed, {blocked:,} refused as copy-paste (target faces more alike than "
             f"training.copy_paste_max, {esc(limit)}); a pair never joins two photos of one near-duplicate group. "

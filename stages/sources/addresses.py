@@ -104,10 +104,17 @@ class Deadline:
         self._timer.cancel()
         assert self._token is not None
         _DEADLINE.reset(self._token)
+        self.settle()
+
+    def settle(self) -> bool:
+        """Stop watching: the timer can no longer shut these sockets. True when it already had, so the caller
+        must not give the connection back to the pool (a late timer would otherwise shut a pooled socket)."""
         with self._lock:
             self._open = False
             for copy in self._copies:
                 copy.close()  # the duplicate only: the connection may go back to the pool
+            self._copies.clear()
+            return self.expired
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:

@@ -31,14 +31,26 @@ from urllib.parse import urlsplit
 from protego import Protego
 
 from pipeline.core.optout import OPTED_OUT_URL, OptOutList
-from pipeline.core.reasons import LICENSE_NOT_ALLOWED, ROBOTS_DISALLOWED, ROBOTS_NOAI, ROBOTS_UNREACHABLE, TDM_RESERVED
+from pipeline.core.reasons import (
+    BAD_URL,
+    CONNECTION_ERROR,
+    LICENSE_NOT_ALLOWED,
+    PRIVATE_ADDRESS,
+    ROBOTS_DISALLOWED,
+    ROBOTS_NOAI,
+    ROBOTS_UNREACHABLE,
+    TDM_RESERVED,
+    TIMEOUT,
+    TLS_ERROR,
+    TOO_MANY_REDIRECTS,
+)
 
 PASS, REFUSED, ABSENT, UNREADABLE, UNREACHABLE, OFF = "pass", "refused", "absent", "unreadable", "unreachable", "off"
 # X-Robots-Tag directives that take a value after a colon (Google's list): never a user-agent scope.
 VALUED_DIRECTIVES = {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 BOT_NAME = re.compile(r"[a-z0-9_.-]+")  # what may scope X-Robots-Tag directives (not a date's "25-jun-10 15")
 # robots.txt got no answer at all: the image request would meet the same, so the row gets that reason.
-NO_ANSWER = {"private_address", "tls_error", "bad_url", "connection_error", "timeout"}
+NO_ANSWER = {PRIVATE_ADDRESS, TLS_ERROR, BAD_URL, CONNECTION_ERROR, TIMEOUT}
 UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 Evidence = dict[str, str]  # check -> outcome
@@ -120,9 +132,13 @@ class RobotsTxt:
         if file.body is not None:  # RFC 9309 2.3: UTF-8; protego skips the lines it cannot read
             text = file.body.decode("utf-8", "replace")
             if file.truncated:  # a cut rule could allow more than the whole one: "Allow: /a" of "Allow: /a/b"
-                text = text[: text.rfind("\n") + 1]
+                end = max(text.rfind("\n"), text.rfind("\r"))  # CR alone ends a line too (RFC 9309 2.2)
+                if end < 0:  # not one whole rule within the cap: what it says is unknown, so nothing is allowed
+                    return cls(UNREACHABLE, detail=f"{file.url}: no whole line in its first {len(file.body)} bytes",
+                               transient=False)
+                text = text[: end + 1]
             return cls(PASS, Protego.parse(text))
-        if file.error == "too_many_redirects" or _is_4xx(file.error):  # RFC 9309 2.3.1.2, 2.3.1.3
+        if file.error == TOO_MANY_REDIRECTS or _is_4xx(file.error):  # RFC 9309 2.3.1.2, 2.3.1.3
             return cls(ABSENT, detail=f"{file.url}: {file.error}")
         if file.error in NO_ANSWER:
             return cls(

@@ -320,7 +320,8 @@ class Downloader:
                 error.http_status = raw.status
                 raise
             finally:
-                if not complete:  # unread bytes would poison the next request on this connection
+                # unread bytes would poison the next request on this connection, and a shut socket would fail it
+                if deadline.settle() or not complete:
                     raw.close()
                 raw.release_conn()
         return Response(url, raw.status, raw.headers, body, truncated)

@@ -23,12 +23,13 @@ from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 from pipeline.core.config import CrawlSection, PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.optout import OptOutList
+from pipeline.core.reasons import BAD_URL, CONNECTION_ERROR, PRIVATE_ADDRESS, TIMEOUT, TLS_ERROR
 from stages.sources.base import SOURCES, Fetched
 from stages.sources.http import Downloader, DownloadError, HttpSource, UrlTriple
 
 # BingParser's regex runs past a murl without ".jpg" into later JSON fields: such "URLs" hold quotes.
 URL_TEXT = re.compile(r"[^\s\"'<>]+")
-UNREACHABLE = {"connection_error", "timeout", "bad_url", "tls_error"}
+UNREACHABLE = {CONNECTION_ERROR, TIMEOUT, BAD_URL, TLS_ERROR}
 FLICKR_KEY = "FLICKR_API_KEY"
 FLICKR_SIZES = ["original", "large 2048", "large 1600", "large", "medium 800"]
 Provenance = tuple[str | None, str | None]  # page_url, license
@@ -193,7 +194,7 @@ class SearchSource(HttpSource):
         try:
             Downloader(settings).get(origin.rstrip("/") + "/", deadline=min(settings.download.deadline, 15.0))
         except DownloadError as error:
-            if error.reason == "private_address":
+            if error.reason == PRIVATE_ADDRESS:
                 raise UserError(
                     f"the {settings.source} search engine at {origin} is not a public address ({error.detail})",
                     "to search through a private mirror, add its network to crawl.allowed_networks",
