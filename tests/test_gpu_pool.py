@@ -86,6 +86,7 @@ def test_gpu_stage_decodes_on_cpu_workers_and_infers_in_its_actors(ray_with_a_gp
         cv2.setNumThreads(threads)  # process-wide: later tests get the default back
 
 
+@pytest.mark.slow
 def test_a_gpu_stage_on_a_machine_without_one_is_a_clear_error(faces, tmp_path) -> None:
     names = labelled_tree(tmp_path, faces, IDENTITIES[:1])
     common = cpu_run_args(names, tmp_path / "run", tmp_path / "photos")

@@ -32,6 +32,7 @@ def store():
         yield server
 
 
+@pytest.mark.slow
 def test_a_resume_costs_about_the_same_requests_at_3n(store) -> None:
     options, log = store
     config, counts = cpu_config(), []
