@@ -91,7 +91,7 @@ def img2dataset(root: Path, out: Path, urls: list[str], workers: int, threads: i
 @contextmanager
 def serving_apart(folder: Path) -> Iterator[str]:
     """The tests' HTTP server on 127.0.0.1 in its own process; yields its origin."""
-    server = subprocess.Popen([sys.executable, "-m", "tests.http_server", str(folder)], cwd=REPO,
+    server = subprocess.Popen([sys.executable, "-m", "benchmarks.fixtures.http_server", str(folder)], cwd=REPO,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

@@ -44,7 +44,7 @@ from stages.sources.consent import (
 from stages.sources.embedded import IPTC_EXT, PLUS, RDF, XMP_MAX_BYTES, embedded_refusal, read_embedded
 from stages.sources.http import Downloader
 from tests.conftest import FACES
-from tests.http_server import LocalServer, serving
+from benchmarks.fixtures.http_server import LocalServer, serving
 
 FAST = {"connect_timeout": 1.0, "read_timeout": 1.0, "deadline": 2.0, "retries": 1, "backoff": 0.05}
 TOKEN = "id-dataset-pipeline"  # from the default user agent

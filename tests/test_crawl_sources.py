@@ -18,7 +18,7 @@ from pipeline.core.schema import DROPPED, FAILED, OK
 from stages.sources.search import FLICKR_PHOTO_PAGE, SearchFailed, SearchSource
 from stages.sources.urls import UrlsSource, read_url_list
 from tests.conftest import REPO, run_cli, stage_rows
-from tests.http_server import LocalServer, serving
+from benchmarks.fixtures.http_server import LocalServer, serving
 
 FAST = {"connect_timeout": 1.0, "read_timeout": 1.0, "deadline": 2.0, "retries": 0, "backoff": 0.05}
 

@@ -15,7 +15,7 @@ from pipeline.core.schema import DROPPED, FAILED, OK
 from stages.sources.addresses import AddressPolicy, AddressRefused, connect_checked
 from stages.sources.http import CappedBody, Downloader, DownloadError
 from tests.conftest import FACES
-from tests.http_server import LocalServer, serving
+from benchmarks.fixtures.http_server import LocalServer, serving
 
 LOOPBACK_ONLY = ["127.0.0.1/32"]  # the test server, and nothing else that is private
 

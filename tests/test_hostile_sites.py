@@ -24,7 +24,7 @@ from stages.crawl import CrawlStage
 from stages.sources.embedded import XMP_MAX_BYTES
 from stages.sources.http import SITE_FILE_MAX_BYTES, Downloader
 from tests.conftest import FACES
-from tests.http_server import DRIP_MAX, LocalServer, serving
+from benchmarks.fixtures.http_server import DRIP_MAX, LocalServer, serving
 from tests.test_consent import PROHIBITED, jpeg, serve, settings, xmp
 
 DEADLINE = 1.0  # seconds per download, and for each site file with all its attempts

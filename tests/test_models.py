@@ -28,7 +28,7 @@ from pipeline.core.fetch import Fetcher
 from pipeline.core.models import MANIFEST, RECORDED, HubRepo, ModelFile, Unpack, WheelMember, manifest
 from pipeline.models import needed_models
 from stages.segmenters import SEGMENTERS
-from tests.http_server import running
+from benchmarks.fixtures.http_server import running
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every byte value
 WHEEL = "weights_pkg-1.2.0-py3-none-any.whl"

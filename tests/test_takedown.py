@@ -31,7 +31,7 @@ from pipeline.remove import requested
 from pipeline.report.state import RunState
 from stages.crawl import CrawlStage
 from tests.conftest import FACES, run_cli, stage_rows
-from tests.http_server import LocalServer, serving
+from benchmarks.fixtures.http_server import LocalServer, serving
 
 PHOTOS = {  # identity -> (photo, page host): every photo at least 512 px on its short side
     "angelina_jolie": [("img1.jpg", "fans.example"), ("img2.jpg", "fans.example"), ("img4.jpg", "fans.example"),
