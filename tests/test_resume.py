@@ -1,5 +1,8 @@
-"""Crash and resume: SIGKILL the whole run during each stage in turn, run it again, and compare its
-final shards with an uninterrupted run's."""
+"""Crash and resume: one run SIGKILLed in each stage in turn (each resume is killed in the next stage),
+then resumed to the end and compared with an uninterrupted run: its shards and every stage's table.
+
+One chain rather than a run per stage: each stage still has a kill land mid-stage and a resume that
+finishes it, but the stages' work is done about once, not once for each earlier stage killed."""
 
 from __future__ import annotations
 
@@ -12,25 +15,43 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.rundir import TMP_MARK, RunDir
 from pipeline.core.markers import read_markers
+from pipeline.core.rundir import TMP_MARK, RunDir
 from pipeline.engine.registry import SHARD, STAGE_NAMES
 from tests.conftest import REPO, cpu_run_args, run_cli, stage_rows
 
 IDENTITIES = 8  # tasks per stage: enough that a kill after the first finished task lands mid-stage
+# Where a killed stage's writers leave temporaries besides stages/<stage>/ (crawl: its tasks' folders).
+WRITTEN_BESIDES = {"crawl": ("raw/",), SHARD: ("shards/",)}
+
+T = TypeVar("T")
+_built: dict[str, Any] = {}  # what the fixtures below built this session
 
 
-@pytest.fixture(scope="module")
+def once(name: str, build: Callable[[], T]) -> T:
+    """`build()` once a session: test_worker_crash imports the fixtures below, and pytest would run an
+    imported fixture again for each module that holds it (the uninterrupted run takes minutes)."""
+    if name not in _built:
+        _built[name] = build()
+    return _built[name]
+
+
+@pytest.fixture(scope="session")
 def tree(tmp_path_factory, faces) -> dict:
     """Identities, each a folder of copies of one labelled person's real photos (the local source follows
     no link out of its root)."""
-    root = tmp_path_factory.mktemp("many")
+    return once("tree", lambda: {"root": photo_tree(tmp_path_factory.mktemp("many"), faces)})
+
+
+def photo_tree(root: Path, faces: dict) -> Path:
     people = sorted(faces["identities"])
     names = []
     for index in range(IDENTITIES):
@@ -41,7 +62,7 @@ def tree(tmp_path_factory, faces) -> dict:
             shutil.copyfile(faces["images"] / photo, folder / photo)
         names.append(folder.name)
     (root / "names.txt").write_text("\n".join(names) + "\n")
-    return {"root": root}
+    return root
 
 
 def args(tree: dict, out: Path) -> list[str]:
@@ -96,29 +117,54 @@ def empty_tasks(out: Path, stage: str) -> int:
     return sum(not marker.part for marker in read_markers(RunDir(str(out)), stage).values())
 
 
-def start_at(reference: Path, out: Path, stage: str) -> None:
-    """The run directory as a whole run leaves it when `stage` starts: every earlier stage done.
-    Copied from the uninterrupted run rather than recomputed, which keeps each case short."""
-    upstream = STAGE_NAMES[: STAGE_NAMES.index(stage)]
-    if upstream:
-        shutil.copytree(reference / "raw", out / "raw")  # crawl's downloads, read by later stages
-    for name in upstream:
-        shutil.copytree(reference / "stages" / name, out / "stages" / name)
-
-
-def kill_mid_stage(tree: dict, out: Path, stage: str) -> int:
-    """Start the whole run and SIGKILL all of it as soon as `stage` finished a task; returns its finished tasks."""
+def kill_mid_stage(tree: dict, out: Path, stage: str) -> tuple[int, int]:
+    """Start (or resume) the whole run and SIGKILL all of it as soon as `stage` finished a task;
+    returns the run's pid and the stage's finished tasks."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--stage", "all", *args(tree, out)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a resume first finishes the stage killed before
     # at once, not after a few: crawl, verify, crop, caption and the shard step finish a task every ~0.1 s
     while time.monotonic() < deadline and process.poll() is None and not finished(out, stage):
         time.sleep(0.002)
     kill_session(process.pid)
     process.wait()
-    return len(finished(out, stage))
+    return process.pid, len(finished(out, stage))
+
+
+def run_logs(out: Path, pid: int | str = "*") -> set[Path]:
+    return set((out / "logs").glob(f"run-*-{pid}.log"))
+
+
+def planned(log: Path) -> dict[str, tuple[int, int]]:
+    """(tasks to run, tasks done) of each per-identity stage, as the run that wrote `log` planned them."""
+    lines = re.findall(r" (\w+): (\d+) tasks to run, (\d+) done", log.read_text())  # the driver's debug lines
+    return {stage: (int(todo), int(done)) for stage, todo, done in lines}
+
+
+def assert_resumed(log: Path, reference: Path, stage: str, finished_at_kill: int) -> None:
+    """The resume after a kill mid-`stage` redid none of its finished tasks, nor any task of an earlier stage."""
+    plans = planned(log)
+    assert plans[stage][1] == finished_at_kill + empty_tasks(reference, stage), "finished tasks are not redone"
+    assert [name for name in STAGE_NAMES[: STAGE_NAMES.index(stage)] if plans[name][0]] == [], "no task twice"
+
+
+def temporaries(out: Path) -> list[str]:
+    return sorted(str(path.relative_to(out)) for path in out.rglob("*") if TMP_MARK in path.name)
+
+
+def plant_temporaries(out: Path) -> list[str]:
+    """A temporary where each kind of writer leaves one when killed (a crawl task's part and download, a
+    shard), and that crawl task to redo: its marker removed."""
+    marker = finished(out, "crawl")[0]
+    marker.unlink()
+    written = [f"stages/crawl/part-{marker.stem}.parquet", f"raw/{marker.stem}/0123.jpg", "shards/train-0.parquet"]
+    planted = [f"{rel}{TMP_MARK}0123" for rel in written]
+    for rel in planted:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"killed mid-write")
+    return planted
 
 
 def assert_visible_files_whole(out: Path) -> None:
@@ -132,52 +178,47 @@ def assert_visible_files_whole(out: Path) -> None:
             assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem, path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "run"
+    return once("reference", lambda: uninterrupted_run(tree, tmp_path_factory.mktemp("reference") / "run"))
+
+
+def uninterrupted_run(tree: dict, out: Path) -> Path:
     result = run_cli("run", "--stage", "all", *args(tree, out))
     assert result.returncode == 0, result.stderr
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", STAGE_NAMES)
-def test_a_run_killed_in_any_stage_resumes_to_the_same_shards(tree, reference, tmp_path, stage: str) -> None:
+def test_a_run_killed_in_any_stage_resumes_to_the_same_shards(tree, reference, tmp_path) -> None:
+    """Killed mid-crawl, resumed and killed mid-filter, ..., mid-shard, then resumed to the end. Each resume
+    finishes the stage killed before without redoing a finished task and removes the temporaries its
+    killed writers left. The last one also finds a temporary where each kind of writer leaves one, and a
+    crawl task to redo."""
     out = tmp_path / "run"
-    start_at(reference, out, stage)
-    total = len(finished(reference, stage))
-    finished_at_kill = kill_mid_stage(tree, out, stage)
-    assert 0 < finished_at_kill < total, "the kill must land mid-stage"
-    assert_visible_files_whole(out)
+    killed: tuple[str, int] | None = None  # the stage killed last, and its tasks finished then
+    for stage in STAGE_NAMES:
+        pid, finished_at_kill = kill_mid_stage(tree, out, stage)
+        assert 0 < finished_at_kill < len(finished(reference, stage)), f"the kill must land mid-{stage}"
+        assert_visible_files_whole(out)
+        where = (f"stages/{stage}/", *WRITTEN_BESIDES.get(stage, ()))
+        assert [path for path in temporaries(out) if not path.startswith(where)] == [], "earlier ones removed"
+        if killed:
+            (log,) = run_logs(out, pid)
+            assert_resumed(log, reference, *killed)
+        killed = stage, finished_at_kill
 
+    planted, before = plant_temporaries(out), run_logs(out)
     result = run_cli("run", "--stage", "all", *args(tree, out))
     assert result.returncode == 0, result.stderr
-    if stage != SHARD:  # the shard step rewrites every shard until its index is written: nothing to skip
-        line = next(line for line in result.stderr.splitlines() if line.startswith(f"│ {stage} "))
-        skipped = int(re.search(r"\+(\d+) done", line).group(1))
-        assert skipped == finished_at_kill + empty_tasks(reference, stage), "finished tasks are not redone"
+    (log,) = run_logs(out) - before
+    # the shard step rewrites every shard until its index is written: nothing to skip
+    assert {stage: todo for stage, (todo, _) in planned(log).items() if todo} == {"crawl": 1}, "only the planted task"
     rows = shard_rows(out)
     assert rows == shard_rows(reference)
     assert len(set(rows)) == len(rows), "no row twice"
     for name in STAGE_NAMES[:-1]:  # and every per-identity stage on the way
         assert image_ids(out, name) == image_ids(reference, name)
     assert_visible_files_whole(out)
-    assert [path for path in out.rglob("*") if TMP_MARK in path.name] == []
-
-
-@pytest.mark.slow
-def test_a_resume_removes_the_temporaries_of_writers_killed_mid_write(tree, reference, tmp_path) -> None:
-    """A temporary where each kind of writer leaves one when killed, with a crawl task and the shard step to do."""
-    out = tmp_path / "run"
-    start_at(reference, out, SHARD)
-    marker = finished(out, "crawl")[0]
-    marker.unlink()
-    written = [f"stages/crawl/part-{marker.stem}.parquet", f"raw/{marker.stem}/0123.jpg", "shards/train-0.parquet"]
-    for rel in written:
-        temporary = out / f"{rel}{TMP_MARK}0123"
-        temporary.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_bytes(b"killed mid-write")
-
-    result = run_cli("run", "--stage", "all", *args(tree, out))
-    assert result.returncode == 0, result.stderr
-    assert [str(path.relative_to(out)) for path in out.rglob("*") if TMP_MARK in path.name] == []
+    assert [rel for rel in planted if (out / rel).exists()] == []
+    assert temporaries(out) == []
