@@ -134,6 +134,7 @@ def kill_mid_stage(tree: dict, out: Path, stage: str) -> tuple[int, int]:
 
 
 def run_logs(out: Path, pid: int | str = "*") -> set[Path]:
+    """The logs of the runs in `out` (each names its process), or of the run `pid`."""
     return set((out / "logs").glob(f"run-*-{pid}.log"))
 
 
