@@ -30,7 +30,7 @@ from pipeline.core.markers import read_markers
 from pipeline.engine.registry import STAGE_NAMES
 from tests.conftest import REPO
 from tests.test_object_store import CREDENTIALS
-from tests.test_resume import (  # noqa: F401  (reference and tree: module fixtures, reused)
+from tests.test_resume import (  # noqa: F401  (reference and tree: session fixtures, built once)
     IDENTITIES,
     args,
     image_ids,

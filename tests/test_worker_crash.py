@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.engine.registry import STAGE_NAMES
 from tests.conftest import REPO, stage_rows
-from tests.test_resume import (  # noqa: F401  (reference and tree: module fixtures, reused)
+from tests.test_resume import (  # noqa: F401  (reference and tree: session fixtures, built once)
     args,
     image_ids,
     kill_session,
