@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline.core.markers import Marker, write_marker
 from pipeline.core.names import identity_slug
 from pipeline.core.rundir import RunDir
 from pipeline.report import write_report
@@ -143,7 +144,9 @@ def _build_photos(root: Path, faces: dict) -> Path:
 
 
 def _make_hostile(out: Path) -> None:
-    """A model that wrote markup as a caption, and a crawl that recorded a `javascript:` URL."""
+    """A model that wrote markup as a caption, and a crawl that recorded a `javascript:` URL; their markers
+    pin the parts as they now are, as the stages that wrote them would have (a part changed under its
+    marker is not done, and the report would not read it)."""
     slug = identity_slug(HOSTILE_NAME)
     caption = out / "stages" / "caption" / f"part-{slug}.parquet"
     table = pq.read_table(caption)
@@ -157,6 +160,9 @@ def _make_hostile(out: Path) -> None:
         index = table.schema.get_field_index(column)
         table = table.set_column(index, column, pc.if_else(dropped, value, table[column]))
     pq.write_table(table, filtered)
+    for stage in ("caption", "filter"):
+        marker = json.loads((out / "stages" / stage / "_done" / f"{slug}.json").read_text())
+        write_marker(RunDir(str(out)), Marker.from_json(marker))
 
 
 @pytest.fixture(scope="module")
