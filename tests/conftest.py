@@ -1,4 +1,5 @@
-"""Shared fixtures: the real labelled faces in tests/data/faces, a CLI runner, generated images."""
+"""Shared fixtures: the real labelled faces in tests/data/faces, a CLI runner, generated images, and the
+finished run that the modules which only read one share (tests/shared_run.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from tests.shared_run import SharedRun, SharedTree
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = REPO / "tests" / "data" / "faces"
@@ -38,6 +43,31 @@ def faces() -> dict:
     """identities.json of the shared face corpus, with `images` pointing at the photo folder."""
     labels = json.loads((FACES / "identities.json").read_text())
     return {**labels, "images": FACES / "images"}
+
+
+# tests.shared_run is imported inside these fixtures: it imports this module, and test_any_image with it.
+@pytest.fixture(scope="session")
+def shared_tree(tmp_path_factory: pytest.TempPathFactory, faces: dict) -> SharedTree:
+    """The photos and names of the shared run (tests/shared_run.py), without running anything."""
+    from tests.shared_run import build_shared_tree
+
+    return build_shared_tree(tmp_path_factory.mktemp("shared"), faces)
+
+
+@pytest.fixture(scope="session")
+def shared_run(shared_tree: SharedTree, tmp_path_factory: pytest.TempPathFactory) -> SharedRun:
+    """The finished run of the shared tree, read-only: a test that changes a run works on `.copy(...)`."""
+    from tests.shared_run import finish_shared_run
+
+    return finish_shared_run(shared_tree, tmp_path_factory.mktemp("shared-run") / "run")
+
+
+@pytest.fixture(scope="session")
+def resharded(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the shared run whose shard step ran again with shard.max_rows=1000 (one shard), read-only."""
+    from tests.shared_run import reshard
+
+    return reshard(shared_run, tmp_path_factory.mktemp("resharded") / "run")
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,8 +1,7 @@
-"""The CLI end to end on a local tree of real photos and generated bad files."""
+"""The CLI end to end on the shared local tree of real photos and generated bad files (tests/shared_run.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
@@ -10,32 +9,8 @@ import pytest
 
 from pipeline.__main__ import main
 from pipeline.engine.registry import STAGES
-from tests.conftest import cpu_run_args, run_cli, stage_rows
-from tests.local_tree import build_tree
-
-IDENTITIES = ["angelina_jolie", "katy_perry", "jack_dorsey", "jeff_bezos"]
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory, faces) -> dict:
-    root = tmp_path_factory.mktemp("local")
-    expected = build_tree(root / "photos", faces, IDENTITIES)
-    names = root / "names.txt"
-    names.write_text("# test names\n" + "\n".join(IDENTITIES) + "\nNobody Without Photos\n")
-    return {"root": root, "expected": expected, "names": names}
-
-
-def args(tree: dict, out: Path, *extra: str) -> list[str]:
-    return cpu_run_args(tree["names"], out, tree["root"] / "photos", *extra)
-
-
-@pytest.fixture(scope="module")
-def finished(tree, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    result = run_cli("run", "--stage", "all", *args(tree, out))
-    assert result.returncode == 0, result.stderr
-    (out.parent / "console.txt").write_text(result.stdout + result.stderr)  # what the user saw (not a terminal)
-    return out
+from tests.conftest import run_cli, stage_rows
+from tests.shared_run import NAMES, NOBODY, SLUGS, SharedRun, SharedTree
 
 
 def outcomes(rows: list[dict]) -> dict[tuple[str, str], str]:
@@ -48,19 +23,21 @@ def outcomes(rows: list[dict]) -> dict[tuple[str, str], str]:
 
 
 @pytest.mark.slow
-def test_every_file_ends_kept_or_dropped_with_its_reason(tree, finished) -> None:
-    crawl, filtered = stage_rows(finished, "crawl"), stage_rows(finished, "filter")
+def test_every_file_ends_kept_or_dropped_with_its_reason(shared_run: SharedRun) -> None:
+    crawl, filtered = stage_rows(shared_run.out, "crawl"), stage_rows(shared_run.out, "filter")
     got = {**outcomes(crawl), **{key: value for key, value in outcomes(filtered).items()}}
-    expected = {(identity, name): outcome for identity, files in tree["expected"].items() for name, outcome in files.items()}
+    expected = {(identity, name): outcome for identity, files in shared_run.tree.expected.items()
+                for name, outcome in files.items()}
     assert got == expected
-    nobody = [row for row in crawl if row["name"] == "Nobody Without Photos"]
+    nobody = [row for row in crawl if row["name"] == NOBODY]
     assert [(row["status"], row["reason"]) for row in nobody] == [("dropped", "no_source_folder")]
     rotated = next(row for row in filtered if row["url"].endswith("rotated.jpg"))
     assert (rotated["width"], rotated["height"]) == (600, 1000)
 
 
 @pytest.mark.slow
-def test_provenance_and_content_addressed_raw_files(finished) -> None:
+def test_provenance_and_content_addressed_raw_files(shared_run: SharedRun) -> None:
+    finished = shared_run.out
     for row in stage_rows(finished, "crawl"):
         if row["status"] == "ok":
             assert row["source"] == "local" and row["url"].startswith("local:")
@@ -69,28 +46,30 @@ def test_provenance_and_content_addressed_raw_files(finished) -> None:
 
 
 @pytest.mark.slow
-def test_a_second_run_does_no_work(tree, finished) -> None:
-    """Not a task, not a part, and not the report (it reads every identity's rows)."""
+def test_a_second_run_does_no_work(shared_run: SharedRun, tmp_path: Path) -> None:
+    """Not a task, not a part, not a shard, and not the report (it reads every identity's rows)."""
+    finished = shared_run.copy(tmp_path / "run")
     report = finished / "report" / "index.html"
     parts = {path: path.stat().st_mtime_ns for path in [report, *(finished / "stages").rglob("*.parquet")]}
-    result = run_cli("run", "--stage", "all", *args(tree, finished))
+    shards = len(list((finished / "shards").glob("train-*.parquet")))
+    result = run_cli("run", "--stage", "all", *shared_run.tree.args(finished))
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count(f"+{len(IDENTITIES) + 1} done") == len(STAGES)
-    assert "+1 done" in next(line for line in result.stderr.splitlines() if line.startswith("│ shard"))
+    assert result.stderr.count(f"+{len(NAMES)} done") == len(STAGES)
+    assert f"+{shards} done" in next(line for line in result.stderr.splitlines() if line.startswith("│ shard"))
     assert {path: path.stat().st_mtime_ns for path in parts} == parts
 
 
 @pytest.mark.slow
-def test_the_console_shows_our_lines_and_the_log_the_libraries(finished) -> None:
+def test_the_console_shows_our_lines_and_the_log_the_libraries(shared_run: SharedRun) -> None:
     """Not a terminal: no ANSI escapes. Ray's and OpenCV's lines are in the run's log, not on the console; the
     summary names the shards, the report, the names without photos, the next command and the log."""
-    seen = (finished.parent / "console.txt").read_text()
+    finished, seen = shared_run.out, shared_run.console
     assert "\x1b" not in seen
     for noise in ("core_worker", "setPreferableTarget", "UserWarning", "site-packages", "Traceback"):
         assert noise not in seen, noise
     lines = seen.splitlines()
     assert f"shards: {finished}/shards/ (" in seen and f"QA report: {finished}/report/index.html" in lines
-    assert f"no photo found for 1 of {len(IDENTITIES) + 1} names: Nobody Without Photos" in lines
+    assert f"no photo found for 1 of {len(NAMES)} names: {NOBODY}" in lines
     assert f"next: python -m pipeline export --format webdataset --out {finished}" in lines
     log = Path(next(line for line in lines if line.startswith("log: ")).removeprefix("log: "))
     assert log.parent == finished / "logs" and log.name.startswith("run-")
@@ -98,47 +77,45 @@ def test_the_console_shows_our_lines_and_the_log_the_libraries(finished) -> None
 
 
 @pytest.mark.slow
-def test_a_whole_run_writes_the_qa_report(finished) -> None:
-    assert (finished / "report" / "index.html").is_file()
+def test_a_whole_run_writes_the_qa_report(shared_run: SharedRun) -> None:
+    assert (shared_run.out / "report" / "index.html").is_file()
 
 
 @pytest.mark.slow
-def test_a_run_that_keeps_nothing_says_so(tree, tmp_path) -> None:
+def test_a_run_that_keeps_nothing_says_so(shared_tree: SharedTree, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_cli("run", "--stage", "all", *args(tree, out, "--set", "filter.min_short_side=100000"))
+    result = run_cli("run", "--stage", "all", *shared_tree.args(out, "--set", "filter.min_short_side=100000"))
     assert result.returncode == 0, result.stderr
     assert "warning: the dataset is empty" in result.stderr
     assert "This dataset is empty" in (out / "shards" / "README.md").read_text()
 
 
 @pytest.mark.slow
-def test_a_new_filter_threshold_reruns_filter_only(tree, finished, tmp_path) -> None:
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
+def test_a_new_filter_threshold_reruns_filter_only(shared_run: SharedRun, tmp_path: Path) -> None:
+    out = shared_run.copy(tmp_path / "run")
     crawl_files = {path: path.stat().st_mtime_ns for path in (out / "stages" / "crawl").rglob("*") if path.is_file()}
-    result = run_cli("run", "--stage", "all", *args(tree, out, "--set", "filter.min_short_side=256"))
+    result = run_cli("run", "--stage", "all", *shared_run.tree.args(out, "--set", "filter.min_short_side=256"))
     assert result.returncode == 0, result.stderr
     assert {path: path.stat().st_mtime_ns for path in crawl_files} == crawl_files
-    before = outcomes(stage_rows(finished, "filter"))
+    before = outcomes(stage_rows(shared_run.out, "filter"))
     after = outcomes(stage_rows(out, "filter"))
     was_low = {key for key, reason in before.items() if reason == "low_resolution"}
     assert {key for key in was_low if after[key] == "ok"}, "some photos between 256 and 512 px come back"
-    assert all(after[(identity, "tiny.jpg")] == "low_resolution" for identity in IDENTITIES)
+    assert all(after[(identity, "tiny.jpg")] == "low_resolution" for identity in SLUGS)
     assert all(after[key] == before[key] for key in before.keys() - was_low)
 
 
 @pytest.mark.slow
-def test_a_model_no_worker_can_load_is_one_error_line_and_exit_2(tree, finished, tmp_path) -> None:
+def test_a_model_no_worker_can_load_is_one_error_line_and_exit_2(shared_run: SharedRun, tmp_path: Path) -> None:
     """Every actor's setup fails on a broken model file: the run ends with one line naming it (after the
     workers' tracebacks), and the earlier filter output stays as it was."""
     pack = tmp_path / "pack"
     pack.mkdir()
     (pack / "det.onnx").write_bytes(b"not an onnx model")
-    out = tmp_path / "run"
-    shutil.copytree(finished, out)
+    out = shared_run.copy(tmp_path / "run")
     markers = {path: path.read_bytes() for path in (out / "stages" / "filter" / "_done").iterdir()}
     broken = ["--set", "face.backend=insightface", "--set", f"face.model={pack}"]
-    result = run_cli("run", "--stage", "filter", *args(tree, out, *broken))
+    result = run_cli("run", "--stage", "filter", *shared_run.tree.args(out, *broken))
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the filter stage could not start: InvalidProtobuf"), last
@@ -147,17 +124,18 @@ def test_a_model_no_worker_can_load_is_one_error_line_and_exit_2(tree, finished,
 
 
 @pytest.mark.slow
-def test_status_counts_what_the_run_holds(tree, finished) -> None:
+def test_status_counts_what_the_run_holds(shared_run: SharedRun) -> None:
+    finished = shared_run.out
     result = run_cli("status", "--config", "cpu", "--out", str(finished))
     assert result.returncode == 0, result.stderr
     crawl_line = next(line for line in result.stderr.splitlines() if line.startswith("│ crawl"))
     kept = sum(row["status"] == "ok" for row in stage_rows(finished, "crawl"))
-    assert f"{len(IDENTITIES) + 1}/{len(IDENTITIES) + 1}" in crawl_line and f" {kept} " in crawl_line
+    assert f"{len(NAMES)}/{len(NAMES)}" in crawl_line and f" {kept} " in crawl_line
     assert "decompression_bomb" in result.stderr or "low_resolution" in result.stderr
 
 
-def test_filter_without_crawl_output_says_what_to_run(tree, tmp_path) -> None:
-    result = run_cli("run", "--stage", "filter", *args(tree, tmp_path / "empty"))
+def test_filter_without_crawl_output_says_what_to_run(shared_tree: SharedTree, tmp_path: Path) -> None:
+    result = run_cli("run", "--stage", "filter", *shared_tree.args(tmp_path / "empty"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: no crawl output")
     assert "--stage crawl" in result.stderr
@@ -173,8 +151,9 @@ def test_filter_without_crawl_output_says_what_to_run(tree, tmp_path) -> None:
         (["--set", "crawl.local_root=/nonexistent"], "error: crawl.local_root is not a folder"),
     ],
 )
-def test_user_mistakes_get_one_line_and_exit_2(tree, tmp_path, extra: list[str], message: str) -> None:
-    result = run_cli("run", *args(tree, tmp_path / "run"), *extra)
+def test_user_mistakes_get_one_line_and_exit_2(shared_tree: SharedTree, tmp_path: Path, extra: list[str],
+                                               message: str) -> None:
+    result = run_cli("run", *shared_tree.args(tmp_path / "run"), *extra)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr

@@ -1,7 +1,7 @@
 """Exports as trainers meet them: WebDataset tars read by the webdataset package, JSONL read by DuckDB,
 both holding every kept row once with the shards' bytes and metadata; re-exports write only what changed.
-One real cpu-profile run (3 shards) and its two exports are built once and shared; tests that change
-them work on a copy."""
+A copy of the shared run (tests/shared_run.py: several shards) and its two exports are made once; tests
+that change them work on a copy."""
 
 from __future__ import annotations
 
@@ -21,30 +21,23 @@ import pytest
 import webdataset as wds
 
 from tests.conftest import run_cli
-from tests.local_tree import build_tree
-
-IDENTITIES = ["angelina_jolie", "scarlett_johansson", "matt_damon", "george_clooney"]
-
-
-def run_options(root: Path, out: Path, max_rows: int = 10) -> list[str]:
-    """A cpu-profile run over root/photos; shard.max_rows=10 splits the four identities into 3 shards."""
-    return ["--config", "cpu", "--names", str(root / "names.txt"), "--out", str(out),
-            "--set", "crawl.source=local", "--set", f"crawl.local_root={root / 'photos'}",
-            "--set", "filter.min_face_size=80", "--set", f"shard.max_rows={max_rows}"]
+from tests.shared_run import KEPT, SharedRun
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory, faces: dict) -> Path:
-    """root/run: a finished run with its webdataset export in the default place; root/jsonl: its JSONL export."""
+def root(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """root/run: a copy of the shared run with its webdataset export in the default place; root/jsonl: its
+    JSONL export."""
     root = tmp_path_factory.mktemp("export")
-    build_tree(root / "photos", faces, IDENTITIES)
-    (root / "names.txt").write_text("\n".join(IDENTITIES) + "\n")
-    result = run_cli("run", "--stage", "all", *run_options(root, root / "run"))
-    assert result.returncode == 0, result.stderr
-    assert len(list((root / "run" / "shards").glob("train-*.parquet"))) == 3
+    shared_run.copy(root / "run")
+    assert shard_count(root) >= 3  # one changed, one touched, one left as it was
     export(root, "webdataset")
     export(root, "jsonl")
     return root
+
+
+def shard_count(root: Path) -> int:
+    return len(list((root / "run" / "shards").glob("train-*.parquet")))
 
 
 def export(root: Path, fmt: str) -> str:
@@ -94,7 +87,7 @@ def snapshot(folder: Path) -> dict[str, int]:
 def test_webdataset_reads_every_kept_row_once_with_the_shards_bytes(root: Path) -> None:
     rows, dest = shard_rows(root / "run"), dest_of(root, "webdataset")
     tars = sorted(str(path) for path in dest.glob("*.tar"))
-    assert len(tars) == 3
+    assert len(tars) == shard_count(root)
     seen, runs = [], defaultdict(list)  # runs: per tar, identities in order
     for sample in wds.WebDataset(tars, shardshuffle=False):
         record, row = json.loads(sample["json"]), rows[sample["__key__"].split("/")[1]]
@@ -109,10 +102,10 @@ def test_webdataset_reads_every_kept_row_once_with_the_shards_bytes(root: Path) 
             tar_runs.append(row["identity"])
     assert sorted(seen) == sorted(rows)  # every kept row, exactly once
     identities = [identity for tar_runs in runs.values() for identity in tar_runs]
-    assert sorted(identities) == sorted(IDENTITIES)  # each identity one consecutive run in one tar
+    assert sorted(identities) == sorted(KEPT)  # each identity one consecutive run in one tar
 
     index = json.loads((dest / "index.json").read_text())
-    assert sorted(index["identities"]) == sorted(IDENTITIES)
+    assert sorted(index["identities"]) == sorted(KEPT)
     for identity, entry in index["identities"].items():
         assert identity in runs[entry["tar"]]
         assert entry["keys"] == [f"{identity}/{r['image_id']}" for r in rows.values() if r["identity"] == identity]
@@ -142,7 +135,7 @@ def test_duckdb_reads_jsonl_lines_whose_files_are_the_shards_bytes(root: Path) -
 @pytest.mark.parametrize("fmt", ["webdataset", "jsonl"])
 def test_a_second_export_writes_nothing(root: Path, fmt: str) -> None:
     before = snapshot(dest_of(root, fmt))
-    assert "0 shards written, 3 unchanged, 0 removed" in export(root, fmt)
+    assert f"0 shards written, {shard_count(root)} unchanged, 0 removed" in export(root, fmt)
     assert snapshot(dest_of(root, fmt)) == before
 
 
@@ -160,7 +153,7 @@ def test_only_the_changed_shard_is_exported_again(root: Path, tmp_path: Path, fm
     shards[1].touch()  # a new mtime, the same bytes: only its marker is refreshed
     before = snapshot(dest_of(copy, fmt))
 
-    assert "1 shards written, 2 unchanged, 0 removed" in export(copy, fmt)
+    assert f"1 shards written, {shard_count(copy) - 1} unchanged, 0 removed" in export(copy, fmt)
     changed = {name for name, mtime in snapshot(dest_of(copy, fmt)).items() if before.get(name) != mtime}
     stem = shards[0].stem
     assert {name for name in changed if not name.startswith(("_done", "index.json", "train.jsonl"))} == (
@@ -170,14 +163,15 @@ def test_only_the_changed_shard_is_exported_again(root: Path, tmp_path: Path, fm
 
 
 @pytest.mark.slow
-def test_outputs_of_shards_gone_from_the_index_are_removed(root: Path, tmp_path: Path) -> None:
+def test_outputs_of_shards_gone_from_the_index_are_removed(root: Path, resharded: Path, tmp_path: Path) -> None:
+    """The exports of root/run, then its shard step run again into one shard (the resharded copy, whose exports/
+    is root/run's: a reshard leaves exports alone)."""
     copy = tmp_path / "copy"
-    shutil.copytree(root / "run", copy / "run")
+    shutil.copytree(resharded, copy / "run")
+    shutil.copytree(root / "run" / "exports", copy / "run" / "exports")
     shutil.copytree(root / "jsonl", copy / "jsonl")
-    resharded = run_cli("run", "--stage", "shard", *run_options(root, copy / "run", max_rows=1000))
-    assert resharded.returncode == 0, resharded.stderr
     for fmt in ("webdataset", "jsonl"):
-        assert "1 shards written, 0 unchanged, 3 removed" in export(copy, fmt)
+        assert f"1 shards written, 0 unchanged, {shard_count(root)} removed" in export(copy, fmt)
         left = {path.name for path in dest_of(copy, fmt).iterdir()} - {"_done", "_done.json", "index.json",
                                                                          "train.jsonl"}
         one = "train-00000-of-00001"

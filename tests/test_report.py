@@ -1,5 +1,5 @@
-"""The QA report: units of its parts, then the report of a real cpu-profile run in headless Chromium
-(Qt WebEngine from PyPI, tests/browser.py)."""
+"""The QA report: units of its parts, then the report of a copy of the shared cpu-profile run (tests/shared_run.py)
+with hostile text added, in headless Chromium (Qt WebEngine from PyPI, tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -31,13 +31,10 @@ from pipeline.report.thumbs import Thumbs
 from stages.faces.sface_backend import SFaceBackend
 from tests import browser
 from tests.conftest import image_bytes, run_cli, stage_rows
-from tests.local_tree import build_tree
-from tests.test_any_image import APPLE_NAME, encode, in_mode, small_photo, write_odd_photos
+from tests.shared_run import HOSTILE_NAME, NAMES, SharedRun, SharedTree
+from tests.test_any_image import APPLE_NAME, encode, in_mode, small_photo
 from tests.test_object_store import CREDENTIALS, bucket  # noqa: F401 (bucket: a fixture)
 
-IDENTITIES = ["angelina_jolie", "matt_damon", "katy_perry", "george_clooney"]
-IMPOSTOR = "img17.jpg"  # jack_dorsey, not in the run: in greys among Angelina Jolie's photos
-HOSTILE_NAME = """Zoë "Q" O'Hara </table><script>alert('name')</script> & co"""
 HOSTILE_CAPTION = """a photo of a woman "x" </td></table><script>alert('caption')</script> & 'y'"""
 HOSTILE_URL = "javascript:alert('url')"
 SECTIONS = ["overview", "funnel", "governance", "identities", "distributions", "guidance", "sheets", "generator"]
@@ -129,20 +126,6 @@ def test_report_without_a_run_says_how_to_make_one(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.startswith("error: no run in") and "Traceback" not in result.stderr
 
 
-def _build_photos(root: Path, faces: dict) -> Path:
-    """The four identities' folders, plus a photo of George Clooney hidden in Matt Damon's folder
-    (verify must drop it), a couple photo and odd images in Angelina Jolie's (greys, CMYK,
-    palette, 16-bit, EXIF orientation 128, a wide-gamut profile, a grey impostor), and a hostile name's
-    folder (its slug)."""
-    build_tree(root, faces, IDENTITIES)
-    write_odd_photos(root / "angelina_jolie", faces, "angelina_jolie", IMPOSTOR)
-    shutil.copy(faces["images"] / "img39.jpg", root / "matt_damon" / "impostor.jpg")
-    shutil.copy(faces["images"] / "couple.jpg", root / "angelina_jolie" / "couple.jpg")
-    build_tree(root / "hostile", faces, ["jennifer_aniston"])
-    (root / "hostile" / "jennifer_aniston").rename(root / identity_slug(HOSTILE_NAME))
-    return root
-
-
 def _make_hostile(out: Path) -> None:
     """A model that wrote markup as a caption, and a crawl that recorded a `javascript:` URL; their markers
     pin the parts as they now are, as the stages that wrote them would have (a part changed under its
@@ -166,15 +149,9 @@ def _make_hostile(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory, faces) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("report")
-    photos = _build_photos(root / "photos", faces)
-    (root / "names.txt").write_text("\n".join([*IDENTITIES, HOSTILE_NAME]) + "\n")
-    out = root / "run"
-    result = run_cli("run", "--stage", "all", "--config", "cpu", "--names", str(root / "names.txt"), "--out", str(out),
-                     "--set", "crawl.source=local", "--set", f"crawl.local_root={photos}",
-                     "--set", "filter.min_face_size=80", timeout=600)
-    assert result.returncode == 0, result.stderr
+def report_run(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A copy of the shared run with hostile text in its tables and a generation, and its report."""
+    out = shared_run.copy(tmp_path_factory.mktemp("report") / "run")
     _make_hostile(out)
     crop = pq.read_table(out / "stages" / "caption" / "part-matt_damon.parquet")["crop_image"][0].as_py()
     write_generation(RunDir(str(out)), "20260101-000000-aaaaaa", crop, crop)
@@ -212,7 +189,7 @@ def test_report_renders_in_chromium_with_every_image(report_run, faces) -> None:
     out, summary = report_run
     dom = assert_renders(out / "report")
     thumbs = [src for src in re.findall(r'<img [^>]*src="([^"]+)"', dom) if src.startswith("thumbs/")]
-    assert len(thumbs) >= 20 and len(summary["contact_sheets"]) == len(IDENTITIES) + 1
+    assert len(thumbs) >= 20 and len(summary["contact_sheets"]) == len(NAMES)
     assert [generation["run_id"] for generation in summary["generations"]] == ["20260101-000000-aaaaaa"]
     impostor = hashlib.sha256((faces["images"] / "img39.jpg").read_bytes()).hexdigest()
     assert impostor in [face["image_id"] for face in summary["guidance"]["highest_dropped"]]
@@ -225,11 +202,11 @@ def test_report_renders_in_chromium_with_every_image(report_run, faces) -> None:
 
 
 @pytest.mark.slow
-def test_odd_images_end_as_rows_and_in_the_report(report_run) -> None:
+def test_odd_images_end_as_rows_and_in_the_report(report_run, shared_tree: SharedTree) -> None:
     """The run over odd images finishes with its report; each is a row kept to the shards or dropped with a reason."""
     out, _ = report_run
     odd = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-           for path in (out.parent / "photos" / "angelina_jolie").glob("odd-*")}
+           for path in (shared_tree.photos / "angelina_jolie").glob("odd-*")}
     rows = [row for stage in ("crawl", "filter", "verify", "hygiene", "safety_scores", "safety", "crop", "segment",
                               "caption") for row in stage_rows(out, stage) if row["image_id"] in odd.values()]
     shards = [row for path in (out / "shards").glob("train-*.parquet")
@@ -258,7 +235,7 @@ def test_hostile_name_caption_and_url_come_out_as_text(report_run) -> None:
 @pytest.mark.slow
 def test_summary_agrees_with_the_stage_tables(report_run) -> None:
     out, summary = report_run
-    previous_kept = len(IDENTITIES) + 1  # crawl's input rows are the names
+    previous_kept = len(NAMES)  # crawl's input rows are the names
     for stage in summary["stages"]:
         rows = stage_rows(out, stage["stage"])
         statuses = Counter(row["status"] for row in rows)
@@ -324,8 +301,9 @@ def test_a_partial_run_renders_and_lists_what_is_missing(report_run, tmp_path) -
     stages = {stage["stage"]: stage for stage in summary["stages"]}
     assert summary["missing_stages"] == ["filter", "verify", "hygiene", "safety_scores", "safety", "crop", "segment",
                                         "caption", "shard"]
-    assert (stages["filter"]["tasks_done"], stages["filter"]["tasks_stale"]) == (len(IDENTITIES), 1)
+    assert (stages["filter"]["tasks_done"], stages["filter"]["tasks_stale"]) == (len(NAMES) - 1, 1)
     assert stages["verify"]["status"] == "partial" and stages["crop"]["status"] == "missing"
     dom = assert_renders(out / "report")
-    assert "crop (not run yet)" in dom and "verify (1/5 identities)" in dom and "Not run yet" in dom
+    # verify done: one identity, and the name without photos (an empty task, in the marker index only)
+    assert "crop (not run yet)" in dom and f"verify (2/{len(NAMES)} identities)" in dom and "Not run yet" in dom
     assert "no data: needs caption, and it has not run yet" in dom

@@ -1,4 +1,4 @@
-"""Final shards: planning from markers, and a whole run's shards against its index."""
+"""Final shards: planning from markers, and the shared run's shards against its index (tests/shared_run.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.markers import Marker
 from pipeline.dataset.shards import plan_shards
-from tests.conftest import run_cli
-from tests.local_tree import build_tree
+from tests.shared_run import KEPT, SharedRun
 
 
 def markers(kept: dict[str, int], digest: str = "d") -> dict[str, Marker]:
@@ -40,19 +39,10 @@ def test_the_plan_fingerprint_follows_inputs_and_shard_settings() -> None:
 
 
 @pytest.mark.slow
-def test_shards_hold_every_kept_row_once_as_the_index_says(tmp_path: Path, faces) -> None:
-    identities = ["angelina_jolie", "scarlett_johansson", "matt_damon", "george_clooney"]
-    build_tree(tmp_path / "photos", faces, identities)
-    (tmp_path / "names.txt").write_text("\n".join(identities) + "\n")
-    out = tmp_path / "run"
-    args = ["--config", "cpu", "--names", str(tmp_path / "names.txt"), "--out", str(out),
-            "--set", "crawl.source=local", "--set", f"crawl.local_root={tmp_path / 'photos'}",
-            "--set", "filter.min_face_size=80", "--set", "shard.max_rows=10"]
-    result = run_cli("run", "--stage", "all", *args)
-    assert result.returncode == 0, result.stderr
-
+def test_shards_hold_every_kept_row_once_as_the_index_says(shared_run: SharedRun, resharded: Path) -> None:
+    out = shared_run.out
     index = pq.read_table(out / "shards" / "_index.parquet").to_pylist()
-    assert {row["identity"] for row in index} == set(identities)
+    assert {row["identity"] for row in index} == set(KEPT)
     seen = []
     for row in index:
         shard = pq.read_table(out / "shards" / row["shard"])
@@ -65,7 +55,7 @@ def test_shards_hold_every_kept_row_once_as_the_index_says(tmp_path: Path, faces
     assert "status" not in pq.read_schema(out / "shards" / shard_files[0]).names
     assert "# Dataset card" in (out / "shards" / "README.md").read_text()
 
-    resharded = run_cli("run", "--stage", "shard", *args[:-2], "--set", "shard.max_rows=1000")
-    assert resharded.returncode == 0, resharded.stderr
-    assert sorted(path.name for path in (out / "shards").glob("train-*.parquet")) == ["train-00000-of-00001.parquet"]
-    assert pq.read_table(out / "shards" / "train-00000-of-00001.parquet").num_rows == len(seen)
+    # the same run with shard.max_rows=1000, only its shard step run again
+    assert sorted(path.name for path in (resharded / "shards").glob("train-*.parquet")) == [
+        "train-00000-of-00001.parquet"]
+    assert pq.read_table(resharded / "shards" / "train-00000-of-00001.parquet").num_rows == len(seen)

@@ -1,5 +1,5 @@
 """The shards as a trainer meets them: generic readers (pyarrow, pandas, DuckDB, HF datasets) and the
-PyTorch dataset that samples references. One real cpu-profile run is built once and shared."""
+PyTorch dataset that samples references, on the shards of the shared run (tests/shared_run.py)."""
 
 from __future__ import annotations
 
@@ -25,26 +25,13 @@ from torch.utils.data import DataLoader
 from pipeline.core.config import TrainingSection
 from pipeline.training import IdentityDataset, collate_references
 from stages.faces.sface_backend import SFaceBackend
-from tests.conftest import REPO, run_cli
-from tests.local_tree import build_tree
-
-IDENTITIES = ["angelina_jolie", "scarlett_johansson", "matt_damon", "george_clooney"]
-ROW_GROUP_ROWS = 3  # small, so identities span row groups and the reader's row-group arithmetic is exercised
+from tests.conftest import REPO
+from tests.shared_run import KEPT, ROW_GROUP_ROWS, SharedRun
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, faces: dict) -> Path:
-    root = tmp_path_factory.mktemp("training")
-    build_tree(root / "photos", faces, IDENTITIES)
-    (root / "names.txt").write_text("\n".join(IDENTITIES) + "\n")
-    result = run_cli(
-        "run", "--stage", "all", "--config", "cpu", "--names", str(root / "names.txt"), "--out", str(root / "run"),
-        "--set", "crawl.source=local", "--set", f"crawl.local_root={root / 'photos'}",
-        "--set", "filter.min_face_size=80", "--set", "shard.max_rows=10",
-        "--set", f"shard.row_group_rows={ROW_GROUP_ROWS}",
-    )
-    assert result.returncode == 0, result.stderr
-    return root / "run" / "shards"
+def shards(shared_run: SharedRun) -> Path:
+    return shared_run.out / "shards"
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +55,7 @@ def counts(index: list[dict]) -> dict[str, int]:
 
 
 def groups_per_identity(rows: dict[str, dict]) -> dict[str, int]:
-    groups = {identity: set() for identity in IDENTITIES}
+    groups = {identity: set() for identity in KEPT}
     for row in rows.values():
         groups[row["identity"]].add(row["dup_group"])
     return {identity: len(found) for identity, found in groups.items()}
@@ -112,7 +99,7 @@ def test_hugging_face_datasets_loads_the_shards(shards: Path, rows: dict, tmp_pa
 
 @pytest.mark.slow
 def test_the_index_agrees_with_the_shards(shards: Path, index: list[dict]) -> None:
-    assert sorted(row["identity"] for row in index) == sorted(IDENTITIES)  # each identity whole, in one shard
+    assert sorted(row["identity"] for row in index) == sorted(KEPT)  # each identity whole, in one shard
     assert sorted({row["shard"] for row in index}) == [Path(f).name for f in shard_files(shards)]
     for name in {row["shard"] for row in index}:
         parquet = pq.ParquetFile(shards / name)
@@ -179,7 +166,7 @@ def test_references_depend_only_on_seed_and_index(shards: Path) -> None:
 def test_num_refs_bounds_hold_and_identities_that_cannot_meet_them_are_skipped(shards: Path, rows: dict) -> None:
     groups = groups_per_identity(rows)
     exact = IdentityDataset(shards, num_refs=(4, 4), image_size=32, copy_paste_max=1.0)  # no copy-paste rule here
-    short = [identity for identity in IDENTITIES if groups[identity] - 1 < 4]
+    short = [identity for identity in KEPT if groups[identity] - 1 < 4]
     assert short and exact.skipped_identities == short  # the run has one: the test must see a skip
     assert exact.skipped_rows == sum(1 for row in rows.values() if row["identity"] in short)
     assert len(exact) == len(rows) - exact.skipped_rows
