@@ -283,12 +283,12 @@ def optout_file(tmp_path: Path, *lines: str) -> Path:
 
 
 def test_optout_format(tmp_path: Path) -> None:
-    entries = ["name:  Jane   DOE", "domain:Example.ORG", "url:https://photos.invalid/jane/", "sha256:" + "ab" * 32,
+    entries = ["name:  Jane   DOE", "domain:Photos.Example.ORG", "url:https://photos.invalid/jane/", "sha256:" + "ab" * 32,
                "phash:" + "f" * 16]  # fmt: skip
     listed = OptOutList.read([optout_file(tmp_path, *entries)], phash_bits=4)
     assert listed.name_listed("jane doe") and not listed.name_listed("Jane Doer")
-    assert listed.url_listed("http://cdn.example.org/x.jpg") and listed.url_listed(None, "https://example.org/page")
-    assert not listed.url_listed("https://notexample.org/x.jpg")
+    assert listed.url_listed("http://cdn.photos.example.org/x.jpg") and listed.url_listed(None, "https://photos.example.org/p")
+    assert not listed.url_listed("https://notphotos.example.org/x.jpg")
     assert listed.url_listed("HTTP://PHOTOS.invalid/jane/1.jpg")  # http and https alike, host case ignored
     assert not listed.url_listed("https://photos.invalid/janet.jpg")
     assert listed.image_listed("ab" * 32, None) == "sha256"

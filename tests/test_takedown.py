@@ -60,13 +60,13 @@ def removal(kind: str, value: str, **more: object):
 # -- units ---------------------------------------------------------------------------------------------
 def test_the_ledger_matches_identities_bytes_urls_and_hosts_with_their_subdomains() -> None:
     ledger = Ledger([removal("identity", "jane_doe"), removal("image", "a" * 64, image_ids=("a" * 64,)),
-                     removal("url", "http://x.org/1.jpg", image_ids=("b" * 64,)), removal("domain", "agency.example")])
+                     removal("url", "http://x.example.org/1.jpg", image_ids=("b" * 64,)), removal("domain", "agency.example")])
     assert ledger.match("jane_doe", None, None, None).kind == "identity"
-    assert ledger.match("bob", "a" * 64, "http://elsewhere/", None).kind == "image"
-    assert ledger.match("bob", "b" * 64, "http://mirror/1.jpg", None).kind == "url"  # the same bytes elsewhere
-    assert ledger.match("bob", None, "http://x.org/1.jpg", None).kind == "url"
+    assert ledger.match("bob", "a" * 64, "http://elsewhere.example.com/", None).kind == "image"
+    assert ledger.match("bob", "b" * 64, "http://mirror.example.com/1.jpg", None).kind == "url"  # the same bytes elsewhere
+    assert ledger.match("bob", None, "http://x.example.org/1.jpg", None).kind == "url"
     assert ledger.match("bob", None, "http://IMG.News.Agency.Example:8080/p.jpg", None).kind == "domain"
-    assert ledger.match("bob", None, "http://cdn.org/p.jpg", "https://agency.example/page").kind == "domain"
+    assert ledger.match("bob", None, "http://cdn.example.com/p.jpg", "https://agency.example/page").kind == "domain"
     for url in ("http://notagency.example/p.jpg", "http://agency.example.org/p.jpg", "http://[bad/", "", None):
         assert ledger.match("bob", "c" * 64, url, None) is None
 
