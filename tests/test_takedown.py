@@ -60,14 +60,14 @@ def removal(kind: str, value: str, **more: object):
 # -- units ---------------------------------------------------------------------------------------------
 def test_the_ledger_matches_identities_bytes_urls_and_hosts_with_their_subdomains() -> None:
     ledger = Ledger([removal("identity", "jane_doe"), removal("image", "a" * 64, image_ids=("a" * 64,)),
-                     removal("url", "http://x.example.org/1.jpg", image_ids=("b" * 64,)), removal("domain", "agency.example")])
+                     removal("url", "http://x.example.org/1.jpg", image_ids=("b" * 64,)), removal("domain", "agency.example.com")])
     assert ledger.match("jane_doe", None, None, None).kind == "identity"
     assert ledger.match("bob", "a" * 64, "http://elsewhere.example.com/", None).kind == "image"
     assert ledger.match("bob", "b" * 64, "http://mirror.example.com/1.jpg", None).kind == "url"  # the same bytes elsewhere
     assert ledger.match("bob", None, "http://x.example.org/1.jpg", None).kind == "url"
-    assert ledger.match("bob", None, "http://IMG.News.Agency.Example:8080/p.jpg", None).kind == "domain"
-    assert ledger.match("bob", None, "http://cdn.example.com/p.jpg", "https://agency.example/page").kind == "domain"
-    for url in ("http://notagency.example/p.jpg", "http://agency.example.org/p.jpg", "http://[bad/", "", None):
+    assert ledger.match("bob", None, "HTTP://IMG.News.Agency.Example.COM:8080/p.jpg", None).kind == "domain"
+    assert ledger.match("bob", None, "http://cdn.example.com/p.jpg", "https://agency.example.com/page").kind == "domain"
+    for url in ("http://notagency.example.com/p.jpg", "http://agency.example.net/p.jpg", "http://[bad/", "", None):
         assert ledger.match("bob", "c" * 64, url, None) is None
 
 
@@ -181,7 +181,7 @@ def test_the_governance_section_says_what_it_cannot_tell_and_lights_up_with_the_
         run.write_table("stages/safety/part-a.parquet", pa.table({"reason": [None, "minor"], "safety_age": [30.0, 9.0]}))
         write_marker(run, Marker("safety", "a", "h", "i", "o", 2, 2, {"ok": 1, "dropped": 1}, {"minor": 1}))
     config = load_config(resolve_profile("cpu"))
-    facts = governance.gather(run, config, [crawl, safety], Ledger([removal("domain", "agency.example")]), shards)
+    facts = governance.gather(run, config, [crawl, safety], Ledger([removal("domain", "agency.example.com")]), shards)
     card = card_section(facts)
     checks = {check["name"]: check for check in facts.checks}
     assert checks["robots.txt"]["dropped"] == 2 and facts.reasons[TAKEN_DOWN] == 1
@@ -324,7 +324,7 @@ def test_the_same_request_again_adds_no_entry_and_mistakes_are_one_line(removed)
     assert len(load_ledger(RunDir(str(out))).entries) == 3
     for args, message in ((["--image", "abc"], "is not a sha256"), (["--identity", "Nobody"], "no identity"),
                           (["--url", "http://127.0.0.1:9/none.jpg"], "nothing in"),
-                          (["--domain", "https://x.org"], "is not a host name")):
+                          (["--domain", "https://x.example.org"], "is not a host name")):
         result = run_cli("remove", "--out", str(out), *args)
         assert result.returncode == 2 and result.stderr.startswith("error: ") and message in result.stderr, args
         assert len(result.stderr.strip().splitlines()) == 1
