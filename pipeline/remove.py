@@ -1,4 +1,4 @@
-"""`python -m pipeline remove`: take an identity, a photo, a URL or a domain out of a run for good.
+"""`python -m pipeline remove`: take an identity, a photo, a URL, a domain or a face out of a run for good.
 
 The request goes into the removals ledger first (who, what, when, why), then the whole ledger is
 applied to the run (`pipeline.dataset.takedown`); the crawl and the shard step consult the ledger,
@@ -23,6 +23,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.dataset.takedown import apply_ledger, covered, describe, verified_photos
 from pipeline.core.markers import part_path
 from pipeline.dataset.takedown_parts import CRAWL, crawled
+from pipeline.remove_face import face_request, write_receipt
 from stages.sources.local import url_forms
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "local:<path under crawl.local_root> or as its file:// URL")
     target.add_argument("--domain", metavar="HOST",
                         help="every image served from, or found on a page of, HOST or its subdomains")
+    target.add_argument("--face", metavar="PHOTO", action="append", type=Path,
+                        help="a photo of the person (repeat for several): every photo where they are the target is "
+                        "taken down; beside someone else, governance.bystander blurs or drops (docs/governance.md)")
     parser.add_argument("--reason", help="why (e.g. 'subject request', 'copyright'); status, report and card count by it")
     parser.add_argument("--by", help="who asked or acted (default: the user running the command)")
 
@@ -105,17 +109,25 @@ def command_remove(run: RunDir, args: argparse.Namespace) -> int:
     from pipeline.report.state import load_state
 
     state = load_state(run)
-    kind, value, name = requested(args, state, run)
-    earlier = load_ledger(run).find(kind, value)
-    if earlier is None:
-        removal = _removal(run, kind, value, name, args, state.config.crawl.local_root)
-        record(run, removal)
-        print(f"recorded removal {removal.id} ({kind} {value}, reason: {removal.reason}, by {removal.by})")
+    if args.face:
+        removal, new = face_request(run, state.config, args.face, args, args.by or _user())
+        print(f"recorded removal {removal.id} (face, {len(args.face)} photos: {len(removal.rows)} rows taken down, "
+              f"{len(removal.blurred)} bystander faces to blur; reason: {removal.reason}, by {removal.by})" if new else
+              f"already in the ledger as removal {removal.id} ({removal.at}, by {removal.by}); applying it again")
     else:
-        print(f"already in the ledger as removal {earlier.id} ({earlier.at}, by {earlier.by}); applying it again")
+        kind, value, name = requested(args, state, run)
+        earlier = load_ledger(run).find(kind, value)
+        if earlier is None:
+            removal = _removal(run, kind, value, name, args, state.config.crawl.local_root)
+            record(run, removal)
+            print(f"recorded removal {removal.id} ({kind} {value}, reason: {removal.reason}, by {removal.by})")
+        else:
+            print(f"already in the ledger as removal {earlier.id} ({earlier.at}, by {earlier.by}); applying it again")
     shards_current = bool(state.shards and state.shards["current"])
     applied = apply_ledger(run, state.config, state.identities, load_ledger(run), shards_current)
     print(describe(applied))
+    if args.face:
+        print(f"receipt for the requester: {run.uri_of(write_receipt(run, removal, len(args.face)))}")
     if run.exists(INDEX):  # the page named and showed what was removed
         write_report(run)
         print(f"report rewritten: {index_uri(run)}")

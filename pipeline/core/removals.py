@@ -21,7 +21,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.reasons import TAKEN_DOWN
 
 LEDGER = "governance/removals"
-KINDS = ("identity", "image", "url", "domain")
+KINDS = ("identity", "image", "url", "domain", "face")
 NO_REASON = "not given"
 
 
@@ -29,7 +29,7 @@ NO_REASON = "not given"
 class Removal:
     id: str
     kind: str  # one of KINDS
-    value: str  # identity slug, sha256, URL or host
+    value: str  # identity slug, sha256, URL or host; a face request: its photos' salted embedding hashes, joined
     reason: str  # why, as the requester gave it
     by: str  # who asked or acted
     at: str  # UTC, ISO 8601
@@ -40,6 +40,11 @@ class Removal:
     # every candidate crawled for the name, which holds other people's photos too).
     image_ids: tuple[str, ...] = ()
     identities: tuple[str, ...] = ()  # identities it touched when it was made (for the record)
+    # A face request (`remove --face`): the rows where the requester is the target, as `identity/image_id` (the same
+    # bytes under another name, where someone else is the target, stay), and the bystander faces it blurs, as
+    # `identity/image_id/face` (an index into the row's `faces`); the embeddings themselves: core/faceprints.py.
+    rows: tuple[str, ...] = ()
+    blurred: tuple[str, ...] = ()
 
     @property
     def detail(self) -> str:
@@ -72,6 +77,14 @@ class Ledger:
                 by_kind["image"].setdefault(image_id, entry)
         self.identities, self.images = by_kind["identity"], by_kind["image"]
         self.urls, self.domains = by_kind["url"], by_kind["domain"]
+        self.rows: dict[tuple[str, str], Removal] = {}
+        self.blurs: dict[tuple[str, str], set[int]] = {}  # (identity, image_id) -> bystander faces to blur
+        for entry in entries:
+            for key in entry.rows:
+                self.rows.setdefault(_row_key(key), entry)
+            for key in entry.blurred:
+                identity, image_id, face = key.rsplit("/", 2)
+                self.blurs.setdefault((identity, image_id), set()).add(int(face))
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -88,7 +101,8 @@ class Ledger:
         URL, or the host of its image or page URL (a domain covers its subdomains)."""
         return (self.identities.get(identity or "") or self.identities.get(merged_from or "")
                 or self.images.get(image_id or "") or self.urls.get(url or "") or self._domain(url)
-                or self._domain(page_url))
+                or self._domain(page_url) or self.rows.get((identity or "", image_id or ""))
+                or self.rows.get((merged_from or "", image_id or "")))
 
     def _domain(self, url: str | None) -> Removal | None:
         host = host_of(url)
@@ -119,6 +133,11 @@ class Ledger:
         return kept, Counter({TAKEN_DOWN: left_out} if left_out else {})
 
 
+def _row_key(key: str) -> tuple[str, str]:
+    identity, image_id = key.rsplit("/", 1)
+    return identity, image_id
+
+
 def load_ledger(run: RunDir) -> Ledger:
     entries = []
     for filename in run.list_files(LEDGER, ".json"):
@@ -130,8 +149,8 @@ def _entry(run: RunDir, rel: str) -> Removal:
     """One takedown request; a torn one stops the command: skipping it would re-admit what it removed."""
     try:
         data = run.read_json(rel)
-        return Removal(**{**data, "image_ids": tuple(data.get("image_ids", ())),
-                          "identities": tuple(data.get("identities", ()))})
+        listed = ("image_ids", "identities", "rows", "blurred")
+        return Removal(**{**data, **{key: tuple(data.get(key, ())) for key in listed}})
     except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise UserError(f"removals ledger entry {run.uri}/{rel} is unreadable ({type(exc).__name__})",
                         "restore it from a backup, or re-run the same `python -m pipeline remove` command") from exc

@@ -27,13 +27,17 @@ import pyarrow.parquet as pq
 from pipeline.core.removals import TAKEN_DOWN, Ledger, Removal
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
-from pipeline.core.markers import Marker, count_outcomes, marker_path, part_path, read_marker, write_marker
+from pipeline.core.markers import (
+    Marker, consumed, count_outcomes, marker_path, part_path, read_marker, task_digest, write_marker,
+)
 from pipeline.engine.registry import STAGES
 from pipeline.engine.runner import content_digest
+from pipeline.dataset import blur
 
 CRAWL = STAGES[0].name
 ENTRIES = [stage.name for stage in STAGES if not stage.one_to_one]  # where rows enter a task: a source, a merge
 LIGHT = ("identity", "image_id", "url", "page_url", "merged_from", "reason")  # what `pending` reads
+BLUR_KEYS = ("identity", "image_id", "merged_from", "blurred_faces")  # what `pending` reads of a part with crops
 
 
 @dataclass
@@ -64,6 +68,19 @@ def pending(run: RunDir, ledger: Ledger, slug: str) -> bool:
         if any(match and (stage != CRAWL or reason != TAKEN_DOWN)
                for match, reason in zip(ledger.matches(table), reasons, strict=True)):
             return True
+    return bool(ledger.blurs) and _blur_pending(run, ledger, slug)
+
+
+def _blur_pending(run: RunDir, ledger: Ledger, slug: str) -> bool:
+    """Whether a part holding crops has a bystander face the ledger blurs and it does not show blurred yet."""
+    for stage in STAGES:
+        rel = part_path(stage.name, slug)
+        if run.exists(rel):
+            present = pq.read_schema(run.path(rel), filesystem=run.fs).names
+            if "crop_image" in present:
+                rows = run.read_table(rel, [column for column in BLUR_KEYS if column in present]).to_pylist()
+                if any(blur.pending(row, ledger.blurs) for row in rows):
+                    return True
     return False
 
 
@@ -79,7 +96,8 @@ def take_down(run: RunDir, ledger: Ledger, slug: str) -> Outcome:
     new = {CRAWL: _one_row(crawl, whole) if whole else _mark(crawl, found)}
     for name, table in parts.items():
         if name != CRAWL:
-            new[name] = table.slice(0, 0) if whole else _without(table, ledger, outcome.image_ids)
+            new[name] = table.slice(0, 0) if whole else blur.blur_table(_without(table, ledger, outcome.image_ids),
+                                                                         ledger.blurs)[0]
     after_crawl = STAGES[1].name
     if after_crawl in parts and not whole:
         outcome.photos = parts[after_crawl].num_rows - new[after_crawl].num_rows
@@ -126,8 +144,10 @@ def _markers(run: RunDir, slug: str, new: dict[str, pa.Table]) -> dict[str, Mark
         digest = content_digest(table.drop_columns(list(stage.volatile)))
         changes: dict = {"output_digest": digest, "rows_out": table.num_rows, "statuses": statuses, "reasons": reasons}
         if upstream is not None:
-            current = old.input_digest == upstream[0].output_digest
-            changes |= {"rows_in": upstream[2], "input_digest": upstream[1] if current else old.input_digest}
+            current = consumed(old.input_digest, upstream[0].output_digest)
+            extra = old.input_digest.partition("+")[2]  # a curator's decisions the task also consumed
+            changes |= {"rows_in": upstream[2],
+                        "input_digest": task_digest(upstream[1], extra) if current else old.input_digest}
         markers[stage.name] = with_fields(old, **changes)
         upstream = (old, digest, statuses.get(OK, 0))
     return markers

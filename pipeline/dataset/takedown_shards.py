@@ -22,6 +22,8 @@ from pipeline.core.rundir import RunDir
 from pipeline.dataset.write import card
 from pipeline.core.markers import read_markers
 from pipeline.engine.registry import STAGES
+from pipeline.dataset import blur
+from pipeline.dataset.takedown_parts import BLUR_KEYS
 from pipeline.dataset.shards import DONE, INDEX, INDEX_SCHEMA, PROVENANCE_COUNTS, SHARDS, ShardWriter, plan_shards
 
 KEYS = ["identity", "image_id", "url", "page_url"]  # what the ledger matches on
@@ -33,9 +35,16 @@ def shard_files(run: RunDir) -> list[str]:
 
 
 def holding(run: RunDir, ledger: Ledger) -> list[str]:
-    """The shard files with a row the ledger covers."""
-    return [name for name in shard_files(run)
-            if any(ledger.matches(run.read_table(f"{SHARDS}/{name}", KEYS)))]
+    """The shard files with a row the ledger covers, or a bystander face it blurs that is not blurred yet."""
+    return [name for name in shard_files(run) if _holds(run, name, ledger)]
+
+
+def _holds(run: RunDir, name: str, ledger: Ledger) -> bool:
+    present = pq.read_schema(run.path(f"{SHARDS}/{name}"), filesystem=run.fs).names
+    table = run.read_table(f"{SHARDS}/{name}", KEYS + [c for c in BLUR_KEYS if c in present and c not in KEYS])
+    if any(ledger.matches(table)):
+        return True
+    return bool(ledger.blurs) and any(blur.pending(row, ledger.blurs) for row in table.to_pylist())
 
 
 def by_identity(shard: pq.ParquetFile) -> Iterator[pa.Table]:
@@ -64,7 +73,7 @@ def rewrite_shard(run: RunDir, name: str, ledger: Ledger, row_group_rows: int) -
         with run.open_atomic(f"{SHARDS}/{name}") as stream:
             writer = ShardWriter(stream, name, row_group_rows, shard.schema_arrow)
             for table in by_identity(shard):
-                table = ledger.admitted(table)
+                table, _ = blur.blur_table(ledger.admitted(table), ledger.blurs)
                 if table.num_rows:  # a removed identity leaves the shard and its index
                     writer.add(table["identity"][0].as_py(), table)
             return writer.close().as_dict()
