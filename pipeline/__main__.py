@@ -78,12 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dest", help="destination folder or URI (default: <run>/exports/<format>)")
     _console_options(export)
 
-    remove = commands.add_parser("remove", help="take an identity, photo, URL or domain out of a run for good (takedown)")
+    release = commands.add_parser("release", help="a copy of the dataset safe to publish (docs/release.md)")
+    _config_options(release)
+    _release_arguments(release)
+    _console_options(release)
+
+    remove = commands.add_parser("remove", help="take an identity, photo, URL, domain or face out of a run for good (takedown)")
     _config_options(remove)
     from pipeline.remove import add_arguments as remove_arguments
 
     remove_arguments(remove)
     _console_options(remove)
+
+    decide = commands.add_parser("decide", help="a curator's decision about a photo or identity; --list; --apply")
+    _config_options(decide)
+    from pipeline.decide import add_arguments as decide_arguments
+
+    decide_arguments(decide)
+    _console_options(decide)
+
+    review = commands.add_parser("review", help="the review app: triage what the run decided, one key an answer")
+    _config_options(review)
+    review.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    review.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0: any free port)")
 
     generate = commands.add_parser("generate", help="PhotoMaker-style images of an identity, scored against its photos")
     _config_options(generate)

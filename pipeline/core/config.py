@@ -326,6 +326,15 @@ class GovernanceSection(Section):
     optout_phash_bits: int = Field(
         8, ge=0, le=64, description="an image within this many phash bits of an opt-out phash entry is opted out"
     )
+    bystander: Literal["blur", "drop"] = Field(
+        "blur", description="a face takedown's or face opt-out's person beside someone else's target: blur their face "
+        "in the crop and mask, or drop the row"
+    )
+    # 0.05: below verify's threshold, so a takedown errs toward the requester; SFace on the labelled photos: one person
+    # >= 0.49, two people <= 0.41 (docs/governance.md)
+    face_match_margin: float = Field(
+        0.05, ge=0, le=1, description="a face takedown or face opt-out matches faces at verify's threshold less this"
+    )
     min_age: float = Field(18.0, ge=0, description="images whose estimated age (less the margin) is below it drop as minor")
     # 5: the labelled adults of tests/data/faces are estimated 25 and older (any margin up to 7 keeps them all)
     age_margin: float = Field(5.0, ge=0, description="years: an image is kept only when estimate - margin >= min_age")

@@ -157,6 +157,9 @@ CROP = pa.schema(
         pa.field("crop_faces", pa.list_(CROP_FACE)),
         pa.field("crop_face_share", pa.float32()),  # target face box area / crop area
         pa.field("crop_padding", pa.float32()),  # share of the crop outside the source image (filled black)
+        # indices into `faces` of bystanders blurred in the crop and cleared from the mask (a face takedown or a face
+        # opt-out, governance.bystander: blur); null: none
+        pa.field("blurred_faces", pa.list_(pa.int32())),
     ]
 )
 

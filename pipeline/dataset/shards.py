@@ -27,6 +27,7 @@ from pipeline.core.removals import load_ledger
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.core.markers import Marker, part_path
+from pipeline.dataset.blur import blur_table
 from pipeline.engine.stats import StageCounts
 
 SHARDS = "shards"
@@ -134,6 +135,7 @@ def write_shard(
         for identity in identities:
             table = run.read_table(part_path(upstream, identity))
             table, taken_down = removals.withhold(table.filter(pc.equal(table["status"], OK)))
+            table, _ = blur_table(table, removals.blurs)  # bystanders stay blurred in crops made again
             table, left_out = without_opted_out(table.drop_columns(ROW_STATUS), optout or OptOutList())
             shard.result.opted_out.update(taken_down + left_out)
             shard.add(identity, table)
