@@ -24,6 +24,8 @@ The rule, and why:
    read the evidence filter stored, so re-tuning one re-runs verify only.
 6. An identity needs `min_images` distinct kept photos (duplicate groups), since training takes
    reference and target from different photos; otherwise its kept rows drop as `too_few_images`.
+7. With `max_images: K`, an identity keeps the K photos that best cover its variety (stages/diversity.py:
+   farthest-point selection over pose and embedding); the others drop as `not_selected_for_diversity`.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ import pyarrow as pa
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.schema import VERIFICATION
-from pipeline.core.reasons import NOT_TARGET_IDENTITY, NO_FACE, TOO_FEW_IMAGES
+from pipeline.core.reasons import NOT_SELECTED_FOR_DIVERSITY, NOT_TARGET_IDENTITY, NO_FACE, TOO_FEW_IMAGES
 from stages.base import Row, Stage, drop, keep
+from stages.diversity import not_selected
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
 from stages.face_gates import LARGE_FACE_RATIO, Gates, failures, large_faces
 from stages.faces import applied_calibration, calibrations
@@ -107,6 +110,10 @@ class VerifyStage(Stage):
         targets = decision.target - np.searchsorted(folder.owner, np.arange(folder.num_images))
         failed = [failures(row["faces"], int(target), gates) for row, target in zip(rows, targets, strict=True)]
         usable = decision.passed & np.array([not found for found in failed])
+        limit = self.config.verify.max_images  # the K most varied photos (stages/diversity.py)
+        for i, detail in not_selected(rows, targets, usable, decision.sim, groups, limit).items():
+            failed[i].append((NOT_SELECTED_FOR_DIVERSITY, detail))
+            usable[i] = False
         distinct = len({groups[i] for i in np.flatnonzero(usable)})  # photos training can use
         identity = {
             "cluster_size": decision.cluster_size,

@@ -80,6 +80,8 @@ BLURRY_FACE = _reason("blurry_face", "verify", "the target face's sharpness is b
 LOW_FACE_SCORE = _reason("low_face_score", "verify", "the detector's score is below verify.quality.min_face_score")
 SMALL_FACE_SHARE = _reason("small_face_share", "verify", "the target face covers less than verify.quality.min_image_share")
 MANY_FACES = _reason("many_faces", "verify", "more large faces than verify.quality.max_large_faces")
+NOT_SELECTED_FOR_DIVERSITY = _reason("not_selected_for_diversity", "verify",
+                                     "verify.max_images: farthest-point selection over pose and embedding kept others")
 # hygiene
 CLAIMED_BY_OTHER_IDENTITY = _reason("claimed_by_other_identity", "hygiene",
                                     "the photo is kept under another identity whose centroid is closer")

@@ -111,6 +111,7 @@ VERIFICATION = pa.schema(
         pa.field("dup_group", pa.string()),  # near-duplicates (same photo resized/re-encoded) share it
         pa.field("large_faces", pa.int32()),  # faces at least half the target face's side, the target included
         pa.field("calibration", CALIBRATION),  # the thresholds verify applied (stages/faces: Calibration)
+        pa.field("decided_by", pa.string()),  # "curator": a curator's decision changed the row (verify, hygiene, caption)
     ]
 )
 

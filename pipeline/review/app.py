@@ -1,0 +1,202 @@
+"""The review app's routes (Flask): the triage queue, an identity's page, search, thumbnails, decisions, apply.
+
+Every request needs the token (`?token=` on pages and assets; a header or form field on writes), else 403.
+Writes are POST only, with the token in the `X-Review-Token` header or a `token` form field, never the URL,
+so a page on another site can neither read the app nor write a decision. Decisions go through
+`pipeline.decide.record`, the function the `decide` command uses.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass, field
+
+import pyarrow.parquet as pq
+from flask import Flask, Response, abort, jsonify, render_template, request
+
+from pipeline.core.decisions import UNDO, Decision, in_force, read_log
+from pipeline.core.errors import UserError
+from pipeline.core.names import Identity, IdentityIndex, run_identities
+from pipeline.core.rundir import RunDir
+from pipeline.decide import record
+from pipeline.report.thumbs import THUMBS, Thumbs
+from pipeline.review.apply import ApplyJob
+from pipeline.review.pending import pending
+from pipeline.review.queue import PAGE, QUEUE, Queue, load_queue
+from pipeline.review.tables import VERIFY, identity_photos, read_columns
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+TOKEN_HEADER = "X-Review-Token"
+SEARCH_HITS = 50
+
+
+@dataclass
+class Review:
+    """What the app holds between requests: the run, its names, the queue and the apply job."""
+
+    run: RunDir
+    token: str
+    identities: list[Identity] = field(default_factory=list)
+    queue: Queue | None = None
+    applied_seen: int = 0  # the apply whose result the queue reflects
+    job: ApplyJob | None = None
+
+    def current_queue(self) -> Queue:
+        assert self.job is not None
+        if self.queue is None or (self.job.returncode is not None and self.applied_seen != self.job.started):
+            self.queue, self.applied_seen = load_queue(self.run), self.job.started
+        return self.queue
+
+    def names(self) -> dict[str, str]:
+        return {identity.slug: identity.name for identity in self.identities}
+
+
+def create_app(run: RunDir, token: str) -> Flask:
+    app = Flask(__name__)
+    review = Review(run, token, run_identities(run), job=ApplyJob(run))
+    app.extensions["review"] = review
+
+    @app.before_request
+    def check_token() -> None:
+        if request.method == "POST":
+            given = request.headers.get(TOKEN_HEADER) or request.form.get("token")
+        else:
+            given = request.args.get("token")
+        if not given or not hmac.compare_digest(given, token):
+            abort(403)
+
+    @app.after_request
+    def no_framing(response: Response) -> Response:
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"  # the token is in the URL: never send it on
+        return response
+
+    _pages(app, review)
+    _writes(app, review)
+    return app
+
+
+def _pages(app: Flask, review: Review) -> None:
+    @app.get("/")
+    def queue_page() -> str:
+        queue = review.current_queue()
+        number = request.args.get("page", 0, type=int)
+        items = _with_faces(review, queue.page(number))
+        return render_template("queue.html", items=items, page=number, pages=queue.pages, total=queue.items,
+                               per_page=PAGE, **_common(review))
+
+    @app.get("/identity/<slug>")
+    def identity_page(slug: str) -> str:
+        names = review.names()
+        if slug not in names:
+            abort(404)
+        photos = _decided(review, slug, identity_photos(review.run, slug))
+        return render_template("identity.html", slug=slug, name=names[slug], photos=photos, **_common(review))
+
+    @app.get("/search")
+    def search() -> str:
+        query = request.args.get("q", "").strip()
+        return render_template("search.html", query=query, hits=_search(review, query), **_common(review))
+
+    @app.get("/thumb/<slug>/<image_id>.jpg")
+    def thumb(slug: str, image_id: str) -> Response:
+        table = read_columns(review.run, VERIFY, slug, ["image_id", "raw_path"])
+        row = next((r for r in (table.to_pylist() if table is not None else []) if r["image_id"] == image_id), None)
+        made = Thumbs(review.run).raw(row, None) if row else None
+        if made is None:
+            abort(404)
+        data = review.run.read_bytes(f"{THUMBS}/{made.removeprefix('thumbs/')}")
+        return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/apply")
+    def apply_status() -> Response:
+        assert review.job is not None
+        return jsonify({**review.job.status(), "pending": pending(review.run)})
+
+
+def _writes(app: Flask, review: Review) -> None:
+    @app.post("/api/decide")
+    def decide() -> tuple[Response, int] | Response:
+        given = request.get_json(silent=True) or {}
+        try:
+            row = record(review.run, _decision(review, given))
+        except (UserError, TypeError, ValueError) as exc:
+            return jsonify({"error": str(exc)}), 400
+        return jsonify({"row": row, "pending": pending(review.run)})
+
+    @app.post("/api/apply")
+    def apply() -> tuple[Response, int]:
+        assert review.job is not None
+        started = review.job.start()
+        return jsonify(review.job.status()), 202 if started else 409
+
+
+def _decision(review: Review, given: dict) -> Decision:
+    """The decision a request asks for; `undo` takes back the latest decision in force for that photo."""
+    slug, image, kind = str(given.get("identity", "")), given.get("image") or None, str(given.get("kind", ""))
+    if slug not in review.names():
+        raise UserError(f"unknown identity {slug!r}")
+    note, by = str(given.get("note", "")), "review app"
+    if kind == UNDO:
+        mine = [logged for logged in in_force(read_log(review.run).rows)
+                if logged.decision.identity == slug and logged.decision.image == image]
+        if not mine:
+            raise UserError("no decision to undo for this photo")
+        return Decision(slug, UNDO, value=mine[-1].row, note=note, by=by)
+    value = given.get("value")
+    return Decision(slug, kind, image, int(value) if kind == "target_face" else value, note, by)
+
+
+def _common(review: Review) -> dict:
+    return {"token": review.token, "pending": pending(review.run), "names": review.names(),
+            "run": review.run.uri}
+
+
+def _decisions_of(review: Review, slugs: set[str]) -> dict[tuple[str, str | None], list[str]]:
+    """In force, per (identity, image): how each reads ("reject", "target_face 1")."""
+    found: dict[tuple[str, str | None], list[str]] = {}
+    for logged in in_force(read_log(review.run).rows):
+        d = logged.decision
+        if d.identity in slugs:
+            found.setdefault((d.identity, d.image), []).append(d.kind if d.value is None else f"{d.kind} {d.value}")
+    return found
+
+
+def _with_faces(review: Review, items: list[dict]) -> list[dict]:
+    """The page's items with their photo's faces and size (read per identity, only for this page)."""
+    decided = _decisions_of(review, {item["identity"] for item in items})
+    photos: dict[str, dict[str, dict]] = {}
+    for slug in {item["identity"] for item in items if item["image_id"]}:
+        photos[slug] = {p["image_id"]: p for p in identity_photos(review.run, slug)}
+    return [{**photos.get(item["identity"], {}).get(item["image_id"], {}), **item,
+             "decided": decided.get((item["identity"], item["image_id"]), [])} for item in items]
+
+
+def _decided(review: Review, slug: str, photos: list[dict]) -> list[dict]:
+    decided = _decisions_of(review, {slug})
+    return [{**photo, "identity": slug, "decided": decided.get((slug, photo["image_id"]), [])} for photo in photos]
+
+
+def _search(review: Review, query: str) -> list[dict]:
+    """Identities whose name or slug holds the query; for a sha256, the identities holding that photo."""
+    if not query:
+        return []
+    lowered = query.lower()
+    if SHA256.fullmatch(lowered):
+        return [{"slug": slug, "name": review.names()[slug], "image": lowered} for slug in _holding(review, lowered)]
+    try:
+        exact = [IdentityIndex(review.identities).resolve(query)]
+    except UserError:
+        exact = []
+    near = [i for i in review.identities if lowered in i.name.lower() or lowered in i.slug]
+    unique = {i.slug: i for i in [*exact, *near]}
+    return [{"slug": i.slug, "name": i.name, "image": None} for i in list(unique.values())[:SEARCH_HITS]]
+
+
+def _holding(review: Review, image_id: str) -> list[str]:
+    """The identities whose queue (every photo verify judged) holds this photo: one cached file, filtered."""
+    review.current_queue()
+    with review.run.fs.open_input_file(review.run.path(QUEUE)) as stream:
+        table = pq.read_table(stream, columns=["identity", "image_id"], filters=[("image_id", "=", image_id)])
+    return sorted(set(table["identity"].to_pylist())) if table.num_rows else []

@@ -1,0 +1,174 @@
+"""The triage queue: the photos and identities whose automatic decision is most likely wrong, first.
+
+Every item gets a `doubt` in (0, 1], and the queue is sorted by it:
+- `similarity`: every photo verify kept or dropped as not_target_identity; doubt is 1 minus its distance
+  from verify's threshold (kept at 0.41 and dropped at 0.39 around 0.40 are both near 1), so the kept photos
+  with the lowest similarity and the dropped with the highest come first;
+- `target_face`: a kept group photo; doubt is 1 minus the gap between the target face and the runner-up;
+- `class_word`: a photo whose class word a confident gender estimate contradicts; doubt = its confidence;
+- `competing`: an identity with a second large face cluster (namesakes, mixed results); doubt = 1 - purity;
+- `same_person`: two identities whose centroids are as close as one person's photos; doubt = that cosine.
+
+Built in one column-pruned scan of verify's, hygiene's and caption's parts, then cached in the run directory
+(`review/queue.parquet`, one row group a page) under a fingerprint of those parts, so a page is one row
+group read and a restart over an unchanged run reads nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.core.reasons import NOT_TARGET_IDENTITY
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
+from pipeline.review.tables import CAPTION, HYGIENE, VERIFY, list_parts, scan
+
+QUEUE, QUEUE_KEY = "review/queue.parquet", "review/queue.json"
+VERSION = 1  # of the rules below: a cached queue built under other rules is built again
+PAGE = 25  # items a page, and rows a row group
+SPAN = 1.0  # cosine distance at which doubt reaches 0 (an item further away is left out)
+SIMILARITY, TARGET_FACE, CLASS_WORD, COMPETING, SAME_PERSON = (
+    "similarity", "target_face", "class_word", "competing", "same_person")
+SCHEMA = pa.schema([
+    pa.field("kind", pa.string()),
+    pa.field("identity", pa.string()),
+    pa.field("image_id", pa.string()),  # null for an identity's item
+    pa.field("doubt", pa.float64()),
+    pa.field("status", pa.string()),  # verify's verdict for a photo
+    pa.field("reason", pa.string()),
+    pa.field("value", pa.float64()),  # similarity, class-word confidence, purity or centroid cosine
+    pa.field("against", pa.float64()),  # what `value` is compared with: the threshold, the runner-up face
+    pa.field("other", pa.string()),  # the other identity (same_person), the estimated gender (class_word)
+])
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The cached queue: its row count and how to read one page."""
+
+    run: RunDir
+    items: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.items // PAGE))
+
+    def page(self, number: int) -> list[dict]:
+        """The items of page `number` (0-based): one row group of the cached file."""
+        if not self.items or not 0 <= number < self.pages:
+            return []
+        with self.run.fs.open_input_file(self.run.path(QUEUE)) as stream:
+            return pq.ParquetFile(stream).read_row_group(number).to_pylist()
+
+
+def load_queue(run: RunDir, rebuild: bool = False) -> Queue:
+    """The queue of the run as its parts are now: the cached one when they have not changed."""
+    key = "/".join([str(VERSION), *(list_parts(run, stage).fingerprint for stage in (VERIFY, HYGIENE, CAPTION))])
+    cached = run.read_state(QUEUE_KEY)
+    if rebuild or not cached or cached.get("key") != key or not run.exists(QUEUE):
+        table = build_queue(run)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, row_group_size=PAGE)
+        run.write_bytes(QUEUE, buffer.getvalue())
+        cached = {"key": key, "items": table.num_rows}
+        run.write_json(QUEUE_KEY, cached)
+    return Queue(run, int(cached["items"]))
+
+
+def build_queue(run: RunDir) -> pa.Table:
+    verify = scan(run, list_parts(run, VERIFY), ["identity", "image_id", "status", "reason", "sim_to_centroid",
+                                                  "runner_up_sim", "large_faces", "identity_competing",
+                                                  "identity_purity", "calibration"])
+    hygiene = scan(run, list_parts(run, HYGIENE), ["identity", "possible_same_person", "same_person_similarity"])
+    caption = scan(run, list_parts(run, CAPTION), ["identity", "image_id", "status", "reason", "class_word",
+                                                    "estimated_gender", "estimated_gender_confidence",
+                                                    "class_word_disagrees"])
+    parts = [_similarity(verify), _target_face(verify), _class_word(caption), _competing(verify),
+             _same_person(hygiene)]
+    table = pa.concat_tables([part.cast(SCHEMA) for part in parts if part is not None])
+    order = [("doubt", "descending"), ("kind", "ascending"), ("identity", "ascending"), ("image_id", "ascending")]
+    return table.sort_by(order)
+
+
+def _items(kind: str, table: pa.Table, mask: pa.Array, doubt: pa.Array, value: pa.Array, against: pa.Array,
+           other: pa.Array | None = None, image: bool = True) -> pa.Table:
+    rows = len(table)
+    picked = {
+        "kind": pa.array([kind] * rows, pa.string()),
+        "identity": table["identity"],
+        "image_id": table["image_id"] if image else pa.nulls(rows, pa.string()),
+        "doubt": doubt,
+        "status": table["status"] if image else pa.nulls(rows, pa.string()),
+        "reason": table["reason"] if image else pa.nulls(rows, pa.string()),
+        "value": pc.cast(value, pa.float64()),
+        "against": pc.cast(against, pa.float64()),
+        "other": other if other is not None else pa.nulls(rows, pa.string()),
+    }
+    return pa.table(picked).filter(pc.fill_null(mask, False))
+
+
+def _closeness(distance: pa.Array) -> pa.Array:
+    """1 at no distance, 0 at SPAN or more."""
+    return pc.max_element_wise(pc.subtract(1.0, pc.divide(pc.cast(distance, pa.float64()), SPAN)), 0.0)
+
+
+def _similarity(verify: pa.Table) -> pa.Table | None:
+    if "sim_to_centroid" not in verify.column_names or "calibration" not in verify.column_names:
+        return None
+    sim, threshold = verify["sim_to_centroid"], pc.struct_field(verify["calibration"], "threshold")
+    doubt = _closeness(pc.abs(pc.subtract(pc.cast(sim, pa.float64()), threshold)))
+    judged = pc.or_kleene(pc.equal(verify["status"], OK), pc.equal(verify["reason"], NOT_TARGET_IDENTITY))
+    return _items(SIMILARITY, verify, pc.and_kleene(judged, pc.greater(doubt, 0.0)), doubt, sim, threshold)
+
+
+def _target_face(verify: pa.Table) -> pa.Table | None:
+    if "runner_up_sim" not in verify.column_names:
+        return None
+    sim, runner_up = verify["sim_to_centroid"], verify["runner_up_sim"]
+    doubt = _closeness(pc.max_element_wise(pc.subtract(pc.cast(sim, pa.float64()), runner_up), 0.0))
+    group = pc.and_(pc.equal(verify["status"], OK), pc.greater(verify["large_faces"], 1))
+    return _items(TARGET_FACE, verify, pc.and_(group, pc.greater(doubt, 0.0)), doubt, sim, runner_up)
+
+
+def _class_word(caption: pa.Table) -> pa.Table | None:
+    if "class_word_disagrees" not in caption.column_names:
+        return None
+    confidence = pc.fill_null(pc.cast(caption["estimated_gender_confidence"], pa.float64()), 0.5)
+    return _items(CLASS_WORD, caption, caption["class_word_disagrees"], confidence, confidence,
+                  pa.nulls(len(caption), pa.float64()), other=caption["estimated_gender"])
+
+
+def _competing(verify: pa.Table) -> pa.Table | None:
+    if "identity_competing" not in verify.column_names:
+        return None
+    firsts = _first_per_identity(verify.filter(pc.fill_null(verify["identity_competing"], False)))
+    purity = pc.fill_null(pc.cast(firsts["identity_purity"], pa.float64()), 0.5)
+    doubt = pc.max_element_wise(pc.subtract(1.0, purity), 0.01)
+    return _items(COMPETING, firsts, pa.array([True] * len(firsts), pa.bool_()), doubt, purity,
+                  pa.nulls(len(firsts), pa.float64()), image=False)
+
+
+def _same_person(hygiene: pa.Table) -> pa.Table | None:
+    if "possible_same_person" not in hygiene.column_names:
+        return None
+    flagged = hygiene.filter(pc.greater(pc.fill_null(pc.list_value_length(hygiene["possible_same_person"]), 0), 0))
+    firsts = _first_per_identity(flagged)
+    other = pc.list_element(firsts["possible_same_person"], 0)
+    once = pc.less(firsts["identity"], other)  # a pair is flagged on both identities: listed once
+    similarity = firsts["same_person_similarity"]
+    return _items(SAME_PERSON, firsts, once, pc.cast(similarity, pa.float64()), similarity,
+                  pa.nulls(len(firsts), pa.float64()), other=other, image=False)
+
+
+def _first_per_identity(table: pa.Table) -> pa.Table:
+    """One row per identity (identity-wide columns hold the same value on each of its rows)."""
+    if not len(table):
+        return table
+    indices = pa.table({"identity": table["identity"], "i": pa.array(range(len(table)))}) \
+        .group_by("identity").aggregate([("i", "min")])["i_min"]
+    return table.take(indices)

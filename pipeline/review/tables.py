@@ -1,0 +1,91 @@
+"""The run's stage parts as the review app reads them: column-pruned, one identity at a time or all at once.
+
+A part file is complete when it exists (parts are renamed into place), so the app lists the parts there are
+rather than loading every marker: at 10,000 identities that listing is one directory read per stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+from pyarrow import fs as pafs
+
+from pipeline.core.markers import part_path
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import OK
+
+VERIFY, HYGIENE, CAPTION = "verify", "hygiene", "caption"
+AFTER_VERIFY = ("hygiene", "safety_scores", "safety", "crop", "segment", "caption")  # where a kept row may still drop
+PREFIX, SUFFIX = "part-", ".parquet"
+PHOTO_COLUMNS = ["image_id", "status", "reason", "detail", "sim_to_centroid", "target_face", "faces", "width",
+                 "height", "raw_path", "large_faces", "runner_up_sim", "calibration"]
+OUTCOME_COLUMNS = ["image_id", "status", "reason", "detail"]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The part files of one stage: task -> path inside the run, and a fingerprint of their sizes and times."""
+
+    stage: str
+    files: dict[str, str]
+    fingerprint: str
+
+
+def list_parts(run: RunDir, stage: str) -> Parts:
+    selector = pafs.FileSelector(run.path(f"stages/{stage}"), allow_not_found=True)
+    files, seen = {}, []
+    for info in run.fs.get_file_info(selector):
+        name = info.base_name
+        if info.type == pafs.FileType.File and name.startswith(PREFIX) and name.endswith(SUFFIX):
+            files[name[len(PREFIX) : -len(SUFFIX)]] = info.path
+            seen.append(f"{name}:{info.size}:{info.mtime_ns}")
+    return Parts(stage, files, hashlib.sha256("\n".join(sorted(seen)).encode()).hexdigest()[:16])
+
+
+def scan(run: RunDir, parts: Parts, columns: list[str]) -> pa.Table:
+    """These columns of every part of a stage, in one multi-threaded scan (only these column chunks are read)."""
+    if not parts.files:
+        return pa.table({name: pa.array([], pa.string()) for name in columns})
+    dataset = ds.dataset(sorted(parts.files.values()), format="parquet", filesystem=run.fs)
+    present = [name for name in columns if name in dataset.schema.names]
+    return dataset.to_table(columns=present)
+
+
+def read_columns(run: RunDir, stage: str, task: str, columns: list[str]) -> pa.Table | None:
+    """These columns of one identity's part, None when the stage has no part for it."""
+    rel = part_path(stage, task)
+    if not run.exists(rel):
+        return None
+    return run.read_table(rel, columns=columns)
+
+
+def identity_photos(run: RunDir, slug: str) -> list[dict]:
+    """Every photo verify judged for this identity, with its final outcome: the status, reason and detail of
+    the last stage that holds the row (a photo verify kept may drop later, in hygiene or safety)."""
+    table = read_columns(run, VERIFY, slug, PHOTO_COLUMNS)
+    if table is None:
+        return []
+    photos = {row["image_id"]: {**row, "verify_status": row["status"], "stage": VERIFY} for row in table.to_pylist()}
+    for stage in AFTER_VERIFY:
+        later = read_columns(run, stage, slug, OUTCOME_COLUMNS)
+        for row in later.to_pylist() if later is not None else []:
+            if row["image_id"] in photos:
+                photos[row["image_id"]].update({**row, "stage": stage})
+    _add_caption(run, slug, photos)
+    return sorted(photos.values(), key=_photo_order)
+
+
+def _add_caption(run: RunDir, slug: str, photos: dict[str, dict]) -> None:
+    table = read_columns(run, CAPTION, slug, ["image_id", "class_word", "estimated_gender", "class_word_disagrees"])
+    for row in table.to_pylist() if table is not None else []:
+        if row["image_id"] in photos:
+            photos[row["image_id"]].update(row)
+
+
+def _photo_order(photo: dict) -> tuple:
+    """Kept first, each group by similarity, lowest first (the doubtful ones on top)."""
+    sim = photo["sim_to_centroid"]
+    return photo["status"] != OK, sim if sim is not None else 2.0
