@@ -42,13 +42,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.core.config import TrainingSection
-from pipeline.core.pairs import pose_weights, too_similar, weighted_sample
+from pipeline.core.pairs import pair_difficulty, pose_weights, too_similar, weighted_sample
 from pipeline.core.rundir import RunDir
 from stages.imaging import PILLOW_MAX_PIXELS, decode_upright
 
 INDEX_FILE = "_index.parquet"
 PLAN_COLUMNS = ["identity", "image_id", "dup_group", "faces", "target_face", "calibration"]
-ITEM_COLUMNS = ["identity", "image_id", "crop_image", "mask", "caption", "class_word", "class_word_tokens"]
+ITEM_COLUMNS = ["identity", "image_id", "crop_image", "mask", "caption", "class_word", "class_word_tokens",
+                "faces", "target_face", "page_url", "phash"]  # the last four: each pair's difficulty
 TOKEN_PAD = -1  # never a valid token position
 
 Item = dict[str, Any]
@@ -65,6 +66,10 @@ class IdentityDataset(Dataset):
       class_word_tokens  int64 tensor: the class word's indices in SDXL's CLIP input_ids
       references         uint8 tensor Kx3xHxW, 1 <= num_refs[0] <= K <= num_refs[1]
       reference_ids      list of K image_ids
+      reference_difficulty  float32 tensor Kx3, per reference (pipeline/core/pairs.py: Difficulty): the cosine of
+                         the two target faces, their head-pose difference in degrees (NaN: unmeasured), and 1.0
+                         where both photos share a scene (source page or near-identical whole image); a trainer
+                         weights or filters hard pairs with it
 
     H = W = `image_size` when given, else the stored crop side (one per run: `crop.size`).
     References come from K distinct `dup_group`s other than the target's, never with a target face
@@ -195,6 +200,8 @@ class IdentityDataset(Dataset):
             "image_id": row["image_id"],
             "references": torch.stack([decode_image(ref["crop_image"], self.image_size) for ref in references]),
             "reference_ids": [ref["image_id"] for ref in references],
+            "reference_difficulty": torch.tensor([pair_difficulty(row, ref).as_list() for ref in references],
+                                                 dtype=torch.float32),
         }
         return self.transform(item) if self.transform else item
 
@@ -271,17 +278,17 @@ def decode_mask(data: bytes, size: int | None) -> torch.Tensor:
 def collate_references(items: list[Item]) -> Item:
     """Batch items whose reference counts differ (for `DataLoader(collate_fn=...)`).
 
-    `references` is zero-padded to the batch's largest K: Bx K_max x3xHxW, with `num_references`
-    (int64, B) saying how many are real (`arange(K_max) < num_references[:, None]` is the mask).
+    `references` is zero-padded to the batch's largest K: Bx K_max x3xHxW (`reference_difficulty` to Bx K_max x3),
+    with `num_references` (int64, B) saying how many are real (`arange(K_max) < num_references[:, None]` is the mask).
     `class_word_tokens` is padded with -1 to BxT. Other tensors are stacked (same shapes); every
     other value (strings, `reference_ids`) becomes a list of B values.
     """
     batch: Item = {}
     for key in items[0]:
         values = [item[key] for item in items]
-        if key == "references":
+        if key in ("references", "reference_difficulty"):
             batch[key] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True)
-            batch["num_references"] = torch.tensor([len(value) for value in values], dtype=torch.int64)
+            batch.setdefault("num_references", torch.tensor([len(value) for value in values], dtype=torch.int64))
         elif key == "class_word_tokens":
             batch[key] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=TOKEN_PAD)
         elif isinstance(values[0], torch.Tensor):

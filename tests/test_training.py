@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from pipeline.core.config import TrainingSection
+from pipeline.core.pairs import pair_difficulty
 from pipeline.training import IdentityDataset, collate_references
 from stages.faces.sface_backend import SFaceBackend
 from tests.conftest import REPO
@@ -139,7 +140,26 @@ def test_each_item_is_its_target_with_references_of_other_photos_of_its_identity
         assert len({ref["dup_group"] for ref in references}) == len(references)  # nor twice the same photo
         for tensor, ref in zip(item["references"], references, strict=True):
             assert torch.equal(tensor, decoded(ref["crop_image"]))
+        difficulty = item["reference_difficulty"]  # similarity, pose difference, same scene: one row per reference
+        assert difficulty.shape == (len(references), 3)
+        assert difficulty[:, 0].tolist() == pytest.approx([similarity(ref, target) for ref in references], abs=1e-5)
     assert sorted(seen) == sorted(rows)  # every row is a target once
+
+
+def test_pair_difficulty_reads_pose_and_scene_from_the_stored_rows(rows: dict) -> None:
+    target, reference = sorted(rows.values(), key=lambda row: row["image_id"])[:2]
+    found = pair_difficulty(target, reference)
+    faces = [row["faces"][row["target_face"]] for row in (target, reference)]
+    turned = [np.array([face["yaw"], face["pitch"]]) for face in faces]
+    assert found.similarity == pytest.approx(similarity(target, reference), abs=1e-5)
+    assert found.pose_difference == pytest.approx(float(np.linalg.norm(turned[0] - turned[1])), abs=1e-3)
+    assert found.pose_difference > 0  # two real photos never hold one pose exactly
+    page = "https://example.org/gallery"
+    assert pair_difficulty({**target, "page_url": page}, {**reference, "page_url": page}).same_scene
+    apart = {**target, "page_url": None}
+    far = f"{int(target['phash'], 16) ^ (2**64 - 1):016x}"  # every bit flipped
+    assert not pair_difficulty(apart, {**reference, "page_url": None, "phash": far}).same_scene
+    assert pair_difficulty(apart, {**reference, "page_url": None, "phash": target["phash"]}).same_scene
 
 
 def similarity(a: dict, b: dict) -> float:

@@ -162,6 +162,10 @@ class VerifySection(Section):
         None, ge=-1, le=1, description="average-linkage cosine at which faces join one cluster"
     )
     min_images: int = Field(3, ge=1, description="distinct kept photos (duplicate groups) an identity needs")
+    max_images: int | None = Field(
+        None, ge=1, description="keep at most this many photos an identity, the most varied in pose and embedding "
+        "(farthest-point selection, stages/diversity.py); null = all"
+    )
     competing_ratio: float = Field(
         0.5, gt=0, le=1, description="a second cluster this large, relative to the dominant one, flags the identity"
     )

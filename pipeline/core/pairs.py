@@ -74,3 +74,43 @@ def pair_counts(vectors: np.ndarray, groups: np.ndarray, copy_paste_max: float, 
     ok = allowed(groups, blocked)
     served = [len(np.unique(groups[row])) >= min_refs for row in ok]
     return PairCounts(len(groups), len(np.unique(groups)), int(ok.sum()), int(blocked.sum()), int(sum(served)))
+
+
+# Whole-image phash bits within which two photos of different near-duplicate groups count as one scene (the same
+# backdrop, shoot or stage; verify's near-duplicates are within 10). A starting point: the labelled photos hold no
+# two shots of one scene to measure it on.
+SCENE_HAMMING = 20
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard a (target, reference) pair is: a trainer samples hard pairs (low similarity, a turned head, another
+    scene) to learn the person rather than the photo."""
+
+    similarity: float  # cosine of the two target faces
+    pose_difference: float  # degrees between the two heads (yaw and pitch); NaN where either is unmeasured
+    same_scene: bool  # the same source page, or whole-image phashes within SCENE_HAMMING bits
+
+    def as_list(self) -> list[float]:
+        return [self.similarity, self.pose_difference, float(self.same_scene)]
+
+
+def head_angles(face: dict[str, Any]) -> np.ndarray:
+    """(yaw, pitch) of a stored face, NaN where unmeasured."""
+    return np.array([np.nan if face.get(angle) is None else float(face[angle]) for angle in ("yaw", "pitch")])
+
+
+def same_scene(target: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """One source page, or whole images whose perceptual hashes differ in at most SCENE_HAMMING bits."""
+    if target.get("page_url") and target.get("page_url") == reference.get("page_url"):
+        return True
+    hashes = target.get("phash"), reference.get("phash")
+    return None not in hashes and bin(int(hashes[0], 16) ^ int(hashes[1], 16)).count("1") <= SCENE_HAMMING
+
+
+def pair_difficulty(target: dict[str, Any], reference: dict[str, Any]) -> Difficulty:
+    """The difficulty of serving `target` with `reference`, from the rows' stored faces, page_url and phash."""
+    (vector, _), (other, _) = target_evidence(target), target_evidence(reference)
+    angles = [head_angles(row["faces"][row["target_face"]]) for row in (target, reference)]
+    turned = float(np.linalg.norm(angles[0] - angles[1]))
+    return Difficulty(float(vector @ other), turned, same_scene(target, reference))
