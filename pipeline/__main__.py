@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run|status|report|models|export|remove|generate`.
+"""Command line: `python -m pipeline run|status|report|models|export|release|remove|generate`.
 
 User mistakes, bad configs and bad run directories print one `error:` line and exit 2; only a bug in our
 code shows a traceback, and a command working on a run also writes it to the run's log.
@@ -25,6 +25,7 @@ from pipeline.core.runlock import run_lock
 from pipeline.core.schema import OK
 from pipeline.engine.registry import SHARD, STAGE_NAMES, STAGES, check_backends, check_contracts, selected
 from pipeline.export import FORMAT_NAMES
+from pipeline.dataset.release_write import FORMATS as RELEASE_FORMATS
 
 if TYPE_CHECKING:
     from pipeline.engine.stats import StageCounts
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     _release_arguments(release)
     _console_options(release)
 
+    release = commands.add_parser("release", help="a copy of the dataset safe to publish (docs/release.md)")
+    _config_options(release)
+    _release_arguments(release)
+    _console_options(release)
+
     remove = commands.add_parser("remove", help="take an identity, photo, URL, domain or face out of a run for good (takedown)")
     _config_options(remove)
     from pipeline.remove import add_arguments as remove_arguments
@@ -109,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(generate)
     _console_options(generate)
     return parser
+
+
+def _release_arguments(release: argparse.ArgumentParser) -> None:
+    release.add_argument("--dest", required=True, help="the release's folder or URI (empty, or an earlier release)")
+    release.add_argument("--since", metavar="PREV", help="an earlier release: write deletions.txt, the keys it "
+                         "holds that this one does not (what its holders must delete)")
+    release.add_argument("--keep-names", action="store_true", help="keep people's names (public figures); "
+                         "default: identities are keyed hashes")
+    release.add_argument("--with-embeddings", action="store_true", help="keep the face-recognition embeddings: "
+                         "the release is then a face index")
+    release.add_argument("--format", default="parquet", choices=RELEASE_FORMATS, help="Parquet (the shards' "
+                         "layout) or WebDataset tars")
+    release.add_argument("--contact", help="where removal requests go (an address or URL), for the card")
 
 
 def _config_options(command: argparse.ArgumentParser) -> None:
@@ -348,6 +367,34 @@ def command_remove(args: argparse.Namespace) -> int:
         return remove(run, args)
 
 
+def command_release(args: argparse.Namespace) -> int:
+    config, profile = _settings(args)
+    _ray_environment(config)
+    from pipeline.release import ReleaseRequest, make_release
+
+    run = _existing_run(config, profile)
+    identities = [Identity(slug, name) for slug, name in _run_info(run).identities]
+    if args.with_embeddings:
+        print("warning: --with-embeddings: with names or faces, this release is a face index (EU AI Act "
+              "Art. 5(1)(e) bans building one from scraped faces)", file=sys.stderr)
+    request = ReleaseRequest(args.format, args.keep_names, args.with_embeddings, args.since, args.contact)
+    with _logged(run, args):
+        done = make_release(run, RunDir(args.dest), config, identities, request)
+    deletions = "" if done.deletions is None else f"; {done.deletions} keys to delete in deletions.txt"
+    print(f"{done.dest}: {done.identities} identities, {done.images} images, {done.withheld} withheld by takedowns; "
+          f"{done.written} shards written, {done.unchanged} unchanged{deletions}")
+    return 0
+
+
+def command_review(args: argparse.Namespace) -> int:
+    config, profile = _settings(args)
+    run = _existing_run(config, profile)
+    from pipeline.review.serve import serve  # Flask: only for this command
+
+    serve(run, args.host, args.port)
+    return 0
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from pipeline.generator.cli import overrides, request
 
@@ -374,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": command_run, "status": command_status, "report": command_report,
                 "generate": command_generate, "models": command_models,
-                "export": command_export, "remove": command_remove}[args.command](args)
+                "export": command_export, "remove": command_remove,
+                "release": command_release}[args.command](args)
     except UserError as exc:
         print(one_line(f"error: {exc}"), file=sys.stderr)
         return 2

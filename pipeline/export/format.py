@@ -20,11 +20,13 @@ class Format:
     outputs: Callable[[str], list[str]]  # a source shard's stem -> its outputs (a trailing "/" is a folder)
     write_shard: Callable[[RunDir, RunDir, str], list[Sample]]  # (run, dest, shard file name) -> its samples
     finish: Callable[[RunDir, list[dict]], None]  # (dest, every current marker in shard order): files over all shards
+    settings: str = ""  # what else a shard's outputs depend on (a release's options); part of the fingerprint
 
     @property
     def fingerprint(self) -> str:
         """The export settings a shard's outputs depend on (the source shard's digest is kept beside it)."""
-        text = json.dumps({"format": self.name, "layout": self.layout})
+        extra = {"settings": self.settings} if self.settings else {}  # none: an export's fingerprint as before
+        text = json.dumps({"format": self.name, "layout": self.layout, **extra})
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

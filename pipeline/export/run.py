@@ -60,7 +60,7 @@ def _run_tasks(run: RunDir, dest: RunDir, fmt: Format, plan: ExportPlan, address
     specs = [{"spec": json.dumps(spec)} for spec in plan.todo]
     tasks = ray.data.from_items(specs, override_num_blocks=len(specs)).map_batches(
         _export_batch,
-        fn_kwargs={"run_uri": run.uri, "dest_uri": dest.uri, "format_name": fmt.name},
+        fn_kwargs={"run_uri": run.uri, "dest_uri": dest.uri, "fmt": fmt},  # the format itself: a release's has options
         batch_size=1,
         batch_format="pyarrow",
         num_cpus=1,
@@ -68,8 +68,8 @@ def _run_tasks(run: RunDir, dest: RunDir, fmt: Format, plan: ExportPlan, address
     return [json.loads(row["result"]) for row in tasks.iter_rows()]
 
 
-def _export_batch(batch: pa.Table, run_uri: str, dest_uri: str, format_name: str) -> dict[str, list[str]]:
-    run, dest, fmt = RunDir(run_uri), RunDir(dest_uri), FORMATS[format_name]
+def _export_batch(batch: pa.Table, run_uri: str, dest_uri: str, fmt: Format) -> dict[str, list[str]]:
+    run, dest = RunDir(run_uri), RunDir(dest_uri)
     specs = [json.loads(spec) for spec in batch["spec"].to_pylist()]
     return {"result": [json.dumps(export_shard(run, dest, fmt, spec)) for spec in specs]}
 

@@ -16,7 +16,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.core.markers import read_markers
+from pipeline.core.markers import consumed, read_markers
 from pipeline.engine.registry import SHARD, STAGES
 from pipeline.engine.runner import name_digest
 from pipeline.dataset.shards import INDEX, is_current, plan_shards
@@ -82,7 +82,8 @@ def _stage_states(run: RunDir, identities: list[Identity], hashes: dict[str, str
         markers = read_markers(run, stage.name)
         current = [
             marker for slug, marker in markers.items()
-            if slug in inputs and marker.config_hash == hashes.get(stage.name) and marker.input_digest == inputs[slug]
+            if slug in inputs and marker.config_hash == hashes.get(stage.name)
+            and consumed(marker.input_digest, inputs[slug])  # a curator's decisions, applied or not, keep it current
         ]
         counts = StageCounts(stage.name, tasks_total=len(identities))
         for marker in current:
