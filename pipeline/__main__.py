@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run|status|report|models|export|release|remove|generate`.
+"""Command line: `python -m pipeline run|status|report|models|export|release|remove|decide|review|generate`.
 
 User mistakes, bad configs and bad run directories print one `error:` line and exit 2; only a bug in our
 code shows a traceback, and a command working on a run also writes it to the run's log.
@@ -367,6 +367,59 @@ def command_remove(args: argparse.Namespace) -> int:
         return remove(run, args)
 
 
+def command_decide(args: argparse.Namespace) -> int:
+    """Record, undo or list decisions (the run's lock: they change what the next run makes), or apply them."""
+    from pipeline.decide import list_lines, record, requested
+
+    if args.apply:
+        return _apply_decisions(args)
+    config, profile = _settings(args)
+    run = _existing_run(config, profile)
+    if args.list:
+        print("\n".join(list_lines(run, args.all)))
+        return 0
+    with run_lock(run, "decide"):
+        row = record(run, requested(args, run))
+    print(f"row {row} recorded; apply it with: python -m pipeline decide --apply --out {shlex.quote(run.uri)}")
+    return 0
+
+
+def _apply_decisions(args: argparse.Namespace) -> int:
+    """verify and every stage after it, the shards and the report, under the run's own config unless --config
+    names one: tasks whose identity has no new decision are done already, so only touched identities run."""
+    from pipeline.dataset.write import write_dataset
+    from pipeline.engine.driver import run_stages
+    from pipeline.models import ensure_models
+    from stages.verify import VerifyStage
+
+    if args.config is None and args.out:
+        args.config = _saved_config(RunDir(args.out))
+    config, profile = _settings(args)
+    _ray_environment(config)
+    run = _existing_run(config, profile)
+    identities = [Identity(slug, name) for slug, name in _run_info(run).identities]
+    chosen = STAGES[STAGES.index(VerifyStage):]
+    ensure_models(config, chosen, args.config)
+    with run_lock(run, "decide"), _logged(run, args) as log:
+        for stage in chosen:
+            stage.preflight(config)
+        summaries = run_stages(chosen, config, run, identities, force=False, retry_failed=False)
+        summaries.append(write_dataset(config, run, identities, False))
+        failed = sum(summary.tasks_failed for summary in summaries)
+        if not failed:
+            _write_report(run, changed=any(summary.tasks_done for summary in summaries))
+    args.stage = "all"
+    _run_summary(run, args, summaries, identities, log)
+    return 1 if failed else 0
+
+
+def _saved_config(run: RunDir) -> str | None:
+    """The resolved config a run saved (a local run's config.yaml), so apply keeps the run's fingerprints."""
+    if run.object_store or not run.exists(RUN_CONFIG):
+        return None
+    return run.path(RUN_CONFIG)
+
+
 def command_release(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     _ray_environment(config)
@@ -421,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": command_run, "status": command_status, "report": command_report,
                 "generate": command_generate, "models": command_models,
-                "export": command_export, "remove": command_remove,
+                "export": command_export, "remove": command_remove, "decide": command_decide, "review": command_review,
                 "release": command_release}[args.command](args)
     except UserError as exc:
         print(one_line(f"error: {exc}"), file=sys.stderr)

@@ -57,6 +57,12 @@ class Stage(ABC):
         return {}
 
     @classmethod
+    def task_inputs(cls, run: RunDir) -> dict[str, str]:
+        """Per task, a digest of what besides its upstream part decides its output (a curator's decisions,
+        stages/curation.py): a task whose digest changed runs again; tasks missing here depend on nothing else."""
+        return {}
+
+    @classmethod
     def resources(cls, config: PipelineConfig) -> Resources:
         return getattr(config, cls.name).resources
 

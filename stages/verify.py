@@ -26,10 +26,13 @@ The rule, and why:
    reference and target from different photos; otherwise its kept rows drop as `too_few_images`.
 7. With `max_images: K`, an identity keeps the K photos that best cover its variety (stages/diversity.py:
    farthest-point selection over pose and embedding); the others drop as `not_selected_for_diversity`.
+A curator's decisions come last (stages/curation.py): photos rejected or split off stay out of the clustering
+and drop (`curator_rejected`, `curator_split`), accepted ones and chosen target faces are kept, `decided_by` curator.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from typing import Any
 
@@ -37,10 +40,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.decisions import Decision as Curated
+from pipeline.core.rundir import RunDir
 from pipeline.core.errors import UserError
 from pipeline.core.schema import VERIFICATION
 from pipeline.core.reasons import NOT_SELECTED_FOR_DIVERSITY, NOT_TARGET_IDENTITY, NO_FACE, TOO_FEW_IMAGES
 from stages.base import Row, Stage, drop, keep
+from stages.curation import VERIFY_KINDS, Curation, decisions_by_identity, digests
 from stages.diversity import not_selected
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
 from stages.face_gates import LARGE_FACE_RATIO, Gates, failures, large_faces
@@ -74,12 +80,16 @@ class VerifyStage(Stage):
     sections = ("verify",)
     requires = ("faces", "phash", "face_backend")
     produces = VERIFICATION
-    version = 2  # 2: rows record the calibration they were decided with
+    version = 3  # 2: rows record the calibration they were decided with; 3: and whether a curator decided them
     tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate
 
     @classmethod
     def constants(cls) -> dict[str, Any]:
         return {"calibrations": calibrations(), "large_face_ratio": LARGE_FACE_RATIO}
+
+    @classmethod
+    def task_inputs(cls, run: RunDir) -> dict[str, str]:
+        return digests(run, VERIFY_KINDS)  # an identity with new photo decisions is verified again
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
@@ -93,12 +103,19 @@ class VerifyStage(Stage):
         import scipy.cluster.hierarchy
         import scipy.sparse.csgraph  # noqa: F401
 
+    @functools.cached_property
+    def decisions(self) -> dict[str, list[Curated]]:
+        return decisions_by_identity(self.run)  # a curator's, read at the first task
+
     def process(self, rows: pa.Table) -> pa.Table:
         records = rows.to_pylist()
-        with_faces = sorted((r for r in records if r["faces"]), key=lambda r: r["image_id"])
+        curation = Curation.of(self.decisions.get(records[0]["identity"], []) if records else [])
+        clustered = (r for r in records if r["faces"] and not curation.left_out(r["image_id"]))
+        with_faces = sorted(clustered, key=lambda r: r["image_id"])
         verdicts = self.verify(with_faces) if with_faces else {}
         no_face = drop(NO_FACE, "no face reached verify")  # the filter drops these; never lose a row
-        return self.to_table([{**r, **verdicts.get(r["image_id"], no_face)} for r in records], rows.schema)
+        out = [{**r, **verdicts.get(r["image_id"], no_face)} for r in records]
+        return self.to_table(curation.applied(out, self.config.verify.min_images), rows.schema)
 
     def verify(self, rows: list[Row]) -> dict[str, Row]:
         """image_id -> the verify columns, for rows that all have faces, sorted by image_id."""

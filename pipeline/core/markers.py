@@ -111,6 +111,18 @@ class Marker:
 MARKER = TypeAdapter(Marker)  # parses and checks a marker's JSON (ValidationError, a ValueError, when it is none)
 
 
+def task_digest(upstream_digest: str, extra: str) -> str:
+    """What a task consumed (its marker's `input_digest`): its upstream part's digest, and the digest of its other
+    inputs where it has any (`Stage.task_inputs`: a curator's decisions), so a task without them keeps the digest
+    it always had."""
+    return f"{upstream_digest}+{extra}" if extra else upstream_digest
+
+
+def consumed(input_digest: str, upstream_digest: str) -> bool:
+    """A marker's input was this upstream part, whatever other inputs it had."""
+    return input_digest.split("+", 1)[0] == upstream_digest
+
+
 def count_outcomes(table: pa.Table) -> tuple[dict[str, int], dict[str, int]]:
     """Rows by status, and rows not kept by reason (the report's funnel)."""
     statuses = Counter(table["status"].to_pylist())

@@ -82,11 +82,14 @@ SMALL_FACE_SHARE = _reason("small_face_share", "verify", "the target face covers
 MANY_FACES = _reason("many_faces", "verify", "more large faces than verify.quality.max_large_faces")
 NOT_SELECTED_FOR_DIVERSITY = _reason("not_selected_for_diversity", "verify",
                                      "verify.max_images: farthest-point selection over pose and embedding kept others")
+CURATOR_REJECTED = _reason("curator_rejected", "verify", "a curator decided the photo is not this person (decide --reject)")
+CURATOR_SPLIT = _reason("curator_split", "verify",
+                        "a curator decided the photo shows another person, a namesake (decide --split)")
 # hygiene
 CLAIMED_BY_OTHER_IDENTITY = _reason("claimed_by_other_identity", "hygiene",
                                     "the photo is kept under another identity whose centroid is closer")
 MERGED_INTO_OTHER_IDENTITY = _reason("merged_into_other_identity", "hygiene",
-                                     "hygiene.merge moved the row to another identity")
+                                     "hygiene.merge or a curator's merge moved the row to another identity")
 # safety
 MINOR = _reason("minor", "safety", "estimated age less governance.age_margin is below governance.min_age")
 IDENTITY_MINOR = _reason("identity_minor", "safety", "the identity's median estimated age is below the limit")

@@ -8,8 +8,10 @@ written after its part, so the markers are the whole resume logic.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -111,6 +113,29 @@ class RunDir:
         if folder not in self._made:  # a set is thread-safe enough: a repeated create_dir is harmless
             self.fs.create_dir(folder, recursive=True)
             self._made.add(folder)
+
+    def append_line(self, rel: str, line: str) -> int:
+        """Append one line to a log; its line number (1-based). On a local disk one locked O_APPEND write, so
+        concurrent writers never interleave and a writer killed mid-line tears only its own line (a newline
+        first ends such a torn line, so it stays one line readers skip). An object store has no append: the
+        object is rewritten whole, so writers there must take turns (the run's lock)."""
+        data = line.replace("\n", " ").encode() + b"\n"
+        if self.object_store:
+            old = self.read_bytes(rel) if self.exists(rel) else b""
+            old += b"\n" if old and not old.endswith(b"\n") else b""
+            self.write_bytes(rel, old + data)
+            return old.count(b"\n") + 1
+        self._make_dir(posixpath.dirname(self.path(rel)))
+        with open(self.path(rel), "a+b") as stream:
+            fcntl.flock(stream, fcntl.LOCK_EX)  # released when the file closes
+            stream.seek(0)
+            old = stream.read()
+            if old and not old.endswith(b"\n"):
+                data = b"\n" + data
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        return old.count(b"\n") + data.count(b"\n")
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as stream:

@@ -35,6 +35,7 @@ from pipeline.core.markers import (
     part_path,
     read_markers,
     read_pinned_part,
+    task_digest,
     write_marker_file,
     write_part,
 )
@@ -97,12 +98,14 @@ def plan_stage(
     slugs = [identity.slug for identity in identities]
     done = read_markers(run, stage.name, slugs)
     inputs = read_markers(run, upstream.name, slugs) if upstream else {}
+    extra = stage.task_inputs(run)
     plan = Plan()
     for identity in identities:
         if upstream and identity.slug not in inputs:
             plan.missing.append(identity.slug)
             continue
-        digest = inputs[identity.slug].output_digest if upstream else name_digest(identity.name)
+        upstream_digest = inputs[identity.slug].output_digest if upstream else name_digest(identity.name)
+        digest = task_digest(upstream_digest, extra.get(identity.slug, ""))
         pin = inputs[identity.slug].pin if upstream else ""
         spec = {"task": identity.slug, "name": identity.name, "input_digest": digest, "input_pin": pin, "mode": RUN}
         marker = done.get(identity.slug)

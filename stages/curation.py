@@ -1,0 +1,123 @@
+"""A curator's decisions (`pipeline/core/decisions.py`) applied to a stage's rows: pure functions over rows.
+
+Verify leaves the photos a curator rejected or split off out of its clustering (they are not this person,
+so they must not pull the centroid) and then applies every photo decision to its verdicts; hygiene reads
+the merges, caption the class word. Decisions are applied from the evidence already stored, so applying
+them runs no model. A row a decision changed says so: `decided_by` is `curator`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.core.decisions import (
+    ACCEPT, CLASS_WORD, MERGE, REJECT, SPLIT, TARGET_FACE, Decision, by_identity, digest, in_force, read_log,
+)
+from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, NO_FACE, TOO_FEW_IMAGES
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import DROPPED, OK
+from stages.base import Row, drop, keep
+from stages.face_gates import large_faces
+
+CURATOR = "curator"  # the `decided_by` of a row a decision changed
+VERIFY_KINDS = (REJECT, ACCEPT, SPLIT, TARGET_FACE)
+
+
+def decisions_by_identity(run: RunDir) -> dict[str, list[Decision]]:
+    """The decisions in force, per identity slug (the log is small: read whole, once per worker)."""
+    return by_identity(in_force(read_log(run).rows))
+
+
+def digests(run: RunDir, kinds: tuple[str, ...]) -> dict[str, str]:
+    """Per identity with decisions of these kinds, their digest: part of what its task consumed."""
+    found = {slug: digest(d for d in decisions if d.kind in kinds)
+             for slug, decisions in decisions_by_identity(run).items()}
+    return {slug: text for slug, text in found.items() if text}
+
+
+@dataclass(frozen=True)
+class Curation:
+    """One identity's decisions, by what they apply to."""
+
+    verdicts: dict[str, Decision] = field(default_factory=dict)  # image_id -> its reject, accept or split
+    targets: dict[str, int] = field(default_factory=dict)  # image_id -> the target face's index
+    merge_into: str | None = None
+    class_word: str | None = None
+
+    @classmethod
+    def of(cls, decisions: list[Decision]) -> Curation:
+        verdicts = {d.image: d for d in decisions if d.kind in (REJECT, ACCEPT, SPLIT) and d.image}
+        targets = {d.image: int(d.value) for d in decisions if d.kind == TARGET_FACE and d.image}  # type: ignore[arg-type]
+        merge = next((str(d.value) for d in decisions if d.kind == MERGE), None)
+        word = next((str(d.value) for d in decisions if d.kind == CLASS_WORD), None)
+        return cls(verdicts, targets, merge, word)
+
+    def left_out(self, image_id: str) -> bool:
+        """Not this person, by a decision: kept out of the identity's clustering."""
+        verdict = self.verdicts.get(image_id)
+        return verdict is not None and verdict.kind in (REJECT, SPLIT)
+
+    def applied(self, rows: list[Row], min_images: int) -> list[Row]:
+        """Verify's rows with the photo decisions applied, then verify's `min_images` rule again."""
+        if not (self.verdicts or self.targets):
+            return rows
+        out = [self._decided(row) for row in rows]
+        for i, row in enumerate(out):
+            target = self.targets.get(row["image_id"])
+            if target is not None and row["status"] == OK and 0 <= target < len(row["faces"] or []):
+                out[i] = {**row, **_target_columns(row, target, centroid(out, row["image_id"])),
+                          "decided_by": CURATOR}
+        return enough_photos(out, min_images)
+
+    def _decided(self, row: Row) -> Row:
+        verdict, target = self.verdicts.get(row["image_id"]), self.targets.get(row["image_id"])
+        if verdict is not None and verdict.kind == REJECT:
+            return {**row, **drop(CURATOR_REJECTED, _detail("not this person", verdict)), "decided_by": CURATOR}
+        if verdict is not None and verdict.kind == SPLIT:
+            other = f"another person ({verdict.value})" if verdict.value else "another person"
+            return {**row, **drop(CURATOR_SPLIT, _detail(other, verdict)), "decided_by": CURATOR}
+        chosen = target is not None and 0 <= target < len(row["faces"] or [])
+        if (chosen or verdict is not None) and row["status"] == DROPPED and row["reason"] != NO_FACE:
+            return {**row, **keep(), "decided_by": CURATOR}  # accepted (a chosen face says so too), even against verify
+        return row
+
+
+def _detail(what: str, decision: Decision) -> str:
+    return f"{what}, decided by {decision.by}" + (f": {decision.note}" if decision.note else "")
+
+
+def centroid(rows: list[Row], image_id: str) -> np.ndarray | None:
+    """The identity's direction without this photo: the mean target face of the other kept rows (verify's
+    leave-one-out scale); None when no other row is kept."""
+    vectors = [row["faces"][row["target_face"]]["embedding"] for row in rows
+               if row["status"] == OK and row["image_id"] != image_id and row["target_face"] is not None]
+    if not vectors:
+        return None
+    mean = np.mean(np.array(vectors, dtype=np.float32), axis=0)
+    return mean / (np.linalg.norm(mean) or 1.0)
+
+
+def _target_columns(row: Row, target: int, direction: np.ndarray | None) -> Row:
+    """The verify columns of a photo whose target face a curator chose, scored as verify scores faces."""
+    faces = row["faces"]
+    if direction is None:
+        return {"target_face": target, "large_faces": large_faces(faces, target)}
+    sims = np.array([face["embedding"] for face in faces], dtype=np.float32) @ direction
+    others = [float(s) for i, s in enumerate(sims) if i != target]
+    return {"target_face": target, "sim_to_centroid": float(sims[target]),
+            "runner_up_sim": max(others) if others else None, "large_faces": large_faces(faces, target)}
+
+
+def enough_photos(rows: list[Row], min_images: int) -> list[Row]:
+    """Verify's rule after decisions: too few distinct kept photos drop them all; enough bring back the rows
+    verify dropped only for being too few."""
+    distinct = len({row["dup_group"] or row["image_id"] for row in rows if row["status"] == OK})
+    if distinct < min_images:
+        detail = f"{distinct} distinct photos kept after the curator's decisions < {min_images}"
+        rows = [{**row, **drop(TOO_FEW_IMAGES, detail)} if row["status"] == OK else row for row in rows]
+    else:
+        rows = [{**row, **keep()} if row["reason"] == TOO_FEW_IMAGES else row for row in rows]
+    kept = sum(row["status"] == OK for row in rows)
+    return [{**row, "identity_kept": kept} for row in rows]
