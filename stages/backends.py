@@ -95,15 +95,6 @@ class Registry(Generic[B]):
             raise missing.user_error(f"{self.key}={getattr(getattr(config, section), field)}") from missing
 
 
-def resolve_device(device: str) -> str:
-    """`auto` is CUDA when torch sees a GPU, else the CPU; anything else is taken as written."""
-    if device != "auto":
-        return "cuda:0" if device == "cuda" else device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
 def cpu_threads() -> int:
     """Threads a model library may use in this process: the CPUs Ray gave the actor, which Ray says in
     OMP_NUM_THREADS (as may a user); 0, the library's own default (a thread per core), where unset."""
@@ -121,21 +112,3 @@ def onnx_options(**settings: Any):  # -> onnxruntime.SessionOptions
     for name, value in settings.items():
         setattr(options, name, value)
     return options
-
-
-def onnx_providers(device: str) -> list:
-    """onnxruntime's execution providers for `auto | cpu | cuda | cuda:N`: CUDA first where asked for or
-    (auto) where onnxruntime-gpu offers it; an explicit CUDA device without the CUDA provider is an error."""
-    import onnxruntime
-
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise UserError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N")
-    available = onnxruntime.get_available_providers()
-    has_cuda = "CUDAExecutionProvider" in available
-    if device.startswith("cuda") and not has_cuda:
-        raise UserError(f"device={device} but onnxruntime offers only {', '.join(available)}",
-                        "pip install onnxruntime-gpu in place of onnxruntime (docs/models.md: GPU machines)")
-    if device == "cpu" or not has_cuda:
-        return ["CPUExecutionProvider"]
-    options = {"device_id": int(device.split(":", 1)[1])} if ":" in device else {}
-    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from pipeline.core.errors import ModelNotFound, UserError
-from stages.backends import onnx_providers
+from stages.devices import CUDA_OPTIONS, onnx_providers
 from stages.faces import LANDMARK_ORDER, Face
 from stages.faces.base import FACES as FACE_BACKENDS
 from stages.faces.base import file_sha256
@@ -370,13 +370,13 @@ def test_providers_prefer_cuda_when_onnxruntime_has_it(monkeypatch):
     monkeypatch.setattr(
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    assert onnx_providers("auto") == [("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
-    assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert onnx_providers("auto") == [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
+    assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", {**CUDA_OPTIONS, "device_id": 1}), "CPUExecutionProvider"]
     assert onnx_providers("cpu") == ["CPUExecutionProvider"]
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert onnx_providers("auto") == ["CPUExecutionProvider"]
-    with pytest.raises(UserError, match="onnxruntime-gpu"):  # asked for a GPU: never a silent CPU run
+    with pytest.raises(UserError, match="CPU build of onnxruntime.*onnxruntime-gpu"):  # never a silent CPU run
         onnx_providers("cuda")
     with pytest.raises(UserError, match="unknown device"):
         onnx_providers("tpu")

@@ -71,6 +71,10 @@ class ConsentSettings(Section):
 
     robots_txt: bool = Field(True, description="the image host's robots.txt (RFC 9309), for our product token and *")
     tdmrep: bool = Field(True, description="TDMRep: /.well-known/tdmrep.json and the tdm-reservation header")
+    content_usage: bool = Field(
+        True, description="IETF AI Preferences: Content-Usage rules in robots.txt and the Content-Usage header "
+        "(train-ai=n refuses)"
+    )
     x_robots_tag: list[str] = Field(
         ["noai", "noimageai", "noml"], description="X-Robots-Tag directives that refuse an image; empty = ignore it"
     )

@@ -63,6 +63,8 @@ TDM_RESERVED = _reason("tdm_reserved", "crawl", "TDMRep (tdmrep.json or the tdm-
 ROBOTS_NOAI = _reason("robots_noai", "crawl", "an X-Robots-Tag directive of crawl.consent.x_robots_tag (noai, ...)")
 METADATA_PROHIBITS_TRAINING = _reason("metadata_prohibits_training", "crawl",
                                       "XMP plus:DataMining or a C2PA training-and-mining assertion prohibits it")
+AI_USAGE_REFUSED = _reason("ai_usage_refused", "crawl", "a Content-Usage preference (IETF AI Preferences), in "
+                           "robots.txt or the response header, refuses AI training (train-ai=n)")
 AI_GENERATED = _reason("ai_generated", "crawl", "the IPTC digital source type is in crawl.consent.ai_source_types")
 # filter
 LOW_RESOLUTION = _reason("low_resolution", "filter", "the short side is below filter.min_short_side")

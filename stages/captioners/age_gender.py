@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.models import locate
-from stages.backends import Backend, onnx_options, onnx_providers
+from stages.backends import Backend, onnx_options
+from stages.devices import onnx_session
 from stages.faces.base import file_sha256
 
 from .base import ESTIMATORS, Box, Estimate, Estimator
@@ -64,12 +65,12 @@ def face_rectangle(image: np.ndarray, face: Box):  # -> dlib.rectangle
     return dlib.rectangle(x0, y0, x1 - 1, y1 - 1)
 
 
-def session(path: Path, providers: list):  # -> onnxruntime.InferenceSession
+def session(path: Path, device: str):  # -> onnxruntime.InferenceSession
     import onnxruntime
 
     # the package validated its results against dlib's C++ networks with graph optimisation off
     options = onnx_options(graph_optimization_level=onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+    return onnx_session(str(path), device, options)
 
 
 @ESTIMATORS.register
@@ -90,9 +91,8 @@ class AgeGenderEstimator(Estimator, Backend):
         import dlib
         import onnxruntime
 
-        providers = onnx_providers(device)
-        self._age = session(age_model, providers)
-        self._gender = session(gender_model, providers)
+        self._age = session(age_model, device)
+        self._gender = session(gender_model, device)
         self._landmarks = dlib.shape_predictor(str(landmarks))
         self._versions = {"estimator": self.name, "onnxruntime": onnxruntime.__version__,
                           "providers": ",".join(self._age.get_providers())}

@@ -17,7 +17,8 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
-from stages.backends import Backend, resolve_device
+from stages.backends import Backend
+from stages.devices import checked_module, fast_matmuls, torch_device
 
 from .base import CAPTIONERS, Captioner
 
@@ -79,10 +80,12 @@ class BlipCaptioner(Captioner, Backend):
 
         self._torch = torch
         self.folder = resolve_model(model)
-        self.device = resolve_device(device)
+        self.device = torch_device(device)
+        fast_matmuls(self.device)
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32  # halves GPU memory and time
         self.processor = BlipProcessor.from_pretrained(self.folder)
-        self.model = BlipForConditionalGeneration.from_pretrained(self.folder, dtype=self.dtype).to(self.device).eval()
+        model = BlipForConditionalGeneration.from_pretrained(self.folder, dtype=self.dtype, device_map=self.device)
+        self.model = checked_module(model.eval(), self.device, "BLIP")
         self.prompt, self.num_beams, self.max_new_tokens, self.top_p = prompt.strip(), num_beams, max_new_tokens, top_p
         self.source = f"blip:{model}"
         self.model_name = model
@@ -105,4 +108,5 @@ class BlipCaptioner(Captioner, Backend):
     def versions(self) -> dict[str, str]:
         revision = self.folder.name if "snapshots" in self.folder.parts else "local"
         return {"captioner": "blip", "model": self.model_name, "revision": revision,
-                "transformers": importlib.metadata.version("transformers"), "torch": self._torch.__version__}
+                "transformers": importlib.metadata.version("transformers"), "torch": self._torch.__version__,
+                "device": self.device}

@@ -14,7 +14,8 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
-from stages.backends import Backend, onnx_providers
+from stages.backends import Backend
+from stages.devices import checked_providers, onnx_providers
 from stages.faces.base import file_sha256
 from stages.faces.insightface_backend import official_pack, pack_dir
 
@@ -59,7 +60,9 @@ class InsightFaceGenderAge(Estimator, Backend):
             raise ModelNotFound(f"a gender/age model at {path} (insightface routes it elsewhere)", [str(path)],
                                 "use the pack's original genderage.onnx")
         self._face = Face
+        providers = checked_providers(self._model.session.get_providers(), device, path.name)
         self._versions = {"estimator": self.name, "insightface": importlib.metadata.version("insightface"),
+                          "providers": providers,
                           "genderage_sha256": file_sha256(path)}
 
     def estimate(self, images: Sequence[np.ndarray], faces: Sequence[Box]) -> list[Estimate]:

@@ -17,7 +17,8 @@ from PIL import Image
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.models import locate
-from stages.backends import Backend, onnx_options, onnx_providers
+from stages.backends import Backend, onnx_options
+from stages.devices import CUDA_PROVIDER, PADDED_BATCHES, onnx_session, padded
 from stages.faces.base import file_sha256
 
 from .base import CLASSIFIERS, NsfwClassifier
@@ -43,10 +44,12 @@ class OpenNsfw(NsfwClassifier, Backend):
     def __init__(self, model: Path, device: str = "auto") -> None:
         import onnxruntime
 
-        self._session = onnxruntime.InferenceSession(str(model), onnx_options(), providers=onnx_providers(device))
+        self._session = onnx_session(str(model), device, onnx_options())
         self._input = self._session.get_inputs()[0].name  # (N, 224, 224, 3) float32, BGR less the means
+        providers = self._session.get_providers()
+        self._batch_sizes = PADDED_BATCHES if providers[0] == CUDA_PROVIDER else ()  # a few shapes for cuDNN
         self._versions = {"classifier": self.name, "onnxruntime": onnxruntime.__version__,
-                          "providers": ",".join(self._session.get_providers()),
+                          "providers": ",".join(providers),
                           "model": model.name, "sha256": file_sha256(model)}
 
     @classmethod
@@ -65,9 +68,9 @@ class OpenNsfw(NsfwClassifier, Backend):
         if len(inputs) == 0:
             return []  # some execution providers reject an empty batch
         # the wheel's float step: exact, as every byte is a whole float32
-        batch = np.stack(inputs).astype(np.float32)[..., ::-1] - BGR_MEANS
+        batch = np.stack(padded(list(inputs), self._batch_sizes)).astype(np.float32)[..., ::-1] - BGR_MEANS
         (probabilities,) = self._session.run(None, {self._input: np.ascontiguousarray(batch)})
-        return [float(p) for p in probabilities[:, NSFW_COLUMN]]
+        return [float(p) for p in probabilities[: len(inputs), NSFW_COLUMN]]
 
     def versions(self) -> dict[str, str]:
         return dict(self._versions)

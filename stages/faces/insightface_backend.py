@@ -15,7 +15,8 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
-from stages.backends import Backend, onnx_options, onnx_providers
+from stages.backends import Backend, onnx_options
+from stages.devices import CUDA_PROVIDER, PADDED_BATCHES, checked_providers, onnx_providers, padded
 
 from .base import (
     FACES,
@@ -137,6 +138,10 @@ class InsightFaceBackend(FaceBackend, Backend):
             if task not in found:
                 raise missing_pack(model, folder, f"{task} model (none of {[f.name for f in files]} is one)")
         self._detector, self._recognizer = found["detection"], found["recognition"]
+        self._providers = checked_providers(self._detector.session.get_providers(), device, "SCRFD")
+        checked_providers(self._recognizer.session.get_providers(), device, "ArcFace")
+        # a CUDA session meets a few batch shapes only (cuDNN picks its kernels per shape); the CPU has no such cost
+        self._batch_sizes = PADDED_BATCHES if self._providers.startswith(CUDA_PROVIDER) else ()
         if not self._detector.use_kps:
             raise ValueError(f"{self._detector.model_file}: SCRFD without keypoints cannot align faces for ArcFace")
         self._detector.prepare(0, input_size=(det_size, det_size), det_thresh=det_threshold)
@@ -151,7 +156,7 @@ class InsightFaceBackend(FaceBackend, Backend):
             "backend": self.name,
             "insightface": insightface.__version__,
             "onnxruntime": onnxruntime.__version__,
-            "providers": ",".join(self._detector.session.get_providers()),
+            "providers": self._providers,
             "pack": self._pack,
             "det_size": str(self._det_size),
         }
@@ -184,8 +189,13 @@ class InsightFaceBackend(FaceBackend, Backend):
             return np.empty((0, self.embedding_dim), dtype=np.float32)
         fixed_batch = isinstance(self._recognizer.input_shape[0], int)
         step = 1 if fixed_batch else MAX_RECOGNITION_BATCH
-        chunks = [self._recognizer.get_feat(crops[i : i + step]) for i in range(0, len(crops), step)]
+        chunks = [self._feat(crops[i : i + step], () if fixed_batch else self._batch_sizes)
+                  for i in range(0, len(crops), step)]
         return np.concatenate(chunks).astype(np.float32)
+
+    def _feat(self, crops: list[np.ndarray], batch_sizes: tuple[int, ...]) -> np.ndarray:
+        """ArcFace on `crops`, padded with blank crops up to the next of `batch_sizes` (none: as they come)."""
+        return self._recognizer.get_feat(padded(crops, batch_sizes))[: len(crops)]
 
 
 def _bgr(image_rgb: np.ndarray) -> np.ndarray:

@@ -108,13 +108,14 @@ def yolo_globals(path: Path) -> SafeGlobals:
     return [(obj, name) for name, obj in found.items()] + dtypes
 
 
-def read(path: Path, model: str, allowed: SafeGlobals) -> Any:
-    """The file's object, unpickled by torch's `weights_only` unpickler with `allowed` on top of its defaults."""
+def read(path: Path, model: str, allowed: SafeGlobals, device: str = "cpu") -> Any:
+    """The file's object, unpickled by torch's `weights_only` unpickler with `allowed` on top of its defaults,
+    its tensors on `device`."""
     import torch
 
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:  # torch's own advice (allow-list the global if trusted) is not ours
         reason = next((line for line in str(error).splitlines() if "WeightsUnpickler" in line), str(error))
         raise refused(path, model, reason.strip().split(". ")[0]) from error
@@ -131,9 +132,9 @@ def read_yolo(path: Path) -> tuple[Any, dict]:
     return model.float().eval(), checkpoint
 
 
-def read_state_dict(path: Path) -> dict:
-    """A segment-anything checkpoint: tensors by name, nothing beyond torch's own list."""
-    return read(path, "segment-anything", [])
+def read_state_dict(path: Path, device: str = "cpu") -> dict:
+    """A segment-anything checkpoint: tensors by name (on `device`), nothing beyond torch's own list."""
+    return read(path, "segment-anything", [], device)
 
 
 def yolo_detector(path: Path) -> Any:

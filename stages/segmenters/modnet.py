@@ -17,7 +17,8 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.models import locate
-from stages.backends import Backend, onnx_options, onnx_providers
+from stages.backends import Backend, onnx_options
+from stages.devices import onnx_session
 
 from .base import SEGMENTERS, Box, PersonMask, Prompt, Segmenter, face_pixels
 
@@ -93,9 +94,7 @@ class ModnetSegmenter(Segmenter, Backend):
         return cls(locate("modnet", config.models.cache_dir), config.segment.modnet_side, config.segment.device)
 
     def __init__(self, model: Path, side: int = 512, device: str = "auto") -> None:
-        import onnxruntime
-
-        self.session = onnxruntime.InferenceSession(str(model), onnx_options(), providers=onnx_providers(device))
+        self.session = onnx_session(str(model), device, onnx_options())
         self.input = self.session.get_inputs()[0].name  # "input": (batch, 3, height, width), all dynamic
         self.side = side
         self.source = f"modnet:{side}"

@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline.core.config import PipelineConfig, SegmentSection
 from pipeline.core.errors import ModelNotFound
-from stages.backends import Backend, resolve_device
+from stages.backends import Backend
+from stages.devices import checked_module, fast_matmuls, torch_device
 
 from .base import SEGMENTERS, Box, PersonMask, Prompt, Segmenter, face_pixels, near_best
 from .checkpoints import SAM_URL, YOLO_URL, read_state_dict, yolo_detector, yolo_globals
@@ -109,15 +110,15 @@ class YoloSamSegmenter(Segmenter, Backend):
     def __init__(
         self, yolo_weights: Path, sam_model: str, sam_checkpoint: Path, device: str = "auto", person_conf: float = 0.25
     ) -> None:
-        from segment_anything import sam_model_registry
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        self.device = resolve_device(device)
+        self.device = torch_device(device)
+        fast_matmuls(self.device)
         self.detector = yolo_detector(yolo_weights)
-        weights = read_state_dict(sam_checkpoint)  # not build_sam's torch.load, which leaves weights_only to torch
-        self.sam = sam_model_registry[sam_model]()  # random weights, then the file's
-        self.sam.load_state_dict(weights)
-        self.sam = self.sam.to(self.device).eval()
+        self.detector.to(self.device)
+        checked_module(self.detector.model, self.device, yolo_weights.name)
+        self.sam = checked_module(build_sam(sam_model, sam_checkpoint, self.device), self.device, sam_checkpoint.name)
+        self.autocast = self.device.startswith("cuda")  # bf16 on CUDA (~5x SAM's fp32 speed); fp32 on the CPU
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
         self.person_conf = person_conf
         self.source = f"yolo+sam:{sam_model}"
@@ -150,7 +151,7 @@ class YoloSamSegmenter(Segmenter, Backend):
         import torch
 
         batch = [self._prompt(*args) for args in zip(images, boxes, others, strict=True)]
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             outputs = self.sam(batch, multimask_output=True)
         return [(out["masks"][0].cpu().numpy(), out["iou_predictions"][0].float().cpu().numpy()) for out in outputs]
 
@@ -171,6 +172,27 @@ class YoloSamSegmenter(Segmenter, Backend):
             prompt["point_coords"] = torch.as_tensor(coords, device=self.device).float()
             prompt["point_labels"] = torch.zeros(coords.shape[:2], device=self.device)
         return prompt
+
+
+def build_sam(model: str, checkpoint: Path, device: str):  # -> segment_anything.modeling.Sam
+    """SAM built straight from its checkpoint on `device`: the modules made on torch's meta device (no
+    random init), the file's tensors assigned in place; the normalisation constants, which no checkpoint
+    holds (non-persistent buffers), set from SAM's own defaults."""
+    import inspect
+
+    import torch
+    from segment_anything import sam_model_registry
+    from segment_anything.modeling import Sam
+
+    weights = read_state_dict(checkpoint, device)  # not build_sam's torch.load, which leaves weights_only to torch
+    with torch.device("meta"):
+        sam = sam_model_registry[model]()
+    sam.load_state_dict(weights, assign=True)
+    defaults = inspect.signature(Sam.__init__).parameters
+    for name in ("pixel_mean", "pixel_std"):
+        constant = torch.tensor(defaults[name].default, device=device).view(-1, 1, 1)
+        sam.register_buffer(name, constant, persistent=False)
+    return sam.eval()
 
 
 def negative_points(box: np.ndarray, others: Sequence[Box]) -> np.ndarray:
