@@ -515,6 +515,7 @@ def test_crawl_consent_end_to_end(server: LocalServer, tmp_path: Path) -> None:
     evidence = json.loads(next(row for row in out if row["url"] == urls[0])["consent"])
     assert evidence == {"license": "pass", "optout_url": "pass", "optout_name": "pass", "robots_txt": "pass",
                         "tdmrep_json": "pass", "x_robots_tag": "absent", "tdm_header": "absent",
+                        "content_usage_robots": "absent", "content_usage_header": "absent",
                         "xmp": "read", "training_metadata": "absent",  # the photo's XMP holds no rights terms
                         "c2pa": "absent", "ai_generated": "absent", "optout_image": "pass"}  # fmt: skip
     assert json.loads(by_reason["robots_disallowed"]["consent"])["robots_txt"] == "refused"

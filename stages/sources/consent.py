@@ -126,6 +126,7 @@ class RobotsTxt:
     reason: str = ROBOTS_UNREACHABLE  # when unreachable: ours, or the transport's when no answer came
     detail: str = ""
     transient: bool = True  # when unreachable: worth another try later (`--retry-failed`)
+    text: str = ""  # the rules as parsed: stages/sources/aipref.py reads its Content-Usage rules from it
 
     @classmethod
     def from_file(cls, file: SiteFile) -> RobotsTxt:
@@ -137,7 +138,7 @@ class RobotsTxt:
                     return cls(UNREACHABLE, detail=f"{file.url}: no whole line in its first {len(file.body)} bytes",
                                transient=False)
                 text = text[: end + 1]
-            return cls(PASS, Protego.parse(text))
+            return cls(PASS, Protego.parse(text), text=text)
         if file.error == TOO_MANY_REDIRECTS or _is_4xx(file.error):  # RFC 9309 2.3.1.2, 2.3.1.3
             return cls(ABSENT, detail=f"{file.url}: {file.error}")
         if file.error in NO_ANSWER:
@@ -176,7 +177,7 @@ class PathPattern:
     @classmethod
     def parse(cls, pattern: str) -> PathPattern:
         anchored = pattern.endswith("$")
-        return cls(tuple(_decode_unreserved(pattern[:-1] if anchored else pattern).split("*")), anchored)
+        return cls(tuple(decode_unreserved(pattern[:-1] if anchored else pattern).split("*")), anchored)
 
     def matches(self, path: str) -> bool:
         """`path` with its escapes of unreserved characters decoded, as the pieces are."""
@@ -226,7 +227,7 @@ class TdmRules:
 
     def refusal(self, url: str, evidence: Evidence) -> Refusal | None:
         """The most specific rule covering the URL's path (longest location, first on ties) decides."""
-        path = _decode_unreserved(path_and_query(url))
+        path = decode_unreserved(path_and_query(url))
         covering = [rule for rule in self.rules if rule.pattern.matches(path)]
         rule = max(covering, key=lambda r: len(r.location)) if covering else None  # max keeps the first of equals
         evidence["tdmrep_json"] = REFUSED if rule and rule.reserved else self.outcome
@@ -247,7 +248,7 @@ def _tdm_rules(entries: Iterable[object]) -> Iterable[TdmRule]:
             yield TdmRule(location, reservation == "1", policy, PathPattern.parse(location))
 
 
-def _decode_unreserved(text: str) -> str:
+def decode_unreserved(text: str) -> str:
     """Percent-escapes of unreserved characters decoded (the report's matching rule), others upper-cased."""
 
     def decode(match: re.Match[str]) -> str:

@@ -45,6 +45,8 @@ from pipeline.core.reasons import (
     TOO_LARGE,
     TOO_MANY_REDIRECTS,
 )
+from stages.sources import aipref
+from stages.sources.aipref import RobotsUsage
 from stages.sources.addresses import AddressPolicy, AddressRefused, Deadline, GuardedPoolManager
 from stages.sources.base import Fetched, Source
 from stages.sources.consent import (
@@ -173,6 +175,7 @@ class Downloader:
         # Per crawl worker (its names share them), for the worker's life: one request per origin and file.
         self._robots = OncePerKey(lambda site: RobotsTxt.from_file(self.site_file(f"{site}/robots.txt")))
         self._tdmrep = OncePerKey(lambda site: TdmRules.from_file(self.site_file(f"{site}/.well-known/tdmrep.json")))
+        self._usage = OncePerKey(lambda site: RobotsUsage.parse(self._robots.get(site).text))
         policy = AddressPolicy(settings.allow_private_addresses, tuple(settings.allowed_networks))
         self.http = GuardedPoolManager(
             policy,
@@ -267,6 +270,12 @@ class Downloader:
                 raise SiteRefusal(*refusal, transient=robots.outcome == UNREACHABLE and robots.transient)
         else:
             evidence["robots_txt"] = OFF
+        if self.consent.content_usage and self.consent.robots_txt:
+            refusal = self._usage.get(site).refusal(url, self.token, evidence)
+            if refusal:
+                raise SiteRefusal(*refusal)
+        else:
+            evidence["content_usage_robots"] = OFF
         if self.consent.tdmrep:
             refusal = self._tdmrep.get(site).refusal(url, evidence)
             if refusal:
@@ -275,13 +284,17 @@ class Downloader:
             evidence["tdmrep_json"] = OFF
 
     def _check_headers(self, headers: HTTPHeaderDict, evidence: Evidence) -> None:
-        """X-Robots-Tag and tdm-reservation: both recorded, the first refusal raised."""
+        """X-Robots-Tag, tdm-reservation and Content-Usage: each recorded, the first refusal raised."""
         noai = x_robots_refusal(headers.getlist("X-Robots-Tag"), self.token, self.consent.x_robots_tag, evidence)
         if self.consent.tdmrep:
             reserved = tdm_header_refusal(headers.getlist("tdm-reservation"), evidence)
         else:
             reserved, evidence["tdm_header"] = None, OFF
-        refusal = noai or reserved
+        if self.consent.content_usage:
+            usage = aipref.header_refusal(headers.getlist("Content-Usage"), evidence)
+        else:
+            usage, evidence["content_usage_header"] = None, OFF
+        refusal = noai or reserved or usage
         if refusal:
             raise DownloadError(*refusal)
 
