@@ -72,8 +72,8 @@ def checked_providers(got: Sequence[str], device: str, model: str) -> str:
     """The providers a session got, as recorded in a row's model evidence; a CUDA device the session did not
     get first is a setup failure (the CUDA provider is offered, so its libraries failed to load)."""
     if wants_cuda(device) and (not got or got[0] != CUDA_PROVIDER):
-        raise UserError(f"device={device}, but onnxruntime ran {model} on {', '.join(got) or 'nothing'}: "
-                        "the CUDA or cuDNN libraries did not load", LIBRARIES_FIX)
+        raise UserError(f"device={device}, but onnxruntime ran {model} on {', '.join(got) or 'nothing'}: its CUDA "
+                        "provider did not start (CUDA or cuDNN libraries missing, or no such GPU)", LIBRARIES_FIX)
     return ",".join(got)
 
 
@@ -114,7 +114,7 @@ def checked_module(module: Any, device: str, model: str) -> Any:
     strays = {str(t.device) for t in tensors if t.device.type != wanted.type}
     if strays:
         raise UserError(f"{model} has parameters on {', '.join(sorted(strays))}, not {device}",
-                        "load it with device_map=None, or report the backend as a bug")
+                        "report it as a bug: a backend must place every tensor on its device")
     return module
 
 

@@ -74,11 +74,10 @@ def age_model(config: PipelineConfig) -> str:
 
 
 def model_choice(config: PipelineConfig) -> dict[str, Any]:
-    """What decides the scores besides the rows: the models and where they run."""
+    """What decides the scores besides the rows: the models (not where they run: see config.PLACEMENT)."""
     estimator = pick_estimator(config)
     pack = [config.face.model, str(config.face.model_root)] if estimator == "insightface" else None
-    return {"nsfw_model": config.governance.nsfw_model, "nsfw_device": config.governance.device,
-            "age_model": estimator, "age_device": config.caption.device, "face_pack": pack}
+    return {"nsfw_model": config.governance.nsfw_model, "age_model": estimator, "face_pack": pack}
 
 
 class SafetyScoresStage(ModelStage):

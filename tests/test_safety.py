@@ -182,10 +182,11 @@ def test_fingerprints_follow_models_and_thresholds() -> None:
         return base.model_copy(update={section: getattr(base, section).model_copy(update=values)})
 
     thresholds = changed("governance", max_nsfw=0.1, min_age=21, age_margin=0, drop_minor_identities=False)
-    for other in (thresholds, changed("caption", child_age=12, backend="blip")):
+    placement = changed("governance", device="cuda")  # where the models run is scheduling (config.PLACEMENT)
+    for other in (thresholds, changed("caption", child_age=12, backend="blip"), placement):
         assert SafetyScoresStage.fingerprint(other) == SafetyScoresStage.fingerprint(base)
     assert SafetyStage.fingerprint(thresholds) != SafetyStage.fingerprint(base)
-    for models in (changed("governance", device="cpu"), changed("caption", gender_model="insightface")):
+    for models in (changed("governance", nsfw_model="open_nsfw_other"), changed("caption", gender_model="insightface")):
         assert SafetyScoresStage.fingerprint(models) != SafetyScoresStage.fingerprint(base)
 
 

@@ -384,8 +384,13 @@ class PipelineConfig(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+# Where a stage runs, not what it computes (like `resources`): `auto` becomes `cuda` on a GPU worker, and a run
+# moved to GPUs redoes nothing. Results differ in their last bits across devices, as across `num_cpus`.
+PLACEMENT = {"device"}
+
+
 def _without_tuning(section: Section) -> dict[str, Any]:
-    tuning = {name for name, value in section if isinstance(value, Tuning)}
+    tuning = {name for name, value in section if isinstance(value, Tuning)} | PLACEMENT
     return section.model_dump(mode="json", exclude=tuning)
 
 

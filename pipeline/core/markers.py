@@ -83,6 +83,7 @@ class Marker:
     reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     node: str = ""  # address of the Ray node that ran the task (on a cluster: which host); "" outside Ray
+    device: str = ""  # what the worker held: "GPU 0", "CPU"; "" outside Ray
     part: bool = True  # false: no input row, so no part and no marker file, only an index entry
     part_size: int | None = None  # the part's bytes and their hash when written; None: a marker from before pins
     part_hash: str = ""

@@ -142,7 +142,7 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
                 elif result.error.startswith(INPUT_CHANGED):
                     changed_inputs.append(result.task)
             else:
-                summary.add(result.rows_in, result.statuses, result.reasons)
+                summary.add(result.rows_in, result.statuses, result.reasons, result.device)
             kept, seen = summary.statuses[OK], sum(summary.statuses.values())
             progress.update(bar, advance=1, rows=f"{kept:,}/{seen:,} rows kept")
         summary.seconds = progress.tasks[bar].elapsed or 0.0

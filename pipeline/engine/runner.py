@@ -40,6 +40,7 @@ from pipeline.core.markers import (
     write_part,
 )
 from stages.base import ModelStage, Stage
+from stages.devices import placed, placement
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class TaskResult:
     started: float = 0.0  # wall clock (epoch seconds), comparable across the workers of one machine or cluster
     seconds: float = 0.0
     marker: dict[str, Any] | None = None  # what the worker wrote, for the driver's marker index
+    device: str = ""  # what the worker held ("GPU 0", "CPU"); "" outside Ray
 
 
 def name_digest(name: str) -> str:
@@ -125,11 +127,16 @@ def plan_stage(
 class TaskExecutor:
     """One per Ray actor: builds the stage once, then runs one task per call."""
 
-    def __init__(self, stage: type[Stage], upstream: str | None, config: PipelineConfig, run_uri: str) -> None:
+    def __init__(self, stage: type[Stage], upstream: str | None, config: PipelineConfig, run_uri: str,
+                 gpu_ids: list[str] | None = None) -> None:
+        """`gpu_ids`: what the worker holds; None asks Ray (and outside Ray leaves `auto` to the libraries)."""
+        gpu_ids = held_gpus() if gpu_ids is None else gpu_ids
+        self.device = placement(gpu_ids) if gpu_ids is not None else ""
+        config = placed(config, gpu_ids) if gpu_ids is not None else config  # a GPU worker requires CUDA
         self.run = RunDir(run_uri)
         self.stage = stage(config, self.run)
         self.upstream = upstream
-        self.config_hash = stage.fingerprint(config)
+        self.config_hash = stage.fingerprint(config)  # devices are not part of it
         self.node = node_address()
         self.setup_error = self._setup()
 
@@ -150,7 +157,7 @@ class TaskExecutor:
     def execute(self, spec: dict[str, str]) -> TaskResult:
         started, wall = time.monotonic(), time.time()
         result = TaskResult(spec["task"], error=self.setup_error) if self.setup_error else self._attempt(spec, started)
-        result.started, result.seconds = wall, time.monotonic() - started
+        result.started, result.seconds, result.device = wall, time.monotonic() - started, self.device
         return result
 
     def _attempt(self, spec: dict[str, Any], started: float) -> TaskResult:
@@ -176,8 +183,8 @@ class TaskExecutor:
         digest = content_digest(output.drop_columns(list(self.stage.volatile)))
         statuses, reasons = count_outcomes(output)
         marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows,
-                        statuses, reasons, seconds=time.monotonic() - started, node=self.node, part_size=size,
-                        part_hash=part_hash)
+                        statuses, reasons, seconds=time.monotonic() - started, node=self.node, device=self.device,
+                        part_size=size, part_hash=part_hash)
         write_marker_file(self.run, marker)
         return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons, marker=asdict(marker))
 
@@ -194,6 +201,13 @@ def node_address() -> str:
     import ray  # here: the driver imports this module before it needs Ray
 
     return ray.util.get_node_ip_address() if ray.is_initialized() else ""
+
+
+def held_gpus() -> list[str] | None:
+    """The GPUs Ray gave this worker (none: it must leave them alone); None when called outside Ray."""
+    import ray
+
+    return [str(gpu) for gpu in ray.get_gpu_ids()] if ray.is_initialized() else None
 
 
 def first_line(exc: BaseException) -> str:

@@ -29,9 +29,12 @@ class StageCounts:
     first_start: float | None = None  # epoch seconds: the span of the tasks themselves
     last_end: float | None = None
     redo: Counter[str] = field(default_factory=Counter)  # tasks whose marker was not trusted, by why
+    devices: Counter[str] = field(default_factory=Counter)  # tasks by the device their worker held ("GPU", "CPU")
 
-    def add(self, rows_in: int, statuses: dict[str, int], reasons: dict[str, int]) -> None:
+    def add(self, rows_in: int, statuses: dict[str, int], reasons: dict[str, int], device: str = "") -> None:
         self.tasks_done += 1
+        if device:
+            self.devices[device.split()[0]] += 1  # the kind: "GPU 3" and "GPU 0" are both GPU work
         self.rows_in += rows_in
         self.statuses.update(statuses)
         self.reasons.update(reasons)
@@ -54,11 +57,17 @@ def _reasons(counts: Counter[str]) -> str:
     return f"{shown}, +{more} more" if more > 0 else shown
 
 
+def device_text(devices: Counter[str]) -> str:
+    """Where a stage's tasks ran: "GPU", "CPU", or both with their task counts."""
+    return next(iter(devices)) if len(devices) == 1 else ", ".join(f"{d} {n:,}" for d, n in devices.most_common())
+
+
 def counts_table(title: str, rows: Iterable[StageCounts]) -> Table:
     table = Table(title=title)
     for column in ("stage", "tasks", "rows in", "kept", "dropped", "failed"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     table.add_column("not kept, by reason", min_width=24, ratio=1)
+    table.add_column("device")
     table.add_column("seconds", justify="right")
     for row in rows:
         tasks = f"{row.tasks_done:,}/{row.tasks_total:,}"
@@ -74,6 +83,7 @@ def counts_table(title: str, rows: Iterable[StageCounts]) -> Table:
             f"{row.statuses[DROPPED]:,}",
             f"{row.statuses[FAILED]:,}",
             _reasons(row.reasons),
+            device_text(row.devices),
             f"{row.seconds:.1f}" if row.seconds else "",
         )
     return table
@@ -85,7 +95,7 @@ def counts_from_markers(run: RunDir, stage: str, tasks: set[str], config_hash: s
     counts = StageCounts(stage, tasks_total=len(tasks))
     for task, marker in read_markers(run, stage).items():
         if task in tasks and (config_hash is None or marker.config_hash == config_hash):
-            counts.add(marker.rows_in, marker.statuses, marker.reasons)
+            counts.add(marker.rows_in, marker.statuses, marker.reasons, marker.device)
     counts.redo.update(why for task, why in distrusted(run, stage).items() if task in tasks)
     return counts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pipeline.core.schema import DROPPED, FAILED, OK
+from pipeline.engine.stats import device_text
 from pipeline.report.data import IdentityStats
 from pipeline.report.html import cell, esc, num_cell, table
 from pipeline.report.state import RunState
@@ -38,9 +39,9 @@ def funnel(state: RunState) -> str:
         rows.append([
             cell(esc(stage.name)), cell(f"{esc(stage.status)} {len(stage.kept):,}/{stage.total:,}{stale}"),
             num_cell(count.rows_in), num_cell(count.statuses[OK]), num_cell(count.statuses[DROPPED]),
-            num_cell(count.statuses[FAILED]), cell(reasons),
+            num_cell(count.statuses[FAILED]), cell(reasons), cell(esc(device_text(count.devices))),
         ])
-    headers = ["stage", "tasks", "rows in", "kept", "dropped", "failed", "not kept, by reason"]
+    headers = ["stage", "tasks", "rows in", "kept", "dropped", "failed", "not kept, by reason", "device"]
     note = '<p class="muted">Crawl\'s input rows are names; every later stage takes the previous one\'s kept rows.</p>'
     return f'<img src="funnel.png" alt="funnel chart" width="1200">{note}{table(headers, rows)}'
 

@@ -87,7 +87,7 @@ def _stage_states(run: RunDir, identities: list[Identity], hashes: dict[str, str
         ]
         counts = StageCounts(stage.name, tasks_total=len(identities))
         for marker in current:
-            counts.add(marker.rows_in, marker.statuses, marker.reasons)
+            counts.add(marker.rows_in, marker.statuses, marker.reasons, marker.device)
         stale = sum(1 for slug in markers if slug in inputs) - len(current)
         states.append(StageState(stage.name, {m.task: m.kept for m in current}, counts, stale, len(identities)))
         inputs = {marker.task: marker.output_digest for marker in current}

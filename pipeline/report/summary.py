@@ -24,6 +24,7 @@ def _stage(stage: StageState) -> dict:
         "dropped": counts.statuses[DROPPED],
         "failed": counts.statuses[FAILED],
         "reasons": dict(counts.reasons),
+        "devices": dict(counts.devices),
     }
 
 
