@@ -118,7 +118,7 @@ def _pages(app: Flask, review: Review) -> None:
 def _writes(app: Flask, review: Review) -> None:
     @app.post("/api/decide")
     def decide() -> tuple[Response, int] | Response:
-        given = request.get_json(silent=True) or {}
+        given = request.get_json(silent=True) or request.form.to_dict()
         try:
             row = record(review.run, _decision(review, given))
         except (UserError, TypeError, ValueError) as exc:
