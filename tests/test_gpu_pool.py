@@ -58,8 +58,10 @@ def test_gpu_stage_decodes_on_cpu_workers_and_infers_in_its_actors(ray_with_a_gp
     from pipeline.engine.driver import execute
 
     labelled_tree(tmp_path, faces, IDENTITIES)
+    # the logical GPU has no CUDA behind it: under `auto` the actor would require CUDA and fail its setup
+    # (tests/test_devices.py), so the face model is placed on the CPU by hand, as a user may
     overrides = ["crawl.source=local", f"crawl.local_root={tmp_path / 'photos'}", "filter.min_face_size=80",
-                 "filter.resources.num_gpus=1"]
+                 "filter.resources.num_gpus=1", "face.device=cpu"]
     config = load_config(resolve_profile("cpu"), overrides)
     run = RunDir(str(tmp_path / "run"))
     people = [Identity(name, name) for name in IDENTITIES]
@@ -70,6 +72,7 @@ def test_gpu_stage_decodes_on_cpu_workers_and_infers_in_its_actors(ray_with_a_gp
     counts = execute(RecordingFilter, CrawlStage, config, run, plan_stage(RecordingFilter, CrawlStage, config, run, people))
 
     assert counts.tasks_done == len(IDENTITIES) and not counts.tasks_failed
+    assert counts.devices == {"GPU": len(IDENTITIES)}  # what Ray gave the actors, in the run summary
     preparers, models = pids(tmp_path / "run", "prepare"), pids(tmp_path / "run", "infer")
     assert preparers and models and not preparers & models, (preparers, models)
     # the same models here, on one thread as in the actor: OpenCV's last bits depend on its thread count
