@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,7 @@ from pipeline.core.errors import ModelNotFound
 from pipeline.core.schema import CAPTION
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
+from stages.caption_people import Person, left_to_right, person_spans
 from stages.captioners import Estimate, check_models, open_captioner, open_estimator
 from stages.clip_tokens import clip_tokenizer, token_positions
 from stages.crop import decode_crop, target_crop_box
@@ -40,6 +41,7 @@ class Draft:
     span: tuple[int, int] | None = None
     source: str | None = None
     verdict: Row | None = None  # a drop (an unreadable crop)
+    others: dict[int, str] = field(default_factory=dict)  # face index -> class word of another labelled person
 
 
 class CaptionStage(ModelStage):
@@ -47,6 +49,7 @@ class CaptionStage(ModelStage):
     sections = ("caption", "face")  # face: `gender_model=auto` follows face.backend
     requires = ("crop_image", "crop_faces", "target_face")
     produces = CAPTION
+    version = 2  # 2: every labelled person's class word (caption_people)
     per_row = False  # the class word is the identity's: decided over all its crops at once
     tasks_per_call = 4  # template captions take tens of ms an identity, about a Ray call's own cost
 
@@ -104,6 +107,23 @@ class CaptionStage(ModelStage):
                 found = self.estimator.estimate(images, [target_crop_box(d.row) for d in batch])
                 for draft, estimate in zip(batch, found, strict=True):
                     draft.estimate = estimate
+                if not self.captioner.describes:  # a describing captioner names the others itself
+                    self._estimate_others(batch)
+
+    def _estimate_others(self, drafts: list[Draft]) -> None:
+        """The class words of the other labelled people of group photos, from the estimator on their face boxes."""
+        for draft in drafts:
+            others = [p for p in left_to_right(draft.row) if p.face != draft.row["target_face"]]
+            if others:
+                boxes = [draft.row["crop_faces"][person.face]["box"] for person in others]
+                estimates = self.estimator.estimate([draft.image] * len(others), boxes)
+                draft.others = {person.face: self._word(one) for person, one in zip(others, estimates, strict=True)}
+
+    def _word(self, estimate: Estimate) -> str:
+        """An estimate's class word when it is confident enough, else `person`."""
+        least = self.config.caption.min_gender_confidence
+        sure = estimate.confidence is None or estimate.confidence >= least
+        return estimate.class_word(self.config.caption.child_age) if sure else cw.PERSON
 
     def _confident(self, draft: Draft) -> Estimate | None:
         estimate, least = draft.estimate, self.config.caption.min_gender_confidence
@@ -134,8 +154,12 @@ class CaptionStage(ModelStage):
                     self._place(draft, word, text, "resampled")
 
     def _finish(self, draft: Draft, word: str) -> Row:
+        people = left_to_right(draft.row)
+        target = next(person for person in people if person.face == draft.row["target_face"])
         if not self.captioner.describes:
-            draft.caption, draft.span = self.captioner.write(word)
+            words = [word if person == target else draft.others.get(person.face, cw.PERSON) for person in people]
+            draft.caption, spans = self.captioner.write_people(words)
+            draft.span = spans[people.index(target)]
             draft.raw, draft.source = draft.caption, self.captioner.source
         elif draft.caption is None:
             draft.caption, draft.span = cw.rewrite(draft.raw, word)
@@ -150,6 +174,7 @@ class CaptionStage(ModelStage):
             class_word_source=draft.source,
             class_word_span=list(draft.span),
             class_word_tokens=token_positions(draft.caption, draft.span),
+            caption_people=self._people(draft, people, target),
             caption_many_people=cw.many_people(draft.raw) or cw.many_people(draft.caption),
             estimated_gender=estimate.gender if estimate else None,
             estimated_gender_confidence=estimate.confidence if estimate else None,
@@ -157,3 +182,14 @@ class CaptionStage(ModelStage):
             class_word_disagrees=disagrees,
             caption_models=self.models,
         )
+
+    @staticmethod
+    def _people(draft: Draft, people: list[Person], target: Person) -> list[Row]:
+        """Every labelled person, left to right, with their class word's span and CLIP tokens where it is marked."""
+        spans = person_spans(draft.caption, people, target, draft.span)
+        return [
+            {"identity": person.identity, "face": person.face, "class_word_span": spans.get(person.identity),
+             "class_word_tokens": token_positions(draft.caption, spans[person.identity]) if person.identity in spans
+             else None}
+            for person in people
+        ]

@@ -174,6 +174,15 @@ MASK = pa.schema(
     ]
 )
 
+CAPTION_PERSON = pa.struct(
+    [
+        pa.field("identity", pa.string()),
+        pa.field("face", pa.int32()),  # index into `faces` and `crop_faces`
+        pa.field("class_word_span", pa.list_(pa.int32(), 2)),
+        pa.field("class_word_tokens", pa.list_(pa.int32())),
+    ]
+)
+
 CAPTION = pa.schema(
     [
         pa.field("caption", pa.string()),  # the training caption; always holds `class_word` once
@@ -184,6 +193,9 @@ CAPTION = pa.schema(
         pa.field("class_word_span", pa.list_(pa.int32(), 2)),  # [start, end) characters of the class word in caption
         pa.field("class_word_tokens", pa.list_(pa.int32())),  # its indices in SDXL's CLIP input_ids (start token = 0)
         pa.field("caption_many_people", pa.bool_()),  # the caption describes several people
+        # the labelled people of the crop (faces[i].identity), left to right, which decides whose "man" is whose:
+        # each one's class word span and CLIP tokens as above, null where the caption's people cannot be matched
+        pa.field("caption_people", pa.list_(CAPTION_PERSON)),
         pa.field("estimated_gender", pa.string()),  # male | female from the gender/age model; null without one
         pa.field("estimated_gender_confidence", pa.float32()),  # 0..1; null when the model gives none
         pa.field("estimated_age", pa.float32()),  # years

@@ -32,9 +32,10 @@ class Captioner(ABC):
     def versions(self) -> dict[str, str]:
         """Package versions and the model that produced the captions."""
 
-    def write(self, word: str) -> tuple[str, tuple[int, int]]:
-        """A caption from the class word alone, and the word's character span (backends that do not describe)."""
-        raise NotImplementedError(f"{type(self).__name__} describes images; it does not write from a word")
+    def write_people(self, words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+        """A caption from the class words alone, one a person left to right, and each word's character span
+        (backends that do not describe)."""
+        raise NotImplementedError(f"{type(self).__name__} describes images; it does not write from words")
 
 
 @dataclass(frozen=True)
