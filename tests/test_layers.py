@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CORE, STAGES, ENGINE, DATASET = "pipeline.core", "stages", "pipeline.engine", "pipeline.dataset"
 APPLICATIONS = ("pipeline.report", "pipeline.export", "pipeline.generator", "pipeline.training", "pipeline.models",
-                "pipeline.remove", "pipeline.decide", "pipeline.release", "pipeline.review")
+                "pipeline.remove", "pipeline.remove_face", "pipeline.decide", "pipeline.release", "pipeline.review")
 CLI = ("pipeline.__main__", "pipeline.refdocs")
 BELOW_APPLICATIONS = {CORE, STAGES, ENGINE, DATASET}
 LAYERS = {  # a package (or module) and the project packages it may import

@@ -11,11 +11,16 @@ invisible format characters (a zero-width space) around an entry or its parts ar
     sha256:<64 hex digits>             the exact image bytes (a row's `image_id`)
     phash:<16 hex digits>              a perceptual hash (a row's `phash`: imagehash.phash of the upright image);
                                        matches copies within `governance.optout_phash_bits` bits (re-encoded, resized)
+    face:photos/jane.jpg               a person's face: a photo of them (its largest face), or a `.npy` of unit
+                                       embeddings of the run's face backend (as governance/faceprints/ keeps them);
+                                       a relative path is read from the opt-out file's folder
 
 A malformed line or a missing file is an error naming the file and line: an opt-out is never
 silently ignored. The crawl checks names before any request, domains and URLs before a download
 and hashes on the downloaded bytes; the shard step checks every entry again on the rows it
-writes, so entries added after the crawl still keep those rows out of the dataset.
+writes, so entries added after the crawl still keep those rows out of the dataset. Faces are matched
+by the shard step against the faces filter stored (pipeline/dataset/face_optout.py): a cheap decision
+on stored embeddings, so a new `face:` entry never runs the face model over the run again.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.names import name_key, strip_invisible
 from pipeline.core.reasons import OPTED_OUT_IDENTITY, OPTED_OUT_IMAGE, OPTED_OUT_URL
 
-FORMAT = "one `kind:value` a line, kind one of name, domain, url, sha256, phash"
+FORMAT = "one `kind:value` a line, kind one of name, domain, url, sha256, phash, face"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 PHASH = re.compile(r"[0-9a-f]{16}")  # imagehash's default 8x8 phash, as the filter stage stores it
 HOST = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
@@ -47,6 +52,7 @@ class OptOutList:
     sha256: frozenset[str] = frozenset()
     phashes: tuple[int, ...] = ()
     phash_bits: int = 8
+    faces: tuple[Path, ...] = ()  # photos or .npy embeddings of people's faces
     digest: str = field(default="", compare=False)  # of the entries: a changed list re-writes the shards
 
     @classmethod
@@ -56,7 +62,9 @@ class OptOutList:
             for number, line in enumerate(map(strip_invisible, _lines(path)), 1):
                 if line and not line.startswith("#"):
                     kind, value = _entry(path, number, line)
-                    entries[kind].add(value)
+                    entries[kind].add(_face_file(path, number, value) if kind == "face" else value)
+        faces = sorted(entries["face"])
+        entries["face"] = {hashlib.sha256(face.read_bytes()).hexdigest() for face in faces}  # a replaced photo counts
         text = repr(sorted((kind, sorted(values)) for kind, values in entries.items())) + f"/{phash_bits}"
         return cls(
             names=frozenset(entries["name"]),
@@ -65,11 +73,12 @@ class OptOutList:
             sha256=frozenset(entries["sha256"]),
             phashes=tuple(sorted(entries["phash"])),
             phash_bits=phash_bits,
+            faces=tuple(faces),
             digest=hashlib.sha256(text.encode()).hexdigest()[:16],
         )
 
     def __bool__(self) -> bool:
-        return bool(self.names or self.domains or self.url_prefixes or self.sha256 or self.phashes)
+        return bool(self.names or self.domains or self.url_prefixes or self.sha256 or self.phashes or self.faces)
 
     @property
     def has_urls(self) -> bool:
@@ -154,7 +163,16 @@ PARSERS = {  # kind -> value normaliser (None: malformed)
     "url": _url,
     "sha256": lambda value: value.lower() if SHA256.fullmatch(value.lower()) else None,
     "phash": lambda value: int(value, 16) if PHASH.fullmatch(value.lower()) else None,
+    "face": lambda value: value or None,  # a path, checked by `_face_file`
 }
+
+
+def _face_file(listing: Path, number: int, value: str) -> Path:
+    face = (listing.parent / value).resolve()
+    if not face.is_file():
+        raise UserError(f"opt-out file {listing} line {number}: face file {face} does not exist",
+                        "give a photo of the person or a .npy of embeddings, relative to the opt-out file's folder")
+    return face
 
 
 def _lines(path: Path) -> list[str]:

@@ -55,6 +55,9 @@ OPTED_OUT_IDENTITY = _reason("opted_out_identity", "crawl", "the name is on an o
 OPTED_OUT_URL = _reason("opted_out_url", "crawl", "the image or page URL is covered by an opt-out domain: or url: entry")
 OPTED_OUT_IMAGE = _reason("opted_out_image", "crawl, shard",
                           "the image's sha256 or perceptual hash matches an opt-out sha256: or phash: entry")
+OPTED_OUT_FACE = _reason("opted_out_face", "shard",
+                         "the target face matches a face: opt-out entry (a bystander's is blurred or dropped as "
+                         "governance.bystander says)")
 LICENSE_NOT_ALLOWED = _reason("license_not_allowed", "crawl", "the licence is not in crawl.allowed_licenses")
 ROBOTS_DISALLOWED = _reason("robots_disallowed", "crawl", "the host's robots.txt disallows the path for us")
 ROBOTS_UNREACHABLE = _reason("robots_unreachable", "crawl",

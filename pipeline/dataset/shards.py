@@ -28,6 +28,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.core.markers import Marker, part_path
 from pipeline.dataset.blur import blur_table
+from pipeline.dataset.face_optout import FaceRefusals
 from pipeline.engine.stats import StageCounts
 
 SHARDS = "shards"
@@ -126,7 +127,7 @@ class ShardWriter:
 
 def write_shard(
     run: RunDir, upstream: str, target: str, identities: list[str], row_group_rows: int,
-    optout: OptOutList | None = None,
+    optout: OptOutList | None = None, faces: FaceRefusals | None = None,
 ) -> dict:
     """One shard from the upstream parts; returns its `ShardResult` as a dict."""
     removals = load_ledger(run)  # a takedown made after these rows were written still keeps them out
@@ -137,7 +138,8 @@ def write_shard(
             table, taken_down = removals.withhold(table.filter(pc.equal(table["status"], OK)))
             table, _ = blur_table(table, removals.blurs)  # bystanders stay blurred in crops made again
             table, left_out = without_opted_out(table.drop_columns(ROW_STATUS), optout or OptOutList())
-            shard.result.opted_out.update(taken_down + left_out)
+            table, by_face = (faces or FaceRefusals()).apply(table)
+            shard.result.opted_out.update(taken_down + left_out + by_face)
             shard.add(identity, table)
         return shard.close().as_dict()
 

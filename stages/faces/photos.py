@@ -35,3 +35,16 @@ def _largest_face(backend: FaceBackend, config: PipelineConfig, path: Path) -> n
     largest = max(faces, key=lambda face: (face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
     assert largest.embedding is not None
     return largest.embedding.astype(np.float32)
+
+
+def listed_faces(config: PipelineConfig, paths: Sequence[Path]) -> np.ndarray | None:
+    """The unit embeddings of `face:` opt-out entries: `.npy` files as stored, photos embedded (the backend is
+    loaded only when a photo is listed); None when nothing is listed."""
+    stored = [np.atleast_2d(np.load(path, allow_pickle=False)).astype(np.float32) for path in paths
+              if path.suffix == ".npy"]
+    photos = [path for path in paths if path.suffix != ".npy"]
+    if photos:
+        from stages.faces import open_backend  # the package imports this module's siblings: load on demand
+
+        stored.append(embed_photos(open_backend(config), config, photos))
+    return np.concatenate(stored) if stored else None
