@@ -15,6 +15,7 @@ from pipeline.core.decisions import (
 from pipeline.core.errors import UserError
 from pipeline.core.names import IdentityIndex, run_identities
 from pipeline.core.rundir import RunDir
+from stages.class_words import CANONICAL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +64,10 @@ def _kind(args: argparse.Namespace, index: IdentityIndex) -> tuple[str, str | in
         return SPLIT, args.split.strip() or None
     if args.merge_into is not None:
         return MERGE, index.resolve(args.merge_into, "--merge-into identity").slug
-    return CLASS_WORD, args.class_word.strip().lower()
+    word = args.class_word.strip().lower()
+    if word not in CANONICAL:
+        raise UserError(f"--class-word {args.class_word!r} is not a class word", f"use one of: {', '.join(CANONICAL)}")
+    return CLASS_WORD, word
 
 
 def record(run: RunDir, decision: Decision) -> int:

@@ -41,6 +41,9 @@ class Stage(ABC):
     one_to_one: ClassVar[bool] = True  # one output row per input row (sources expand)
     volatile: ClassVar[tuple[str, ...]] = ()  # columns that differ between identical re-runs
     tasks_per_call: ClassVar[int] = 1  # tasks an actor gets per Ray call: more where a task costs less than a call
+    # each output row depends only on its own `requires` columns and the config: a task whose input changed in
+    # other rows only (a curator's decision) reuses the rows it judged before (pipeline.engine.runner.reuse)
+    reuses_rows: ClassVar[bool] = False
 
     def __init__(self, config: PipelineConfig, run: RunDir) -> None:
         self.config = config

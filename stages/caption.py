@@ -10,6 +10,7 @@ Crops are decoded once, in `prepare` (CPU workers); the models run in `infer` (t
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,12 +19,15 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.decisions import CLASS_WORD
 from pipeline.core.errors import ModelNotFound
+from pipeline.core.rundir import RunDir
 from pipeline.core.schema import CAPTION
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
 from stages.caption_people import Person, left_to_right, person_spans
 from stages.captioners import Estimate, check_models, open_captioner, open_estimator
+from stages.curation import CURATOR, class_words, digests
 from stages.clip_tokens import clip_tokenizer, token_positions
 from stages.crop import decode_crop, target_crop_box
 from stages.imaging import ImageRejected
@@ -85,11 +89,22 @@ class CaptionStage(ModelStage):
                   for row, item in zip(rows.to_pylist(), prepared, strict=True)]
         live = [d for d in drafts if d.verdict is None]
         self._describe(live)
-        word = self._decide(live)
+        chosen = self.curated_words.get(drafts[0].row["identity"]) if drafts else None  # a curator's word wins
+        word = chosen or self._decide(live)
         for draft in live:
             self._place(draft, word)
         self._resample([d for d in live if d.caption is None], word)
-        return self.to_table([{**d.row, **(d.verdict or self._finish(d, word))} for d in drafts], rows.schema)
+        mark = {"decided_by": CURATOR} if chosen else {}
+        return self.to_table([{**d.row, **(d.verdict or {**self._finish(d, word), **mark})} for d in drafts],
+                             rows.schema)
+
+    @classmethod
+    def task_inputs(cls, run: RunDir) -> dict[str, str]:
+        return digests(run, (CLASS_WORD,))  # an identity with a new class word is captioned again
+
+    @functools.cached_property
+    def curated_words(self) -> dict[str, str]:
+        return class_words(self.run)
 
     def _batches(self, drafts: list[Draft]) -> Iterator[tuple[list[Draft], list[np.ndarray]]]:
         """(drafts, their decoded crops), a model batch at a time; every draft here has its crop."""

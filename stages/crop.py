@@ -98,6 +98,7 @@ class CropStage(RowStage):
     sections = ("crop",)
     requires = ("raw_path", "width", "height", "faces", "target_face")
     produces = CROP
+    reuses_rows = True  # row by row: rows judged before are reused where a curator changed others
 
     def process_row(self, row: Row) -> Row:
         settings, faces = self.config.crop, row["faces"]

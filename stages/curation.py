@@ -8,6 +8,7 @@ them runs no model. A row a decision changed says so: `decided_by` is `curator`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from pipeline.core.decisions import (
     ACCEPT, CLASS_WORD, MERGE, REJECT, SPLIT, TARGET_FACE, Decision, by_identity, digest, in_force, read_log,
 )
-from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, NO_FACE, TOO_FEW_IMAGES
+from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, MERGED_INTO_OTHER_IDENTITY, NO_FACE, TOO_FEW_IMAGES
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
 from stages.base import Row, drop, keep
@@ -69,6 +70,10 @@ class Curation:
             if target is not None and row["status"] == OK and 0 <= target < len(row["faces"] or []):
                 out[i] = {**row, **_target_columns(row, target, centroid(out, row["image_id"])),
                           "decided_by": CURATOR}
+            elif self.left_out(row["image_id"]) and row["faces"]:  # scored as verify would, for the report's labels
+                direction = centroid(out, row["image_id"])
+                best = int(np.argmax(_sims(row["faces"], direction))) if direction is not None else 0
+                out[i] = {**row, **_target_columns(row, best, direction)}
         return enough_photos(out, min_images)
 
     def _decided(self, row: Row) -> Row:
@@ -99,25 +104,65 @@ def centroid(rows: list[Row], image_id: str) -> np.ndarray | None:
     return mean / (np.linalg.norm(mean) or 1.0)
 
 
+def _sims(faces: list[Row], direction: np.ndarray) -> np.ndarray:
+    return np.array([face["embedding"] for face in faces], dtype=np.float32) @ direction
+
+
 def _target_columns(row: Row, target: int, direction: np.ndarray | None) -> Row:
     """The verify columns of a photo whose target face a curator chose, scored as verify scores faces."""
     faces = row["faces"]
     if direction is None:
         return {"target_face": target, "large_faces": large_faces(faces, target)}
-    sims = np.array([face["embedding"] for face in faces], dtype=np.float32) @ direction
+    sims = _sims(faces, direction)
     others = [float(s) for i, s in enumerate(sims) if i != target]
     return {"target_face": target, "sim_to_centroid": float(sims[target]),
             "runner_up_sim": max(others) if others else None, "large_faces": large_faces(faces, target)}
 
 
 def enough_photos(rows: list[Row], min_images: int) -> list[Row]:
-    """Verify's rule after decisions: too few distinct kept photos drop them all; enough bring back the rows
-    verify dropped only for being too few."""
-    distinct = len({row["dup_group"] or row["image_id"] for row in rows if row["status"] == OK})
-    if distinct < min_images:
-        detail = f"{distinct} distinct photos kept after the curator's decisions < {min_images}"
-        rows = [{**row, **drop(TOO_FEW_IMAGES, detail)} if row["status"] == OK else row for row in rows]
-    else:
-        rows = [{**row, **keep()} if row["reason"] == TOO_FEW_IMAGES else row for row in rows]
-    kept = sum(row["status"] == OK for row in rows)
-    return [{**row, "identity_kept": kept} for row in rows]
+    """Verify's rule after decisions, over the rows kept or dropped only for being too few: too few distinct
+    photos drop them all, enough keep them all."""
+    candidates = [row for row in rows if row["status"] == OK or row["reason"] == TOO_FEW_IMAGES]
+    distinct = len({row["dup_group"] or row["image_id"] for row in candidates})
+    detail = f"{distinct} distinct photos kept after the curator's decisions < {min_images}"
+    verdict = keep() if distinct >= min_images else drop(TOO_FEW_IMAGES, detail)
+    out = [{**row, **verdict} if row["status"] == OK or row["reason"] == TOO_FEW_IMAGES else row for row in rows]
+    kept = sum(row["status"] == OK for row in out)
+    return [{**row, "identity_kept": kept} for row in out]
+
+
+def curated_merges(run: RunDir) -> dict[str, str]:
+    """A curator's merges: identity slug -> the slug it merges into."""
+    return {slug: str(d.value) for slug, decisions in decisions_by_identity(run).items()
+            for d in decisions if d.kind == MERGE}
+
+
+def merge_digest(merges: dict[str, str]) -> str:
+    return json.dumps(sorted(merges.items())) if merges else ""
+
+
+def merged_groups(groups: list[tuple[str, ...]], merges: dict[str, str]) -> list[tuple[str, ...]]:
+    """hygiene.merge's groups (merge_groups' output: every identity in one) with a curator's merges joined in:
+    the group of the identity merged away joins its target's group, behind it."""
+    of = {slug: group for group in groups for slug in group}
+    for source, target in merges.items():
+        if source not in of or target not in of or of[source] is of[target]:
+            continue  # an identity no longer listed, or already one group
+        joined = of[target] + of[source]
+        for slug in joined:
+            of[slug] = joined
+    return list(dict.fromkeys(of[slug] for group in groups for slug in group))
+
+
+def marked_merges(rows: list[Row], merges: dict[str, str]) -> list[Row]:
+    """Hygiene's rows a curator's merge moved (merged away, or taken in) say so."""
+    if not merges:
+        return rows
+    return [{**row, "decided_by": CURATOR} if row["merged_from"] in merges or
+            (row["reason"] == MERGED_INTO_OTHER_IDENTITY and row["identity"] in merges) else row for row in rows]
+
+
+def class_words(run: RunDir) -> dict[str, str]:
+    """A curator's class word per identity slug (caption applies it instead of the captions' majority)."""
+    return {slug: str(d.value) for slug, decisions in decisions_by_identity(run).items()
+            for d in decisions if d.kind == CLASS_WORD}

@@ -6,7 +6,7 @@ then reads only its own and marks its rows:
 
 - a photo kept under another identity whose centroid is closer to the face: `claimed_by_other_identity`,
   with that identity in `kept_under`;
-- an identity merged into another (`hygiene.merge`): every row `merged_into_other_identity`, `kept_under`
+- an identity merged into another (`hygiene.merge`, or a curator's merge: stages/curation.py, `decided_by`): every row `merged_into_other_identity`, `kept_under`
   the target; the target's task takes those rows in (`merged_from`), drops a photo it already holds as
   `duplicate` and re-draws the near-duplicate groups over the joined photos;
 - identities whose centroids are as close as one person's photos: `possible_same_person` on every row;
@@ -30,6 +30,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import HYGIENE, OK
 from pipeline.core.reasons import CLAIMED_BY_OTHER_IDENTITY, DUPLICATE, MERGED_INTO_OTHER_IDENTITY, TOO_FEW_IMAGES
 from stages.base import Row, Stage, drop, keep
+from stages.curation import curated_merges, marked_merges
 from stages.cross_identity import CLAIMED, MERGE_FROM, MERGED_INTO, SAME_PERSON, merge_groups
 from stages.face_clusters import Folder, Settings, dup_groups
 from stages.faces import Calibration
@@ -60,6 +61,10 @@ class HygieneStage(Stage):
         refresh(upstream, config, run, identities, force)
 
     @functools.cached_property
+    def merges(self) -> dict[str, str]:
+        return curated_merges(self.run)  # a curator's merges (hygiene_run joins them to hygiene.merge)
+
+    @functools.cached_property
     def decisions(self) -> Decisions:
         """Opened at the first task, not in `setup`: a worker may be built before the plan makes the file."""
         return Decisions(self.run)
@@ -73,7 +78,7 @@ class HygieneStage(Stage):
         out = flagged(judged(own + pulled, decisions), decisions)
         if pulled:
             regroup(out, Settings.of(self.config.verify, Calibration(**out[0]["calibration"])))
-        out = enough_photos(out, self.config.verify.min_images)
+        out = marked_merges(enough_photos(out, self.config.verify.min_images), self.merges)
         if len(out) != len(own) + len(pulled):
             raise RuntimeError(f"hygiene returned {len(out)} rows for {len(own)} + {len(pulled)} merged in")
         return self.to_table(out, rows.schema)

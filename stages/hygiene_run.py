@@ -30,6 +30,7 @@ from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import FACE_EVIDENCE, OK, ROW_KEYS, VERIFICATION
 from pipeline.core.markers import Marker, forget_markers, part_path, read_markers
+from stages.curation import curated_merges, merge_digest, merged_groups
 from stages.cross_identity import COLUMNS, Outcome, Reader, decide, merge_groups
 from stages.hygiene import DECISIONS, RUN_FOLDER, HygieneStage  # the stage's hook imports this module lazily
 
@@ -44,20 +45,21 @@ def refresh(upstream: str, config: PipelineConfig, run: RunDir, identities: list
     inputs = {slug: marker for slug, marker in read_markers(run, upstream).items() if slug in listed}
     if not inputs:
         return  # the plan reports the missing upstream output
-    fingerprint = run_fingerprint(config, inputs)
+    merges = curated_merges(run)  # a curator's (stages/curation.py), beside hygiene.merge
+    fingerprint = run_fingerprint(config, inputs, merge_digest(merges))
     if not force and is_current(run, fingerprint):
         return
     started = time.monotonic()
-    groups = merge_groups(identities, config.hygiene.merge)
+    groups = merged_groups(merge_groups(identities, config.hygiene.merge), merges)
     parts = {slug: (part_path(upstream, slug), marker.output_digest) for slug, marker in inputs.items()}
     present = {slug for slug, marker in inputs.items() if marker.part}  # an empty task has no part
     outcome = decide(groups, reader(run, upstream, present), config, parts)
     publish(run, outcome, fingerprint, time.monotonic() - started)
 
 
-def run_fingerprint(config: PipelineConfig, inputs: dict[str, Marker]) -> str:
+def run_fingerprint(config: PipelineConfig, inputs: dict[str, Marker], merges: str = "") -> str:
     digests = sorted((slug, marker.output_digest) for slug, marker in inputs.items())
-    text = json.dumps({"stage": HygieneStage.fingerprint(config), "inputs": digests})
+    text = json.dumps({"stage": HygieneStage.fingerprint(config) + merges, "inputs": digests})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -85,6 +85,7 @@ class SafetyScoresStage(ModelStage):
     sections = ("governance", "caption", "face")  # where its models are chosen; the fingerprint is the choice
     requires = ("raw_path", "width", "height", "faces", "target_face")
     produces = SAFETY_SCORES
+    reuses_rows = True  # row by row: rows judged before are reused where a curator changed others
 
     @classmethod
     def fingerprint(cls, config: PipelineConfig) -> str:

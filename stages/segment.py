@@ -27,6 +27,7 @@ class SegmentStage(ModelStage):
     sections = ("segment",)
     requires = ("crop_image", "crop_size", "crop_box", "crop_faces", "crop_padding", "target_face", "width", "height")
     produces = MASK
+    reuses_rows = True  # row by row: rows judged before are reused where a curator changed others
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:

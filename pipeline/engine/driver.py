@@ -34,6 +34,7 @@ from pipeline.engine.runner import (
     plan_stage,
     prepare_tasks,
     result_from_row,
+    reuse,
 )
 from pipeline.engine.stats import StageCounts, counts_from_markers, counts_table
 from stages.base import ModelStage, Stage
@@ -115,6 +116,7 @@ def _no_gpu(stage: type[Stage], wanted: float, config: PipelineConfig) -> None:
 def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir, plan: Plan) -> StageCounts:
     summary = StageCounts(stage.name, tasks_total=len(plan.todo), tasks_skipped=plan.skipped)
     record_markers(run, stage.name, plan.empty)
+    plan.todo = _reused(stage, upstream, config, run, plan.todo, summary)
     if not plan.todo:
         return summary
     connect(config.run.address)  # only now: a finished run resumes without starting Ray
@@ -156,6 +158,23 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
                         f"check the {' and '.join(stage.sections)} settings and their model files; the "
                         "run's log has the workers' tracebacks, and finished work is kept")
     return summary
+
+
+def _reused(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir,
+            todo: list[dict], summary: StageCounts) -> list[dict]:
+    """Tasks whose every row the stage judged before are finished here, without Ray or a model (`reuse`: a
+    curator's decision removed or changed other rows); the tasks left to run."""
+    if not stage.reuses_rows or upstream is None:
+        return todo
+    left, done = [], []
+    for spec in todo:
+        result = reuse(stage, upstream.name, config, run, spec)
+        (left if result is None else done).append(spec if result is None else result)
+    record_markers(run, stage.name, [Marker.from_json(result.marker) for result in done])
+    for result in done:
+        summary.add(result.rows_in, result.statuses, result.reasons)
+    summary.tasks_reused = len(done)
+    return left
 
 
 def _forget_changed(run: RunDir, upstream: str, tasks: list[str]) -> None:

@@ -48,6 +48,7 @@ RUN, RETRY = "run", "retry"
 SETUP_FAILED = "setup failed: "  # prefix of a task error that is the actor's, not the task's
 INPUT_CHANGED = "input changed: "  # prefix of a task error that is its upstream part's: that task is redone
 PREPARED = "prepared"  # the task spec's column of pickled `prepare` output, when there is one
+PREVIOUS = "previous_pin"  # in a spec: the task's last part, made under today's config, whose rows may be reused
 
 
 @dataclass
@@ -109,14 +110,16 @@ def plan_stage(
         upstream_digest = inputs[identity.slug].output_digest if upstream else name_digest(identity.name)
         digest = task_digest(upstream_digest, extra.get(identity.slug, ""))
         pin = inputs[identity.slug].pin if upstream else ""
-        spec = {"task": identity.slug, "name": identity.name, "input_digest": digest, "input_pin": pin, "mode": RUN}
+        spec = {"task": identity.slug, "name": identity.name, "input_digest": digest, "input_pin": pin, "mode": RUN,
+                PREVIOUS: None}
         marker = done.get(identity.slug)
         stale = force or marker is None or not marker.matches(config_hash, digest)
         if stale and upstream and not inputs[identity.slug].kept:  # nothing to process: no Ray call, no part
             plan.empty.append(empty_marker(stage.name, identity.slug, config_hash, digest))
             plan.skipped += 1
         elif stale:
-            plan.todo.append(spec)
+            reusable = stage.reuses_rows and not force and marker is not None and marker.part
+            plan.todo.append({**spec, PREVIOUS: marker.pin if reusable and marker.config_hash == config_hash else None})
         elif retry_failed and marker.failed:
             plan.todo.append({**spec, "mode": RETRY})
         else:
@@ -179,14 +182,7 @@ class TaskExecutor:
             output = self._process(rows, spec.get(PREPARED))
             if self.stage.one_to_one and output.num_rows != rows.num_rows:
                 raise RuntimeError(f"stage {name} returned {output.num_rows} rows for {rows.num_rows}")
-        size, part_hash = write_part(self.run, name, task, output)
-        digest = content_digest(output.drop_columns(list(self.stage.volatile)))
-        statuses, reasons = count_outcomes(output)
-        marker = Marker(name, task, self.config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows,
-                        statuses, reasons, seconds=time.monotonic() - started, node=self.node, device=self.device,
-                        part_size=size, part_hash=part_hash)
-        write_marker_file(self.run, marker)
-        return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons, marker=asdict(marker))
+        return finish_task(self.run, self.stage, self.config_hash, spec, rows, output, started, self.node, self.device)
 
     def _process(self, rows: pa.Table, prepared: bytes | None) -> pa.Table:
         """`infer` on what a CPU worker prepared, else the whole of `process` here."""
@@ -194,6 +190,43 @@ class TaskExecutor:
             return self.stage.process(rows)
         assert isinstance(self.stage, ModelStage)
         return self.stage.infer(rows, pickle.loads(prepared))
+
+
+def finish_task(run: RunDir, stage: Stage, config_hash: str, spec: dict[str, Any], rows: pa.Table, output: pa.Table,
+                started: float, node: str = "", device: str = "") -> TaskResult:
+    """The task's part, then its marker (pinning the part); the result the driver records."""
+    task, name = spec["task"], stage.name
+    size, part_hash = write_part(run, name, task, output)
+    digest = content_digest(output.drop_columns(list(stage.volatile)))
+    statuses, reasons = count_outcomes(output)
+    marker = Marker(name, task, config_hash, spec["input_digest"], digest, rows.num_rows, output.num_rows,
+                    statuses, reasons, seconds=time.monotonic() - started, node=node, device=device,
+                    part_size=size, part_hash=part_hash)
+    write_marker_file(run, marker)
+    return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons, marker=asdict(marker))
+
+
+def reuse(stage: type[Stage], upstream: str, config: PipelineConfig, run: RunDir, spec: dict[str, Any]) -> TaskResult | None:
+    """A stale task of a row-by-row stage whose every input row it judged already under today's config (the
+    columns it requires unchanged: a curator's decision changed only other rows): its output made on the driver
+    from its last part, no model loaded; None when a row is new or changed, or the last part is not as pinned."""
+    if spec.get(PREVIOUS) is None:
+        return None
+    started, worker = time.monotonic(), stage(config, run)  # no `setup`: nothing is computed
+    try:
+        rows = read_input(run, upstream, spec)
+        previous = read_pinned_part(run, stage.name, spec["task"], spec[PREVIOUS])
+    except (PartChanged, FileNotFoundError):
+        return None
+    before = {row["image_id"]: row for row in previous.to_pylist()}
+    own = ("status", "reason", "detail", *stage.produces.names)
+    out = []
+    for row in rows.to_pylist():
+        old = before.get(row["image_id"])
+        if old is None or any(old.get(column) != row.get(column) for column in stage.requires):
+            return None
+        out.append({**row, **{column: old.get(column) for column in own}})
+    return finish_task(run, worker, stage.fingerprint(config), spec, rows, worker.to_table(out, rows.schema), started)
 
 
 def node_address() -> str:

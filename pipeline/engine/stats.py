@@ -22,6 +22,7 @@ class StageCounts:
     tasks_total: int = 0
     tasks_failed: int = 0
     tasks_skipped: int = 0  # already done by an earlier run
+    tasks_reused: int = 0  # done on the driver from rows judged before (runner.reuse): no worker, no model
     rows_in: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pipeline.core.rundir import RunDir
-from pipeline.report import gallery, generator, governance, hygiene, sections
+from pipeline.report import curation, gallery, generator, governance, hygiene, sections
 from pipeline.report.data import gather
 from pipeline.report.figures import verify_threshold, write_figures
 from pipeline.report.html import page
@@ -45,6 +45,7 @@ def write_report(run: RunDir) -> dict:
     records = generator.read_records(run)
     consent, consent_numbers = governance.build(run, state)
     across, across_numbers = hygiene.build(run, state, gathered.identities, thumbs)
+    curated, curated_numbers = curation.build(run, threshold)
     body = [
         ("overview", "Overview", sections.overview(state, state.missing())),
         ("funnel", "Funnel", sections.funnel(state)),
@@ -54,6 +55,7 @@ def write_report(run: RunDir) -> dict:
         ("distributions", "Distributions", sections.figures(figures)),
         ("pairs", "Training pairs", pairs_section(gathered.pairs, names, gathered.training)),
         ("guidance", "Threshold guidance", gallery.guidance(kept, dropped, threshold)),
+        ("curation", "Curation", curated),
         ("sheets", "Contact sheets", gallery.sheets(sheets, len(state.identities))),
         ("generator", "Reference generator", generator.render(records, thumbs)),
     ]
@@ -61,6 +63,7 @@ def write_report(run: RunDir) -> dict:
     numbers = summary(state, gathered, threshold, [s.slug for s in chosen], generator.summaries(records))
     numbers["governance"] = consent_numbers
     numbers["hygiene"] = across_numbers
+    numbers["curation"] = curated_numbers
     numbers["training_pairs"] = {slug: asdict(counts) for slug, counts in gathered.pairs.items()}
     run.write_json(SUMMARY, numbers)
     thumbs.prune()

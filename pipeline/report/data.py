@@ -17,7 +17,7 @@ from pipeline.core.markers import read_part
 from pipeline.core.reasons import NOT_TARGET_IDENTITY  # verify's threshold decision; other drops: counts
 from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Distributions
-from pipeline.report.quality import add_quality, identity_pairs
+from pipeline.report.quality import WRONG_PERSON, WRONG_PERSON_SERIES, add_quality, identity_pairs
 from pipeline.report.state import RunState
 
 COLUMNS = {
@@ -25,7 +25,9 @@ COLUMNS = {
     "verify": ["identity", "image_id", "status", "reason", "detail", "sim_to_centroid", "identity_purity",
                "identity_competing", "raw_path", "target_face", "faces", "face_backend", "dup_group", "calibration"],
     "segment": ["status", "mask_area"],
-    "caption": ["status", "caption", "class_word", "class_word_disagrees"],
+    # with what a training pair needs: pairs are counted over the rows the dataset keeps, as the identity table
+    "caption": ["status", "caption", "class_word", "class_word_disagrees", "image_id", "faces", "target_face",
+                "dup_group", "calibration"],
 }
 
 
@@ -101,16 +103,14 @@ def _verify(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
     result.calibration = result.calibration or next((r["calibration"] for r in rows if r.get("calibration")), None)
     hist = result.dists.hists["sim_to_centroid"]
     hist.add("kept", sims)
-    hist.add("dropped: not target identity", [r["sim_to_centroid"] for r in rows if r["reason"] == NOT_TARGET_IDENTITY])
-    others = [r["sim_to_centroid"] for r in rows if r["status"] != OK and r["reason"] != NOT_TARGET_IDENTITY]
+    hist.add(WRONG_PERSON_SERIES, [r["sim_to_centroid"] for r in rows if r["reason"] in WRONG_PERSON])
+    others = [r["sim_to_centroid"] for r in rows if r["status"] != OK and r["reason"] not in WRONG_PERSON]
     hist.add("dropped: other reasons", others)
     for row in rows:
         if row["sim_to_centroid"] is not None and (row["status"] == OK or row["reason"] == NOT_TARGET_IDENTITY):
             result.guidance.offer(row, kept=row["status"] == OK)
     add_quality(rows, result.dists.hists)
-    pairs = identity_pairs(rows, result.training)
-    if pairs is not None:
-        result.pairs[stats.slug] = pairs
+    _pairs(rows, stats, result)  # an identity not captioned yet: verify's kept photos
 
 
 def _segment(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
@@ -127,6 +127,15 @@ def _caption(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
     stats.class_word = words.most_common(1)[0][0] if words else None
     checked = [row["class_word_disagrees"] for row in kept if row["class_word_disagrees"] is not None]
     stats.class_word_checked, stats.class_word_disagrees = len(checked), sum(checked)
+    _pairs(rows, stats, result)  # over the photos that passed every stage, replacing verify's count
+
+
+def _pairs(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
+    pairs = identity_pairs(rows, result.training)
+    if pairs is not None:
+        result.pairs[stats.slug] = pairs
+    else:
+        result.pairs.pop(stats.slug, None)
 
 
 READERS = {"filter": _filter, "verify": _verify, "segment": _segment, "caption": _caption}

@@ -25,9 +25,9 @@ def verify_threshold(gathered: Gathered) -> float | None:
 def write_figures(run: RunDir, state: RunState, gathered: Gathered, threshold: float | None) -> list[Figure]:
     run.write_bytes("report/funnel.png", funnel_png([stage.counts for stage in state.stages]))
     lines = {
-        "short_side": (state.config.filter.min_short_side, "filter.min_short_side"),
-        "face_size": (state.config.filter.min_face_size, "filter.min_face_size"),
-        "sim_to_centroid": (threshold, "verify.threshold"),
+        "short_side": (state.config.filter.min_short_side, f"filter.min_short_side {state.config.filter.min_short_side:g}"),
+        "face_size": (state.config.filter.min_face_size, f"filter.min_face_size {state.config.filter.min_face_size:g}"),
+        "sim_to_centroid": (threshold, f"verify.threshold {threshold or 0:g}"),
         **thresholds(state.config, gathered.calibration),
     }
     pngs = {

@@ -20,6 +20,8 @@ th:first-child,td.text{text-align:left}th{background:#f1f3f5;cursor:pointer;user
 .noimg{width:224px;height:60px;background:#e9ecef;display:flex;align-items:center;justify-content:center}
 .sheet{display:grid;grid-template-columns:1fr 1fr;gap:1em}.dropped .tile{opacity:.9}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1.5em}.scroll{max-height:70vh;overflow:auto}
+.next{background:#e8f4f8;border-left:4px solid #1d3557;padding:.2em 1em;margin-top:1em}.next pre{white-space:pre-wrap}
+code.id{user-select:all;font-size:11px;cursor:copy}
 """
 
 # Click a header to sort by it; cells carry their sort value in data-v (numbers compare as numbers).

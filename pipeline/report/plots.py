@@ -39,9 +39,9 @@ def funnel_png(stages: list[StageCounts]) -> bytes:
               ("dropped", [s.statuses[DROPPED] for s in stages]), ("failed", [s.statuses[FAILED] for s in stages])]
     for offset, (name, values) in enumerate(series):
         bars.bar(x + (offset - 1.5) * 0.2, values, 0.2, label=name, color=COLOURS[name])
-    bars.set_xticks(x, [s.stage for s in stages])
+    bars.set_xticks(x, [s.stage for s in stages], rotation=30, ha="right")  # nine stage names side by side overlap
     bars.set_ylabel("rows")
-    bars.legend()
+    bars.legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncol=4, fontsize=8, frameon=False)  # above, off the bars
     bars.set_title("Funnel")
     counts = Counter({f"{s.stage}: {reason}": n for s in stages for reason, n in s.reasons.items()})
     top = counts.most_common(TOP_REASONS)[::-1]
@@ -51,17 +51,18 @@ def funnel_png(stages: list[StageCounts]) -> bytes:
 
 
 def histogram_png(hist: Histogram, threshold: float | None = None, threshold_label: str = "threshold") -> bytes:
-    figure = Figure(figsize=(6, 3.4))
+    """`threshold_label`: the legend's text for the line, its value included (the caller knows its units)."""
+    figure = Figure(figsize=(7.5, 3.4))
     axes = figure.subplots()
     edges, counts = hist.zoomed(include=threshold)
     for series, values in counts.items():
         axes.stairs(values, edges, label=_label(f"{series} ({values.sum():,})"), linewidth=1.8)
     if threshold is not None:
-        axes.axvline(threshold, color="#d62828", linestyle="--", label=f"{threshold_label} {threshold:g}")
+        axes.axvline(threshold, color="#d62828", linestyle="--", label=_label(threshold_label))
     axes.set_xlabel(hist.xlabel)
     axes.set_ylabel("images")
     axes.set_title(hist.title)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the data, never on it
     return _png(figure)
 
 

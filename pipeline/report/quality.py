@@ -14,7 +14,10 @@ import numpy as np
 from pipeline.core.config import PipelineConfig, TrainingSection
 from pipeline.core.pairs import PairCounts, pair_counts, target_evidence
 from pipeline.core.schema import OK
-from pipeline.core.reasons import BLURRY_FACE, EXTREME_POSE, LOW_FACE_SCORE, MANY_FACES, SMALL_FACE_SHARE
+from pipeline.core.reasons import (
+    BLURRY_FACE, CURATOR_REJECTED, CURATOR_SPLIT, EXTREME_POSE, LOW_FACE_SCORE, MANY_FACES, NOT_TARGET_IDENTITY,
+    SMALL_FACE_SHARE,
+)
 from pipeline.report.hist import Histogram
 from pipeline.report.html import cell, esc, num_cell, table
 from stages.face_gates import large_faces
@@ -35,6 +38,10 @@ def _log10(value: float) -> float:
     return math.log10(value) if value > 0 else -math.inf  # an infinite value is left out of the histogram
 
 
+# not this person, by verify's similarity or a curator: their own series, not "other reasons"
+WRONG_PERSON = (NOT_TARGET_IDENTITY, CURATOR_REJECTED, CURATOR_SPLIT)
+WRONG_PERSON_SERIES = "dropped: wrong person"
+
 # histogram -> (the target face's value, the verify.quality gate's drop reason)
 METRICS: dict[str, tuple[Callable[[Row], float | None], str]] = {
     "sharpness": (_field("sharpness", _log10), BLURRY_FACE),
@@ -53,7 +60,9 @@ def add_quality(rows: list[Row], hists: dict[str, Histogram]) -> None:
         for series, chosen in (
             ("kept", [row for row in scored if row["status"] == OK]),
             (f"dropped: {reason}", [row for row in scored if row["reason"] == reason]),
-            ("dropped: other reasons", [row for row in scored if row["status"] != OK and row["reason"] != reason]),
+            (WRONG_PERSON_SERIES, [row for row in scored if row["reason"] in WRONG_PERSON]),
+            ("dropped: other reasons", [row for row in scored if row["status"] != OK
+                                        and row["reason"] not in (reason, *WRONG_PERSON)]),
         ):
             hists[name].add(series, [value(row) for row in chosen])
 
@@ -62,13 +71,14 @@ def thresholds(config: PipelineConfig, calibration: dict | None) -> dict[str, tu
     """Each quality histogram's line: the gate's value (in the histogram's units) and its config key."""
     gates = config.verify.quality
     sharpness = math.log10(gates.min_sharpness) if gates.min_sharpness > 0 else None
+    score = calibration["min_face_score"] if calibration else None
     return {
-        "sharpness": (sharpness, "log10 of verify.quality.min_sharpness"),
-        "yaw": (gates.max_yaw, "verify.quality.max_yaw"),
-        "pitch": (gates.max_pitch, "verify.quality.max_pitch"),
-        "face_score": (calibration["min_face_score"] if calibration else None, "verify.quality.min_face_score"),
-        "image_share": (gates.min_image_share, "verify.quality.min_image_share"),
-        "large_faces": (gates.max_large_faces, "verify.quality.max_large_faces"),
+        "sharpness": (sharpness, f"verify.quality.min_sharpness {gates.min_sharpness:g} (log10 {sharpness or 0:.2f})"),
+        "yaw": (gates.max_yaw, f"verify.quality.max_yaw {gates.max_yaw:g}"),
+        "pitch": (gates.max_pitch, f"verify.quality.max_pitch {gates.max_pitch:g}"),
+        "face_score": (score, f"verify.quality.min_face_score {score or 0:.3g}"),
+        "image_share": (gates.min_image_share, f"verify.quality.min_image_share {gates.min_image_share:g}"),
+        "large_faces": (gates.max_large_faces, f"verify.quality.max_large_faces {gates.max_large_faces:g}"),
     }
 
 
@@ -93,7 +103,7 @@ def pairs_section(pairs: dict[str, PairCounts], names: dict[str, str], training:
     total = sum(counts.pairs for counts in pairs.values())
     blocked = sum(counts.blocked for counts in pairs.values())
     limit = "the face backend's calibration" if training.copy_paste_max is None else f"{training.copy_paste_max:g}"
-    note = (f'<p class="muted">Among the photos verify kept (later stages may drop a few): {total:,} target/reference '
+    note = (f'<p class="muted">Among the photos each identity keeps (as in the identity table): {total:,} target/reference '
             f"pairs allowed, {blocked:,} refused as copy-paste (target faces more alike than "
             f"training.copy_paste_max, {esc(limit)}); a pair never joins two photos of one near-duplicate group. "
             f"A target is servable with at least one reference left. The {SHOWN_PAIRS} identities with the fewest "

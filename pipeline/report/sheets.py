@@ -31,6 +31,7 @@ class Tile:
     label: str  # caption of a kept image; stage and reason of a dropped one
     detail: str | None = None
     url: str | None = None
+    image_id: str | None = None  # shown whole, selected by one click: what `decide --image` takes
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,15 @@ def _kept_tile(row: dict, thumbs: Thumbs) -> Tile:
     thumb = thumbs.crop(row) if row.get("crop_image") else thumbs.raw(row, _face_box(row))
     sim = row.get("sim_to_centroid")
     detail = f"similarity {sim:.3f}" if sim is not None else None
-    return Tile(thumb, row.get("caption") or "(no caption yet)", detail, row.get("url"))
+    return Tile(thumb, row.get("caption") or "(no caption yet)", detail, row.get("url"), row.get("image_id"))
 
 
 def _dropped_tile(stage: str, row: dict, thumbs: Thumbs) -> Tile:
     sim = row.get("sim_to_centroid")
     label = f"{stage}: {row['reason'] or row['status']}" + (f" ({sim:.3f})" if sim is not None else "")
-    return Tile(thumbs.raw(row, _face_box(row)), label, row.get("detail"), row.get("url"))
+    return Tile(thumbs.raw(row, _face_box(row)), label, row.get("detail"), row.get("url"), row.get("image_id"))
 
 
 def guidance_tile(candidate: Candidate, name: str, thumbs: Thumbs) -> Tile:
     return Tile(thumbs.face(candidate.image_id, candidate.raw_path, candidate.box),
-                f"{candidate.sim:.3f} · {name}", candidate.detail)
+                f"{candidate.sim:.3f} · {name}", candidate.detail, image_id=candidate.image_id)

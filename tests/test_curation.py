@@ -1,0 +1,120 @@
+"""A curator's decisions applied by verify and hygiene (stages/curation.py) on real photos and real face models:
+rejected and split photos leave the clustering, accepted ones and chosen faces are kept, every changed row says
+`decided_by: curator`; decisions are keyed by the photo's bytes, so a new face backend meets them again."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from pipeline.core.config import PipelineConfig, load_config, resolve_profile
+from pipeline.core.decisions import ACCEPT, REJECT, SPLIT, TARGET_FACE, Decision, append
+from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, NOT_TARGET_IDENTITY
+from pipeline.core.rundir import RunDir
+from pipeline.core.schema import NAMES, OK, PROVENANCE, extend
+from pipeline.report.curation import Labelled, threshold_advice
+from stages.curation import CURATOR, Curation, enough_photos, merged_groups
+from stages.filter import FilterStage
+from stages.verify import VerifyStage
+
+DAMON = "matt_damon"
+INTRUDER = "img8.jpg"  # scarlett_johansson: verify drops her from Matt Damon's folder
+
+
+def crawled(run: RunDir, faces: dict, names: list[str]) -> tuple[pa.Table, dict[str, str]]:
+    """Crawl's rows for the photos as a crawl stores them (image_id = sha256 of the bytes); file name -> image_id."""
+    rows, ids = [], {}
+    for name in names:
+        data = (faces["images"] / name).read_bytes()
+        ids[name] = hashlib.sha256(data).hexdigest()
+        run.write_bytes(f"raw/{DAMON}/{ids[name]}.jpg", data)
+        rows.append({"identity": DAMON, "name": "Matt Damon", "image_id": ids[name], "status": OK,
+                     "raw_path": f"raw/{DAMON}/{ids[name]}.jpg"})
+    return pa.Table.from_pylist(rows, schema=extend(NAMES, PROVENANCE)), ids
+
+
+def filtered(run: RunDir, crawl: pa.Table, backend: str) -> tuple[pa.Table, PipelineConfig]:
+    """Filter's kept rows (the backend's real models), as the run's stage makes them."""
+    config = load_config(resolve_profile("cpu"), [f"face.backend={backend}", "filter.min_face_size=80"])
+    stage = FilterStage(config, run)
+    stage.setup()
+    rows = stage.process(crawl)
+    return rows.filter(pc.equal(rows["status"], OK)), config
+
+
+def verified(run: RunDir, rows: pa.Table, config: PipelineConfig) -> dict[str, dict]:
+    return {row["image_id"]: row for row in VerifyStage(config, run).process(rows).to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def folder(faces, tmp_path_factory) -> tuple[RunDir, pa.Table, dict[str, str]]:
+    """Matt Damon's labelled photos and Scarlett Johansson's img8, crawled into a run with three decisions."""
+    run = RunDir(str(tmp_path_factory.mktemp("curation")))
+    crawl, ids = crawled(run, faces, [*faces["identities"][DAMON], INTRUDER])
+    genuine = sorted(faces["identities"][DAMON])
+    append(run, Decision(DAMON, REJECT, ids[genuine[0]], note="not him"))
+    append(run, Decision(DAMON, SPLIT, ids[genuine[1]], "Matt Damon the namesake"))
+    append(run, Decision(DAMON, ACCEPT, ids[INTRUDER]))
+    return run, crawl, ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sface", "dlib"])
+def test_decisions_hold_under_either_face_backend(folder, faces, tmp_path, backend: str) -> None:
+    run, crawl, ids = folder
+    rows, config = filtered(run, crawl, backend)
+    genuine = sorted(faces["identities"][DAMON])
+    undecided = verified(RunDir(str(tmp_path)), rows, config)  # a run without decisions
+    assert undecided[ids[INTRUDER]]["reason"] == NOT_TARGET_IDENTITY
+    assert {row["status"] for image, row in undecided.items() if image != ids[INTRUDER]} == {OK}
+    decided = verified(run, rows, config)
+    assert decided[ids[genuine[0]]]["reason"] == CURATOR_REJECTED
+    assert decided[ids[genuine[1]]]["reason"] == CURATOR_SPLIT and "namesake" in decided[ids[genuine[1]]]["detail"]
+    assert decided[ids[INTRUDER]]["status"] == OK  # kept, against verify's similarity
+    changed = {ids[genuine[0]], ids[genuine[1]], ids[INTRUDER]}
+    assert {image for image, row in decided.items() if row["decided_by"] == CURATOR} == changed
+    others = [row for image, row in decided.items() if image not in changed]
+    assert len(others) == 3 and all(row["status"] == OK and row["decided_by"] is None for row in others)
+    assert {row["face_backend"] for row in decided.values()} == {backend}
+    # the rejected photo no longer pulls the centroid: its similarity is scored against the others, below verify's
+    assert decided[ids[genuine[0]]]["sim_to_centroid"] is not None
+
+
+@pytest.mark.slow
+def test_a_chosen_target_face_keeps_the_photo_with_that_face_scored_against_the_others(folder, faces) -> None:
+    run, crawl, ids = folder
+    rows, config = filtered(run, crawl, "sface")
+    by_id = verified(RunDir(run.uri + "-undecided"), rows, config)
+    image = next(iter(sorted(i for i, row in by_id.items() if row["status"] == OK)))
+    curation = Curation.of([Decision(DAMON, TARGET_FACE, image, 0)])
+    out = {row["image_id"]: row for row in curation.applied(list(by_id.values()), config.verify.min_images)}
+    assert out[image]["target_face"] == 0 and out[image]["decided_by"] == CURATOR
+    assert out[image]["sim_to_centroid"] == pytest.approx(by_id[image]["sim_to_centroid"], abs=0.1)
+    assert all(row["decided_by"] is None for i, row in out.items() if i != image)
+
+
+def test_curator_merges_join_hygiene_merge_groups_behind_their_target() -> None:
+    groups = [("a",), ("b", "c"), ("d",), ("e",)]  # hygiene.merge put c into b
+    assert merged_groups(groups, {"d": "b", "e": "gone"}) == [("a",), ("b", "c", "d"), ("e",)]
+    assert merged_groups(groups, {"a": "b", "b": "a"}) == [("b", "c", "a"), ("d",), ("e",)]  # already one group
+
+
+def test_rows_dropped_only_for_being_too_few_come_back_when_an_accept_makes_enough() -> None:
+    rows = [{"image_id": "1", "status": OK, "reason": None, "dup_group": "1"},
+            {"image_id": "2", "status": "dropped", "reason": "too_few_images", "dup_group": "2"},
+            {"image_id": "3", "status": "dropped", "reason": "not_target_identity", "dup_group": "3"}]
+    assert [row["status"] for row in enough_photos(rows, 3)] == ["dropped", "dropped", "dropped"]
+    rows[2] = {**rows[2], "status": OK, "reason": None}  # accepted
+    out = enough_photos(rows, 3)
+    assert [row["status"] for row in out] == [OK, OK, OK] and {row["identity_kept"] for row in out} == {3}
+
+
+def test_threshold_advice_counts_the_decisions_each_threshold_matches() -> None:
+    labelled = [Labelled(0.9, True), Labelled(0.7, True), Labelled(0.45, True), Labelled(0.40, False),
+                Labelled(0.2, False)]
+    advice = threshold_advice(labelled, current=0.5)
+    assert (advice.current_matches, advice.best_matches) == (4, 5)
+    assert 0.40 < advice.best <= 0.45
