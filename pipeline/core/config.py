@@ -194,6 +194,11 @@ class HygieneSection(Section):
         description="groups of identities (names or slugs) to join: the first with verified photos takes the "
         "others' rows (merged_from), theirs drop as merged_into_other_identity",
     )
+    label_margin: float = Field(
+        0.1, ge=0, le=2,
+        description="a face of a kept photo is labelled with an identity when its cosine to that identity's "
+        "centroid reaches verify.threshold and beats the runner-up identity's by this much (docs/multi-identity.md)",
+    )
     resources: Resources = Resources()
 
 

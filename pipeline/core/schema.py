@@ -74,6 +74,9 @@ FACE = pa.struct(
         pa.field("pitch", pa.float32()),  # degrees; > 0: chin up
         pa.field("roll", pa.float32()),  # degrees, the eye line; > 0: clockwise in the image
         pa.field("image_share", pa.float32()),  # face box area / image area
+        # from hygiene on (docs/multi-identity.md): the identity of the run this face is, null when none is sure
+        pa.field("identity", pa.string()),
+        pa.field("identity_score", pa.float32()),  # the face's cosine to that identity's centroid
     ]
 )
 
@@ -122,6 +125,8 @@ HYGIENE = pa.schema(
         pa.field("merged_from", pa.string()),  # the identity a row joined this one from (hygiene.merge)
         pa.field("possible_same_person", pa.list_(pa.string())),  # identities whose centroid is as close as own photos
         pa.field("same_person_similarity", pa.float32()),  # centroid cosine to the closest of them
+        pa.field("identities", pa.list_(pa.string())),  # the identities labelled in the photo, left to right
+        pa.field("num_identities", pa.int32()),  # their number (1: only the target's)
     ]
 )
 

@@ -1,0 +1,116 @@
+"""A label for every face: each face of a kept photo assigned to at most one identity of the run, each identity
+to at most one face of a photo (docs/multi-identity.md).
+
+numpy, scipy and faiss only; the hygiene stage's whole-run step (`stages/face_labels_run.py`) feeds it the
+identity centroids and the faces of the photos that hold more than one.
+
+A face may take an identity only when its cosine to that identity's centroid reaches verify's threshold and
+beats its runner-up identity by `hygiene.label_margin`; so only a face's closest identity is ever eligible, and
+the assignment (`linear_sum_assignment`) settles two faces of one photo that are closest to the same identity.
+The photo's target face keeps the identity it is kept under, by construction, and no other face takes it.
+
+The closest identities of each face come from an index over the centroids: exact (a flat inner product) up to
+`EXACT_LIMIT` identities, a graph index (faiss HNSW) above, whose search cost grows with the logarithm of the
+number of identities, so labelling time per face stays flat from 1k to 100k (benchmarks/face_labels.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.core.schema import OK
+
+EXACT_LIMIT = 4096  # identities: below, a flat search is as fast as the graph and exact
+HNSW_LINKS = 32  # graph degree: recall of the two closest above 0.99 at 100k (benchmarks/face_labels.py)
+HNSW_BUILD = 80  # efConstruction
+HNSW_SEARCH = 96  # efSearch
+NEIGHBOURS = 2  # the closest identity and its runner-up: all the margin rule needs
+NO_IDENTITY = -1
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    threshold: float  # verify's: the cosine a face needs to its identity's centroid
+    margin: float  # hygiene.label_margin: over the runner-up identity
+
+
+class CentroidIndex:
+    """The run's identity centroids (unit rows), searched for each face's closest identities."""
+
+    def __init__(self, centroids: np.ndarray) -> None:
+        import faiss  # heavy: loaded only by a run that labels faces
+
+        vectors = np.ascontiguousarray(centroids, dtype=np.float32)
+        if len(vectors) <= EXACT_LIMIT:
+            self.index = faiss.IndexFlatIP(vectors.shape[1])
+        else:
+            self.index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = HNSW_BUILD
+            self.index.hnsw.efSearch = HNSW_SEARCH
+        self.index.add(vectors)
+        self.size = len(vectors)
+
+    def nearest(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines, identity indices), each (faces, NEIGHBOURS), closest first; -1 where the run has fewer."""
+        sims, ids = self.index.search(np.ascontiguousarray(faces, dtype=np.float32), NEIGHBOURS)
+        return sims, ids
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One photo's faces as the index saw them, and the face and identity it is kept under."""
+
+    sims: np.ndarray  # (faces, NEIGHBOURS) cosines, closest first
+    ids: np.ndarray  # (faces, NEIGHBOURS) identity indices
+    target: int  # the target face
+    own: int  # the identity the photo is kept under
+    own_score: float  # the target face's cosine to its centroid
+
+
+def label_photo(photo: Photo, rules: LabelRules) -> tuple[np.ndarray, np.ndarray]:
+    """Per face: its identity index (NO_IDENTITY when none) and the cosine behind it (NaN when none)."""
+    identities = np.full(len(photo.sims), NO_IDENTITY, np.int64)
+    scores = np.full(len(photo.sims), np.nan, np.float32)
+    eligible = eligible_faces(photo, rules)
+    columns = sorted({int(photo.ids[face, 0]) for face in eligible})
+    if columns:
+        gain = np.zeros((len(photo.sims), len(columns)))
+        for face in eligible:
+            gain[face, columns.index(int(photo.ids[face, 0]))] = 1.0 + photo.sims[face, 0]  # > 0: better than none
+        for face, column in zip(*linear_sum_assignment(gain, maximize=True), strict=True):
+            if gain[face, column] > 0:
+                identities[face], scores[face] = columns[column], photo.sims[face, 0]
+    identities[photo.target], scores[photo.target] = photo.own, photo.own_score
+    return identities, scores
+
+
+def eligible_faces(photo: Photo, rules: LabelRules) -> list[int]:
+    """Faces other than the target whose closest identity is not the photo's own, reaches the threshold and beats
+    the runner-up by the margin (a run of one identity has no runner-up: the threshold alone decides)."""
+    best, second = photo.sims[:, 0], np.where(photo.ids[:, 1] >= 0, photo.sims[:, 1], -1.0)
+    ok = (best >= rules.threshold) & (best - second >= rules.margin) & (photo.ids[:, 0] != photo.own)
+    ok[photo.target] = False
+    return np.flatnonzero(ok).tolist()
+
+
+def labelled(rows: list[dict], labels: list[dict]) -> list[dict]:
+    """The kept rows with every face's identity and score, `identities` (left to right) and `num_identities`.
+
+    `labels`: the task's rows of LABELS (photos with several faces); a photo with one face is its target's."""
+    by_image = {label["image_id"]: label for label in labels}
+    out = []
+    for row in rows:
+        if row["status"] != OK:
+            out.append({**row, "identities": None, "num_identities": None})
+            continue
+        label = by_image.get(row["image_id"]) or {"face_identities": [row["identity"]],
+                                                   "face_scores": [row["sim_to_centroid"]]}
+        faces = [{**face, "identity": who, "identity_score": score}
+                 for face, who, score in zip(row["faces"], label["face_identities"], label["face_scores"], strict=True)]
+        named = sorted((face for face in faces if face["identity"]), key=lambda face: face["box"][0] + face["box"][2])
+        out.append({**row, "faces": faces, "identities": [face["identity"] for face in named],
+                    "num_identities": len(named)})
+    return out

@@ -1,0 +1,248 @@
+"""A label for every face (stages/face_labels.py): the assignment's guarantees as properties of random embeddings
+with margins, the graph index against the exact search, and the targets on real group photos: the labelled
+photos pasted side by side (each face's person known by construction) and the two group photos the corpus
+carries, labelled against centroids of the real SFace embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageOps
+
+from pipeline.core.config import PipelineConfig
+from stages.face_labels import NO_IDENTITY, CentroidIndex, LabelRules, Photo, label_photo, labelled
+from stages.faces import FACES as FACE_BACKENDS
+from stages.faces.sface_backend import SFaceBackend
+from tests.conftest import FACES
+
+RULES = LabelRules(threshold=SFaceBackend.calibration.threshold, margin=PipelineConfig().hygiene.label_margin)
+
+
+def search(index: CentroidIndex, vectors: np.ndarray, target: int, own: int) -> Photo:
+    sims, ids = index.nearest(vectors)
+    return Photo(sims, ids, target, own, float(sims[target, 0]))
+
+
+# --- properties on random embeddings with margins ----------------------------------------------------------------
+
+DIM = 48
+
+
+@dataclass(frozen=True)
+class Face:
+    person: int | None  # None: a stranger, in none of the run's identities
+    own: float  # cosine to its person's centroid
+    alike: int  # another identity it looks like
+    share: float  # its cosine to that one, below `own`: the face is closer to its person than to anyone else
+
+
+def face_vector(face: Face, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Centroids are basis rows 0..n-1; what is left of the face lies in the rows after them (no centroid's)."""
+    spare = basis[len(basis) // 2 :]
+    rest = rng.standard_normal(len(spare)) @ spare
+    rest /= np.linalg.norm(rest)
+    if face.person is None:
+        return rest
+    known = face.own * basis[face.person] + face.share * basis[face.alike]
+    return known + np.sqrt(max(1 - face.own**2 - face.share**2, 0.0)) * rest
+
+
+@st.composite
+def photos(draw: st.DrawFn) -> tuple[int, list[Face], int]:
+    identities = draw(st.integers(2, DIM // 2))
+    people = draw(st.lists(st.integers(0, identities - 1), min_size=1, max_size=4, unique=True))
+    faces = []
+    for person in people + draw(st.lists(st.none(), max_size=3)):
+        own = draw(st.floats(0.0, 1.0))
+        alike = draw(st.integers(0, identities - 1).filter(lambda other: other != person))
+        share = draw(st.floats(0.0, 1.0)) * min(own, np.sqrt(1 - own**2)) * 0.999
+        faces.append(Face(person, own, alike, share))
+    faces += [Face(people[0], draw(st.floats(0.0, 1.0)), 0, 0.0)] * draw(st.integers(0, 1))  # a second face of one
+    return identities, faces, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(photos())
+def test_no_face_is_labelled_with_a_person_not_in_the_photo(photo: tuple[int, list[Face], int]) -> None:
+    identities, faces, seed = photo
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0]
+    index = CentroidIndex(basis[:identities])
+    vectors = np.array([face_vector(face, basis, rng) for face in faces])
+    labels, scores = label_photo(search(index, vectors, 0, faces[0].person), RULES)
+    assert labels[0] == faces[0].person  # the target keeps its identity by construction
+    named = [label for label in labels if label != NO_IDENTITY]
+    assert len(named) == len(set(named))  # an identity at most once a photo
+    for face, label, score, vector in zip(faces, labels, scores, vectors, strict=True):
+        if label != NO_IDENTITY:
+            assert label == face.person  # never a stranger's, never the look-alike's
+            assert np.isclose(score, vector @ basis[label], atol=1e-5)
+    for k, (face, label) in enumerate(zip(faces, labels, strict=True)):
+        clear = face.person is not None and face.own >= RULES.threshold + 1e-4 and face.own - face.share >= RULES.margin + 1e-4
+        if k and clear and face.person != faces[0].person and labels.tolist().count(face.person) == 0:
+            raise AssertionError(f"face {k} of person {face.person} left unlabelled: {face}")
+
+
+def test_two_faces_closest_to_one_identity_share_it_never() -> None:
+    """A reflection or a twin: the assignment gives the identity to the closer face only."""
+    basis = np.eye(8)
+    index = CentroidIndex(basis[:3])
+    faces = np.array([basis[0], 0.9 * basis[1] + np.sqrt(0.19) * basis[7], 0.8 * basis[1] + 0.6 * basis[6]])
+    labels, scores = label_photo(search(index, faces, 0, 0), RULES)
+    assert labels.tolist() == [0, 1, NO_IDENTITY] and np.isnan(scores[2])
+
+
+def test_the_graph_index_finds_the_two_closest_identities() -> None:
+    """Above EXACT_LIMIT centroids the index is a graph (faiss HNSW): its closest two agree with the exact
+    search for nearly every face (real embeddings sit near their centroid, as these do)."""
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((4500, 64)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    faces = centroids[:500] + 0.05 * rng.standard_normal((500, 64)).astype(np.float32)
+    faces /= np.linalg.norm(faces, axis=1, keepdims=True)
+    graph = CentroidIndex(centroids)
+    assert type(graph.index).__name__ == "IndexHNSWFlat"
+    exact = np.argsort(-(faces @ centroids.T), axis=1)[:, :2]
+    found = graph.nearest(faces)[1]
+    assert (found == exact).all(axis=1).mean() >= 0.99
+
+
+def test_rows_get_every_face_label_and_their_identities_left_to_right() -> None:
+    face = {"box": [0.0, 0.0, 10.0, 10.0], "embedding": [1.0]}
+    rows = [
+        {"identity": "a", "image_id": "one", "status": "ok", "sim_to_centroid": 0.8, "faces": [face]},
+        {"identity": "a", "image_id": "two", "status": "ok", "sim_to_centroid": 0.7,
+         "faces": [{**face, "box": [50.0, 0, 60, 10]}, face, {**face, "box": [20.0, 0, 30, 10]}]},
+        {"identity": "a", "image_id": "three", "status": "dropped", "sim_to_centroid": 0.7, "faces": [face]},
+    ]
+    labels = [{"image_id": "two", "face_identities": ["a", "b", None], "face_scores": [0.7, 0.6, None]}]
+    one, two, three = labelled(rows, labels)
+    assert (one["identities"], one["num_identities"], one["faces"][0]["identity_score"]) == (["a"], 1, 0.8)
+    assert [f["identity"] for f in two["faces"]] == ["a", "b", None]
+    assert (two["identities"], two["num_identities"]) == (["b", "a"], 2)  # b's face is the leftmost
+    assert (three["identities"], three["num_identities"]) == (None, None)
+
+
+# --- the targets on real group photos -----------------------------------------------------------------------------
+
+# the run: centroids from a few photos of each person; the held-out photos (one face each) go into group photos
+RUN = {
+    "angelina_jolie": ["img5.jpg", "img6.jpg", "img10.jpg"],
+    "katy_perry": ["img27.jpg", "img28.jpg", "img42.jpg"],
+    "scarlett_johansson": ["img8.jpg", "img50.jpg", "img51.jpg"],
+    "mark_zuckerberg": ["img14.jpg", "img15.jpg", "img57.jpg"],
+    "leonardo_dicaprio": ["img34.jpg", "img35.jpg"],
+    "matt_damon": ["img29.jpg", "img30.jpg"],
+    "jack_dorsey": ["img16.jpg", "img17.jpg"],
+    "jennifer_aniston": ["img12.jpg", "img53.jpg", "img56.jpg"],
+}
+PERSON = {
+    "img11.jpg": "angelina_jolie", "img44.jpg": "katy_perry", "img46.jpg": "katy_perry", "img9.jpg": "scarlett_johansson",
+    "img58.jpg": "mark_zuckerberg", "img36.jpg": "leonardo_dicaprio", "img37.jpg": "leonardo_dicaprio",
+    "img32.jpg": "matt_damon", "img61.jpg": "jack_dorsey", "img55.jpg": "jennifer_aniston",
+    # not in the run
+    "img18.jpg": "elon_musk", "img20.jpg": "jeff_bezos", "img25.jpg": "sundar_pichai", "img22.jpg": "unnamed_a",
+}
+# the first photo's person is the identity the group photo is kept under (its target face)
+GROUPS = [
+    ("img11.jpg", "img9.jpg"), ("img44.jpg", "img58.jpg", "img36.jpg"), ("img32.jpg", "img37.jpg"),
+    ("img61.jpg", "img18.jpg", "img55.jpg"), ("img55.jpg", "img46.jpg"), ("img9.jpg", "img20.jpg", "img32.jpg"),
+    ("img58.jpg", "img11.jpg", "img25.jpg"), ("img36.jpg", "img22.jpg", "img61.jpg"), ("img46.jpg", "img18.jpg"),
+    ("img37.jpg", "img44.jpg", "img9.jpg"), ("img11.jpg", "img20.jpg", "img25.jpg"),
+    ("img55.jpg", "img36.jpg", "img58.jpg"), ("img61.jpg", "img32.jpg", "img11.jpg"),
+]
+SIDE = 1280  # the filter's face.max_side: photos are analysed at this size at most
+
+
+def upright(name: str, side: int = SIDE) -> Image.Image:
+    with Image.open(FACES / "images" / name) as image:
+        image.draft("RGB", (side, side))  # JPEG decodes at a fraction of its size: fast, and as large as needed
+        image = ImageOps.exif_transpose(image).convert("RGB")
+    image.thumbnail((side, side))
+    return image
+
+
+def side_by_side(names: tuple[str, ...], height: int = 480) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The photos pasted left to right at one height, and each one's span of x."""
+    panels = [upright(name) for name in names]
+    panels = [panel.resize((round(panel.width * height / panel.height), height)) for panel in panels]
+    canvas = Image.new("RGB", (sum(panel.width for panel in panels), height))
+    spans, x = [], 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        spans.append((x, x + panel.width))
+        x += panel.width
+    return np.asarray(canvas), spans
+
+
+@dataclass(frozen=True)
+class Found:
+    """One group photo's detected faces: their unit embeddings, and the person each shows (None: unknown)."""
+
+    vectors: np.ndarray
+    people: list[str | None]
+    boxes: list[tuple[float, ...]]
+
+
+@pytest.fixture(scope="module")
+def labelling() -> tuple[CentroidIndex, list[str], list[Found]]:
+    backend = FACE_BACKENDS.get("sface").load(PipelineConfig.model_validate({"face": {"backend": "sface"}}))
+
+    def largest(name: str) -> np.ndarray:
+        faces = backend.analyze([np.asarray(upright(name, 640))])[0]
+        return np.asarray(max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).embedding)
+
+    centroids = np.array([np.sum([largest(name) for name in photos], axis=0) for photos in RUN.values()])
+    index = CentroidIndex(centroids / np.linalg.norm(centroids, axis=1, keepdims=True))
+    found = []
+    for names in GROUPS:
+        image, spans = side_by_side(names)
+        faces = backend.analyze([image])[0]
+        centres = [(face.box[0] + face.box[2]) / 2 for face in faces]
+        people = [next(PERSON[n] for n, (a, b) in zip(names, spans, strict=True) if a <= c < b) for c in centres]
+        found.append(Found(np.array([face.embedding for face in faces]), people, [face.box for face in faces]))
+    for name in ("couple.jpg", "selfie-many-people.jpg"):
+        faces = backend.analyze([np.asarray(upright(name))])[0]
+        found.append(Found(np.array([face.embedding for face in faces]), [None] * len(faces), [f.box for f in faces]))
+    return index, list(RUN), found
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_pasted_group_photos_meet_the_precision_and_recall_targets(labelling) -> None:
+    """Precision >= 0.98 and recall >= 0.90 of the faces (other than the target) whose person is in the run."""
+    index, names, found = labelling
+    right = wrong = missed = 0
+    for photo, group in zip(found, GROUPS):  # the pasted ones
+        assert sorted(p for p in photo.people) == sorted(PERSON[n] for n in group)  # each pasted face found once
+        target = photo.people.index(PERSON[group[0]])
+        labels, _ = label_photo(search(index, unit(photo.vectors), target, names.index(PERSON[group[0]])), RULES)
+        for k, (person, label) in enumerate(zip(photo.people, labels, strict=True)):
+            if k == target:
+                continue
+            if label != NO_IDENTITY:
+                right, wrong = right + (names[label] == person), wrong + (names[label] != person)
+            elif person in names:
+                missed += 1
+    assert right / (right + wrong) >= 0.98 and right / (right + missed) >= 0.90, (right, wrong, missed)
+    assert right >= 15  # the run's people in the groups, other than the targets: enough to measure
+
+
+@pytest.mark.slow
+def test_the_corpus_group_photos_label_no_one_but_angelina_jolie(labelling) -> None:
+    """couple.jpg and the selfie hold Angelina Jolie (in the run) beside Brad Pitt and others (not): kept under
+    her name, her face is the target and no other face takes anyone's identity."""
+    index, names, found = labelling
+    jolie = names.index("angelina_jolie")
+    for photo in found[len(GROUPS) :]:
+        vectors = unit(photo.vectors)
+        target = int(np.argmax(vectors @ index.index.reconstruct(jolie)))  # verify's choice: closest to the centroid
+        labels, _ = label_photo(search(index, vectors, target, jolie), RULES)
+        assert labels.tolist() == [jolie if k == target else NO_IDENTITY for k in range(len(labels))]
