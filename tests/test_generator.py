@@ -204,6 +204,22 @@ def test_v1_and_v2_files_are_told_apart_and_load_strictly(models: dict[str, Path
     assert {f"qformer_perceiver.{key}" for key in V2_KEYS} <= states["v2"].keys()
 
 
+def test_sdxl_with_only_fp16_files_loads_their_variant(models: dict[str, Path], gen, tmp_path: Path) -> None:
+    """A base model downloaded as its fp16 variant only (`*.fp16.safetensors`) loads, with the same weights."""
+    from diffusers import StableDiffusionXLPipeline
+
+    assert gp.weights_variant(models["base"]) is None
+    fp16 = tmp_path / "sdxl-fp16"
+    StableDiffusionXLPipeline.from_pretrained(models["base"], dtype=torch.float16).save_pretrained(fp16, variant="fp16")
+    assert gp.weights_variant(fp16) == "fp16" and not any((fp16 / "unet").glob("*model.safetensors"))
+    adapter = checkpoint.load_adapter(models["v1_st"])
+    loaded = gp.load_generator(fp16, adapter, checkpoint.build_encoder(adapter), tiny_settings())
+    ours, theirs = dict(gen.pipe.unet.named_parameters()), dict(loaded.pipe.unet.named_parameters())
+    assert ours.keys() == theirs.keys() and theirs[next(iter(theirs))].dtype == torch.float32  # in the dtype asked for
+    base = [key for key in ours if "lora" not in key]  # the adapter's LoRA comes from its own file, unrounded
+    assert base and all(torch.equal(ours[key].half().float(), theirs[key]) for key in base)  # the fp16 values
+
+
 def test_the_official_lora_key_layout_loads_the_same_unet_weights(models: dict[str, Path], gen) -> None:
     """Official files key their LoRA as diffusers' old attention processors (`...attn1.processor.to_q_lora.down`);
     it must land on the same UNet layers, with the same values, as the peft layout the other tests use."""

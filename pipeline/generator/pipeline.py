@@ -52,6 +52,13 @@ def pick_device(settings: GenerateSection) -> tuple[torch.device, torch.dtype]:
     return device, torch.float16 if device.type == "cuda" else torch.float32
 
 
+def weights_variant(base_model: Path) -> str | None:
+    """"fp16" where the UNet's fp16 files are there (`*.fp16.safetensors`: the UNet is 5 GB, not 10, and a download
+    of the fp16 files alone holds nothing else), else None: the plain fp32 files. Either loads in any dtype."""
+    unet = base_model / "unet"
+    return "fp16" if any(unet.glob("*.fp16.safetensors")) or any(unet.glob("*.fp16.bin")) else None
+
+
 def load_generator(base_model: Path, adapter: Adapter, encoder: IDEncoder, settings: GenerateSection) -> Generator:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
@@ -59,7 +66,8 @@ def load_generator(base_model: Path, adapter: Adapter, encoder: IDEncoder, setti
         raise UserError(f"{base_model} is not an SDXL model in diffusers layout (no model_index.json)",
                         f"download one, e.g. {BASE_SOURCE}")
     device, dtype = pick_device(settings)
-    pipe = StableDiffusionXLPipeline.from_pretrained(base_model, dtype=dtype, local_files_only=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(base_model, dtype=dtype, variant=weights_variant(base_model),
+                                                     local_files_only=True)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.load_lora_weights(adapter.lora_weights, adapter_name=LORA_NAME)
     pipe.set_adapters([LORA_NAME], adapter_weights=[settings.lora_scale])
