@@ -245,13 +245,21 @@ class CaptionSection(Section):
     """Captions with the identity's class word marked (the word PhotoMaker's trigger word follows)."""
 
     backend: str = Field(
-        "blip", description="blip: BLIP via transformers; template: 'a photo of a <class word>', no captioning model"
+        "blip", description="blip: BLIP via transformers; smolvlm: SmolVLM (a vision-language model), one sentence a "
+        "person from left to right; template: 'a photo of a <class word>', no captioning model"
     )
     model: str = Field(
         "Salesforce/blip-image-captioning-large", description="blip: a local directory, or a hub id (Hugging Face cache)"
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N (BLIP in float16 on CUDA)")
     prompt: str = Field("a picture of", description="blip: every caption starts with it (BLIP's captioning prompt)")
+    vlm_model: str = Field(
+        "HuggingFaceTB/SmolVLM-256M-Instruct", description="smolvlm: a local directory, or a hub id (Hugging Face cache)"
+    )
+    vlm_prompt: str = Field(
+        "Describe each person in this photo in one short sentence, from left to right, calling each a man, a woman, "
+        "a boy or a girl.", description="smolvlm: the question asked with every crop"
+    )
     num_beams: int = Field(3, ge=1, description="blip: beam search width of the first caption")
     max_new_tokens: int = Field(30, ge=1, le=60, description="blip: caption length cap; keeps it inside CLIP's 77 tokens")
     resample_attempts: int = Field(

@@ -23,7 +23,7 @@ from stages.devices import checked_module, fast_matmuls, torch_device
 from .base import CAPTIONERS, Captioner
 
 OFFICIAL = "Salesforce/blip-image-captioning-large"  # the manifest's `blip_large`
-HUB_FILES = ["*.json", "*.txt", "*.safetensors"]  # config, processor, tokenizer, weights
+HUB_FILES = ["*.json", "*.txt", "*.jinja", "*.safetensors"]  # config, processor, tokenizer, chat template, weights
 
 
 def has_weights(folder: Path) -> bool:
@@ -32,13 +32,14 @@ def has_weights(folder: Path) -> bool:
     )
 
 
-def resolve_model(name: str) -> Path:
-    """The folder holding the model `name` (a directory or a hub id); ModelNotFound says where it looked."""
+def resolve_model(name: str, kind: str = "BLIP", key: str = "caption.model") -> Path:
+    """The folder holding the `kind` model `name` (a directory or a hub id, config key `key`); ModelNotFound says
+    where it looked (the BLIP and SmolVLM backends)."""
     folder = Path(name).expanduser()
     if folder.is_dir():
         if not has_weights(folder):
-            raise ModelNotFound(f"BLIP model files (config.json and weights) in {folder}", [str(folder)],
-                                "save a BLIP model there with save_pretrained(), or set caption.model to another one")
+            raise ModelNotFound(f"{kind} model files (config.json and weights) in {folder}", [str(folder)],
+                                f"save a {kind} model there with save_pretrained(), or set {key} to another one")
         return folder
     from huggingface_hub import constants, snapshot_download
 
@@ -46,8 +47,8 @@ def resolve_model(name: str) -> Path:
         return Path(snapshot_download(name, allow_patterns=HUB_FILES))
     except Exception as exc:  # offline, unknown repo, invalid id or path: all mean "not here"
         fix = (f"on a machine that reaches the hub run `hf download {name}` and copy {constants.HF_HUB_CACHE}, "
-               "or set caption.model to a local directory of a BLIP captioning model")
-        raise ModelNotFound(f"BLIP model {name!r} ({type(exc).__name__})",
+               f"or set {key} to a local directory of a {kind} model")
+        raise ModelNotFound(f"{kind} model {name!r} ({type(exc).__name__})",
                             [str(folder.resolve()), constants.HF_HUB_CACHE], fix) from exc
 
 
