@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 from dataclasses import dataclass
+from datetime import date
 from functools import partial
 
 import pyarrow as pa
@@ -121,7 +122,7 @@ def _facts(run: RunDir, config: PipelineConfig, identities: list[Identity], ledg
                 "captions": config.caption.backend},
         thresholds={"filter.min_short_side": config.filter.min_short_side,
                     "filter.min_face_size": config.filter.min_face_size, **_calibration(run)},
-        contact=request.contact or ReleaseFacts.contact,
+        contact=request.contact or ReleaseFacts.contact, published=date.today().isoformat(),
     )
 
 

@@ -51,6 +51,7 @@ class ReleaseFacts:
     thresholds: dict[str, object] = field(default_factory=dict)  # setting -> value as applied
     contact: str = "the publisher of this release"
     deletions: int | None = None  # keys in deletions.txt (release --since); None: no previous release given
+    published: str = ""  # the release's date, ISO 8601
 
 
 def size_category(images: int) -> str:
@@ -88,7 +89,7 @@ def release_section(facts: ReleaseFacts) -> list[str]:
         "- Contains: per image, the person-centred crop, the person's mask, the caption with its class word, "
         "the face boxes, landmarks and quality measures, the verification scores, and the source's licence; "
         "the source URL and page for http(s) sources only.",
-        "- Leaves out: the downloaded files, local paths and `file://` addresses, the crawl's consent evidence, "
+        "- Leaves out: the downloaded files, local paths and addresses of local files, the crawl's consent evidence, "
         "model file hashes, other identities' names, and every image's metadata (EXIF with GPS, XMP, IPTC, maker "
         "notes; only the ICC colour profile stays).",
         f"- Names: {names}.",
@@ -137,7 +138,8 @@ CONTEXT = {  # Croissant 1.0's JSON-LD context, as its specification gives it
     "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
     "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
     "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
-    "dct": "http://purl.org/dc/terms/", "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract",
+    "dct": "http://purl.org/dc/terms/", "equivalentProperty": "cr:equivalentProperty", "samplingRate": "cr:samplingRate",
+    "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract",
     "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet",
     "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath",
     "key": "cr:key", "md5": "cr:md5", "parentField": "cr:parentField", "path": "cr:path", "recordSet": "cr:recordSet",
@@ -162,7 +164,8 @@ def croissant(facts: ReleaseFacts) -> dict:
         "@context": CONTEXT, "@type": "sc:Dataset", "conformsTo": "http://mlcommons.org/croissant/1.0",
         "name": TITLE, "description": f"{facts.identities:,} identities, {facts.images:,} images.",
         "license": "Per image: each row's license column, as its source declared it.",
-        "url": "https://schema.org/Dataset", "version": "1.0.0",
+        "version": "1.0.0", "datePublished": facts.published,
+        "citeAs": f"{TITLE} (release of {facts.published})",
         "distribution": [files], "recordSet": [record] if facts.fmt == "parquet" else [],
         "rai:dataCollection": "Photos found per name (a search engine, a URL list or the makers' folders), "
                               "downloaded under the sources' robots.txt, consent signals and opt-out lists.",
