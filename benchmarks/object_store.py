@@ -122,14 +122,19 @@ def synthetic_markers(config: PipelineConfig, identities: list[Identity]) -> Ite
 
 
 def mark_whole_run_steps_current(run: RunDir, config: PipelineConfig, identities: list[Identity]) -> None:
-    """The hygiene step's and the shard step's done files, as a finished run leaves them."""
+    """The verify and hygiene steps' and the shard step's done files, as a finished run leaves them."""
     from pipeline.core.markers import read_markers
     from pipeline.dataset import shards
-    from stages import hygiene_run
-    from stages.hygiene import HygieneStage
+    from stages import hygiene, hygiene_run, verify, verify_run
+    from stages.cross_identity import DECISION_SCHEMA
+    from stages.identity_choice import CHOICE_SCHEMA
 
-    inputs = read_markers(run, STAGES[STAGES.index(HygieneStage) - 1].name)
-    run.write_json(hygiene_run.DONE, {"fingerprint": hygiene_run.run_fingerprint(config, inputs)})
+    steps = [(verify.VerifyStage, verify.FILES, verify_run, CHOICE_SCHEMA),
+             (hygiene.HygieneStage, hygiene.FILES, hygiene_run, DECISION_SCHEMA)]
+    for stage, files, step, schema in steps:
+        inputs = read_markers(run, STAGES[STAGES.index(stage) - 1].name)
+        run.write_table(files.decisions, schema.empty_table())
+        run.write_json(files.done, {"fingerprint": step.run_fingerprint(config, inputs)})
     plan = shards.plan_shards(config, identities, read_markers(run, STAGES[-1].name))
     run.write_json(shards.DONE, {"fingerprint": plan.fingerprint, "shards": len(plan.shards), "rows": 0})
 

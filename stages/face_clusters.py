@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.config import VerifySection
 from stages.base import Row
@@ -50,13 +52,26 @@ class Folder:
     def of(cls, rows: list[Row]) -> Folder:
         embeddings = [face["embedding"] for row in rows for face in row["faces"]]
         owner = [index for index, row in enumerate(rows) for _ in row["faces"]]
-        vectors = np.asarray(embeddings, dtype=np.float64)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        vectors = unit_rows(np.asarray(embeddings, dtype=np.float64))
         return cls([row["image_id"] for row in rows], [row["phash"] for row in rows], vectors, np.asarray(owner))
+
+    @classmethod
+    def of_table(cls, table: pa.Table) -> Folder:
+        """As `of`, from one identity's rows with faces (sorted by image_id), without a Python object per face."""
+        faces = table["faces"].combine_chunks()
+        counts = pc.list_value_length(faces).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(pc.list_flatten(faces).field("embedding")).to_numpy(zero_copy_only=False)
+        vectors = unit_rows(flat.astype(np.float64).reshape(int(counts.sum()), -1))
+        owner = np.repeat(np.arange(len(counts)), counts)
+        return cls(table["image_id"].to_pylist(), table["phash"].to_pylist(), vectors, owner)
 
     @property
     def num_images(self) -> int:
         return len(self.image_ids)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), np.finfo(np.float64).tiny)
 
 
 @dataclass(frozen=True)
@@ -134,16 +149,55 @@ def best_two(sims: np.ndarray, folder: Folder) -> tuple[np.ndarray, np.ndarray]:
     return target, runner_up
 
 
-def decide(folder: Folder, settings: Settings) -> Decision:
+def decide(folder: Folder, settings: Settings, person: np.ndarray | None = None) -> Decision:
+    """Verify's decision for one folder; `person`: the centroid of the cluster to take instead of the dominant
+    one (the run's identity choice gave the dominant person to another name, `stages/identity_choice.py`)."""
     sims = folder.vectors @ folder.vectors.T
     labels = cluster_labels(folder.vectors, settings.cluster_threshold)
-    dominant = dominant_label(labels, folder, sims)
+    dominant = dominant_label(labels, folder, sims) if person is None else closest_label(labels, folder, sims, person)
     chosen = representatives(labels == dominant, folder, sims)
     face_sims = leave_one_out_sims(folder, chosen)
     target, runner_up = best_two(face_sims, folder)
     passed = face_sims[target] >= settings.threshold
     competing = is_competing(cluster_images(labels, folder.owner), dominant, passed, settings)
     return Decision(target, face_sims[target], runner_up, passed, int((chosen >= 0).sum()), competing)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A cluster of a folder that could be its identity: what the run's identity choice weighs."""
+
+    images: int  # distinct images it covers
+    solo: int  # of those, images where it is the only face (portraits rather than group photos)
+    centroid: np.ndarray  # unit float32: the mean of one face per image, as verify's centroid
+    dominant: bool  # the one verify takes on its own
+
+
+def candidates(folder: Folder, settings: Settings) -> list[Candidate]:
+    """Every cluster covering at least `min_images` images (fewer could never keep the identity)."""
+    sims = folder.vectors @ folder.vectors.T
+    labels = cluster_labels(folder.vectors, settings.cluster_threshold)
+    dominant = dominant_label(labels, folder, sims)
+    faces_per_image = np.bincount(folder.owner, minlength=folder.num_images)
+    found = []
+    for label, images in cluster_images(labels, folder.owner).items():
+        if len(images) >= settings.min_images:
+            solo = int((faces_per_image[images] == 1).sum())
+            centroid = cluster_centroid(labels == label, folder, sims).astype(np.float32)
+            found.append(Candidate(len(images), solo, centroid, label == dominant))
+    return found
+
+
+def cluster_centroid(members: np.ndarray, folder: Folder, sims: np.ndarray) -> np.ndarray:
+    chosen = representatives(members, folder, sims)
+    total = folder.vectors[chosen[chosen >= 0]].sum(axis=0)
+    return total / max(float(np.linalg.norm(total)), np.finfo(np.float64).tiny)
+
+
+def closest_label(labels: np.ndarray, folder: Folder, sims: np.ndarray, person: np.ndarray) -> int:
+    """The cluster whose centroid is closest to `person` (computed the same way from the same faces: equal)."""
+    return max(np.unique(labels).tolist(),
+               key=lambda label: float(cluster_centroid(labels == label, folder, sims) @ person))
 
 
 def is_competing(clusters: dict[int, np.ndarray], dominant: int, passed: np.ndarray, settings: Settings) -> bool:

@@ -15,14 +15,11 @@ then reads only its own and marks its rows:
 
 from __future__ import annotations
 
-import bisect
 import functools
-import itertools
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.names import Identity, read_names
@@ -33,10 +30,13 @@ from stages.base import Row, Stage, drop, keep
 from stages.curation import curated_merges, marked_merges
 from stages.cross_identity import CLAIMED, MERGE_FROM, MERGED_INTO, SAME_PERSON, merge_groups
 from stages.face_clusters import Folder, Settings, dup_groups
+from stages.face_labels import labelled
 from stages.faces import Calibration
+from stages.run_step import ByIdentity, StepFiles
 
-RUN_FOLDER = "stages/hygiene/_run"  # the whole-run step's files, beside the stage's parts
-DECISIONS = f"{RUN_FOLDER}/decisions.parquet"
+FILES = StepFiles("hygiene")  # the whole-run step's decisions and done-note, beside the stage's parts
+DECISIONS = FILES.decisions
+LABELS = f"{FILES.folder}/face_labels.parquet"  # every face's identity in photos with several (face_labels_run.py)
 
 
 class HygieneStage(Stage):
@@ -61,13 +61,22 @@ class HygieneStage(Stage):
         refresh(upstream, config, run, identities, force)
 
     @functools.cached_property
+    def decisions(self) -> ByIdentity:
+        """Opened at the first task, not in `setup`: a worker may be built before the plan makes the file."""
+        if not self.run.exists(DECISIONS):
+            raise RuntimeError(f"no {DECISIONS} in the run: plan the hygiene stage (python -m pipeline run) first")
+        return ByIdentity(self.run, DECISIONS)
+
+    @functools.cached_property
     def merges(self) -> dict[str, str]:
         return curated_merges(self.run)  # a curator's merges (hygiene_run joins them to hygiene.merge)
 
     @functools.cached_property
-    def decisions(self) -> Decisions:
-        """Opened at the first task, not in `setup`: a worker may be built before the plan makes the file."""
-        return Decisions(self.run)
+    def labels(self) -> ByIdentity:
+        """Every face's identity in the photos with several faces (stages/face_labels_run.py)."""
+        if not self.run.exists(LABELS):
+            raise RuntimeError(f"no {LABELS} in the run: plan the hygiene stage (python -m pipeline run) first")
+        return ByIdentity(self.run, LABELS)
 
     def process(self, rows: pa.Table) -> pa.Table:
         if not rows.num_rows:
@@ -78,7 +87,8 @@ class HygieneStage(Stage):
         out = flagged(judged(own + pulled, decisions), decisions)
         if pulled:
             regroup(out, Settings.of(self.config.verify, Calibration(**out[0]["calibration"])))
-        out = marked_merges(enough_photos(out, self.config.verify.min_images), self.merges)
+        out = labelled(enough_photos(out, self.config.verify.min_images), self.labels.of(own[0]["identity"]))
+        out = marked_merges(out, self.merges)
         if len(out) != len(own) + len(pulled):
             raise RuntimeError(f"hygiene returned {len(out)} rows for {len(own)} + {len(pulled)} merged in")
         return self.to_table(out, rows.schema)
@@ -89,28 +99,6 @@ class HygieneStage(Stage):
         rows = table.filter(pc.equal(table["status"], OK)).to_pylist()
         return [{**row, "identity": head["identity"], "name": head["name"], "merged_from": row["identity"]}
                 for row in rows]
-
-
-class Decisions:
-    """DECISIONS, sorted by identity in small row groups: each row group's identity range is read from the
-    footer once, so a task reads one row group, not the whole file (100k tasks on 100k identities)."""
-
-    def __init__(self, run: RunDir) -> None:
-        if not run.exists(DECISIONS):
-            raise RuntimeError(f"no {DECISIONS} in the run: plan the hygiene stage (python -m pipeline run) first")
-        self.file = pq.ParquetFile(run.fs.open_input_file(run.path(DECISIONS)))
-        meta = self.file.metadata
-        stats = [(k, meta.row_group(k).column(0).statistics) for k in range(meta.num_row_groups)]
-        self.groups = [(k, s.min, s.max) for k, s in stats if s is not None and s.has_min_max]
-        self.highs = [high for _, _, high in self.groups]
-
-    def of(self, identity: str) -> list[dict]:
-        first = bisect.bisect_left(self.highs, identity)
-        chosen = list(itertools.takewhile(lambda group: group[1] <= identity, self.groups[first:]))
-        if not chosen:
-            return []
-        table = self.file.read_row_groups([k for k, _, _ in chosen])
-        return table.filter(pc.equal(table["identity"], identity)).to_pylist()
 
 
 def judged(rows: list[Row], decisions: list[dict]) -> list[Row]:

@@ -22,9 +22,12 @@ The rule, and why:
 5. The target face must pass the quality gates of `verify.quality` (stages/face_gates.py: pose,
    sharpness, detector score, share of the image, large faces), each with its own drop reason; they
    read the evidence filter stored, so re-tuning one re-runs verify only.
-6. An identity needs `min_images` distinct kept photos (duplicate groups), since training takes
+6. Across names, before the tasks (`before_tasks`: stages/verify_run.py, stages/identity_choice.py): a
+   folder whose dominant person is better supported under another name (a co-star of a cast crawl) takes
+   its next cluster, or, with none of `min_images` photos, drops as `identity_is_other_name`.
+7. An identity needs `min_images` distinct kept photos (duplicate groups), since training takes
    reference and target from different photos; otherwise its kept rows drop as `too_few_images`.
-7. With `max_images: K`, an identity keeps the K photos that best cover its variety (stages/diversity.py:
+8. With `max_images: K`, an identity keeps the K photos that best cover its variety (stages/diversity.py:
    farthest-point selection over pose and embedding); the others drop as `not_selected_for_diversity`.
 A curator's decisions come last (stages/curation.py): photos rejected or split off stay out of the clustering
 and drop (`curator_rejected`, `curator_split`), accepted ones and chosen target faces are kept, `decided_by` curator.
@@ -41,16 +44,22 @@ import pyarrow as pa
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.decisions import Decision as Curated
-from pipeline.core.rundir import RunDir
 from pipeline.core.errors import UserError
-from pipeline.core.schema import VERIFICATION
-from pipeline.core.reasons import NOT_SELECTED_FOR_DIVERSITY, NOT_TARGET_IDENTITY, NO_FACE, TOO_FEW_IMAGES
+from pipeline.core.schema import OK, VERIFICATION
+from pipeline.core.names import Identity
+from pipeline.core.reasons import (IDENTITY_IS_OTHER_NAME, NOT_SELECTED_FOR_DIVERSITY, NOT_TARGET_IDENTITY, NO_FACE,
+                                    TOO_FEW_IMAGES)
+from pipeline.core.rundir import RunDir
 from stages.base import Row, Stage, drop, keep
 from stages.curation import VERIFY_KINDS, Curation, decisions_by_identity, digests
 from stages.diversity import not_selected
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
 from stages.face_gates import LARGE_FACE_RATIO, Gates, failures, large_faces
 from stages.faces import applied_calibration, calibrations
+from stages.identity_choice import OTHER_NAME, PICK
+from stages.run_step import ByIdentity, StepFiles
+
+FILES = StepFiles("verify")  # the identity choice across names (stages/verify_run.py), beside the stage's parts
 
 
 def image_columns(decision: Decision, image: int, target: int, faces: list[Row], group: str) -> Row:
@@ -98,6 +107,19 @@ class VerifyStage(Stage):
         except ValueError as exc:
             raise UserError(str(exc), "or add a calibration to the backend (docs/architecture.md)") from exc
 
+    @classmethod
+    def before_tasks(cls, upstream: str, config: PipelineConfig, run: RunDir, identities: list[Identity],
+                     force: bool) -> None:
+        """The identity choice across names, made again unless current (stages/verify_run.py)."""
+        from stages.verify_run import refresh  # it reads this module's names
+
+        refresh(upstream, config, run, identities, force)
+
+    @functools.cached_property
+    def choices(self) -> ByIdentity | None:
+        """The run's identity choice; absent only where verify runs outside a planned run (a unit test)."""
+        return ByIdentity(self.run, FILES.decisions) if self.run.exists(FILES.decisions) else None
+
     def setup(self) -> None:
         """scipy once per worker, before the first task; not at module import, as a resume imports every stage."""
         import scipy.cluster.hierarchy
@@ -112,17 +134,23 @@ class VerifyStage(Stage):
         curation = Curation.of(self.decisions.get(records[0]["identity"], []) if records else [])
         clustered = (r for r in records if r["faces"] and not curation.left_out(r["image_id"]))
         with_faces = sorted(clustered, key=lambda r: r["image_id"])
-        verdicts = self.verify(with_faces) if with_faces else {}
+        choice = self.choice(records[0]["identity"]) if records else None
+        verdicts = self.verify(with_faces, choice) if with_faces else {}
         no_face = drop(NO_FACE, "no face reached verify")  # the filter drops these; never lose a row
         out = [{**r, **verdicts.get(r["image_id"], no_face)} for r in records]
         return self.to_table(curation.applied(out, self.config.verify.min_images), rows.schema)
 
-    def verify(self, rows: list[Row]) -> dict[str, Row]:
+    def choice(self, identity: str) -> Row | None:
+        """The run's choice for this identity where it differs from the folder's own dominant person."""
+        return next(iter(self.choices.of(identity)), None) if self.choices else None
+
+    def verify(self, rows: list[Row], choice: Row | None = None) -> dict[str, Row]:
         """image_id -> the verify columns, for rows that all have faces, sorted by image_id."""
         calibration = applied_calibration(self.config, backend_of(rows))
         settings, gates = Settings.of(self.config.verify, calibration), Gates.of(self.config.verify.quality, calibration)
         folder = Folder.of(rows)
-        decision = decide(folder, settings)
+        person = np.asarray(choice["centroid"]) if choice and choice["decision"] == PICK else None
+        decision = decide(folder, settings, person)
         groups = dup_groups(folder, decision.target, settings)
         targets = decision.target - np.searchsorted(folder.owner, np.arange(folder.num_images))
         failed = [failures(row["faces"], int(target), gates) for row, target in zip(rows, targets, strict=True)]
@@ -139,7 +167,9 @@ class VerifyStage(Stage):
             "identity_kept": int(usable.sum()) if distinct >= settings.min_images else 0,
             "calibration": asdict(calibration),
         }
-        return {
+        if choice and choice["decision"] == OTHER_NAME:
+            identity["identity_kept"] = 0
+        verdicts = {
             image_id: outcome(
                 {**identity, **image_columns(decision, i, int(targets[i]), rows[i]["faces"], groups[i])},
                 bool(decision.passed[i]),
@@ -149,6 +179,14 @@ class VerifyStage(Stage):
             )
             for i, image_id in enumerate(folder.image_ids)
         }
+        return {image_id: given_away(verdict, choice) for image_id, verdict in verdicts.items()}
+
+
+def given_away(verdict: Row, choice: Row | None) -> Row:
+    """A kept photo of a folder whose person another name keeps: dropped, its verify columns left as evidence."""
+    if not choice or choice["decision"] != OTHER_NAME or verdict["status"] != OK:
+        return verdict
+    return {**verdict, **drop(IDENTITY_IS_OTHER_NAME, choice["detail"])}
 
 
 def backend_of(rows: list[Row]) -> str:

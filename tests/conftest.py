@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
+    from benchmarks.fixtures.crawled_folders import Corpus
     from tests.shared_run import SharedRun, SharedTree
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,15 @@ def faces() -> dict:
 
 
 # tests.shared_run is imported inside these fixtures: it imports this module, and test_any_image with it.
+@pytest.fixture(scope="session")
+def corpus(faces: dict) -> Corpus:
+    """The labelled photos as the dlib face filter sees them: each detected and embedded once a session (~0.2 s)."""
+    from benchmarks.fixtures.crawled_folders import Corpus
+    from stages.faces.dlib_backend import DlibBackend
+
+    return Corpus(DlibBackend(upsample=0), faces["images"].parent)
+
+
 @pytest.fixture(scope="session")
 def shared_tree(tmp_path_factory: pytest.TempPathFactory, faces: dict) -> SharedTree:
     """The photos and names of the shared run (tests/shared_run.py), without running anything."""

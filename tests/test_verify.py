@@ -43,12 +43,6 @@ from benchmarks.fixtures.crawled_folders import (
 DLIB_THRESHOLD = 0.945
 
 
-@pytest.fixture(scope="session")
-def corpus(faces) -> Corpus:
-    """Photos are detected and embedded once per session, on first use (~0.2 s each)."""
-    return Corpus(DlibBackend(upsample=0), faces["images"].parent)
-
-
 @pytest.fixture
 def verify(tmp_path):
     """`verify(rows, "verify.key=value", ...)` -> the stage's output as a list of dicts."""
