@@ -128,9 +128,9 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(weights, tmp_path) ->
         SegmentStage.preflight(config(folder))
     assert "official ultralytics detection checkpoint" in refused.value.fix
     with pytest.raises(ModelNotFound, match="builtins.exec"):
-        YoloSamSegmenter(folder / YOLO_FILE, "vit_b", weights / SAM_FILE)
+        YoloSamSegmenter.from_files(folder / YOLO_FILE, "vit_b", weights / SAM_FILE)
     with pytest.raises(ModelNotFound, match=f"{SAM_FILE} refused: .*GLOBAL exec"):
-        YoloSamSegmenter(weights / YOLO_FILE, "vit_b", tmp_path / SAM_FILE)
+        YoloSamSegmenter.from_files(weights / YOLO_FILE, "vit_b", tmp_path / SAM_FILE)
     assert not marker.exists()
 
 
@@ -146,6 +146,36 @@ def test_the_training_record_older_ultralytics_wrote_loads(weights, tmp_path) ->
     torch.save({**checkpoint, "model": model.half(), "train_metrics": metrics}, tmp_path / YOLO_FILE)
     loaded, record = read_yolo(tmp_path / YOLO_FILE)
     assert isinstance(loaded.args, IterableSimpleNamespace) and type(record["train_metrics"]["fitness"]) is np.float64
+
+
+def test_a_checkpoint_saved_as_the_published_yolov8x_pt_loads(tmp_path, monkeypatch) -> None:
+    """The published yolov8x.pt (ultralytics' assets, first written by ultralytics 8.0.0) pickles its fp16
+    DetectionModel with the layers under the single module `ultralytics.nn.modules` of that time
+    (`ultralytics.nn.modules.Conv`, `.C2f`, `.SPPF`, `.Detect`, ...: what users' allow-lists for it name, e.g.
+    ultralytics issue #19824 and the add_safe_globals lists in code around it), and its checkpoint keys as 8.0.0
+    wrote them. The same is written here from a fresh yolov8n, by pickling each layer class under that name."""
+    import_ultralytics()
+    import torch
+    import ultralytics.nn.modules as flat
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolov8n.yaml", verbose=False).half().eval()
+    for cls in {type(m) for m in model.modules() if type(m).__module__.startswith("ultralytics.nn.modules.")}:
+        assert getattr(flat, cls.__name__) is cls
+        monkeypatch.setattr(cls, "__module__", "ultralytics.nn.modules")
+    checkpoint = {"epoch": -1, "best_fitness": None, "model": model, "ema": None, "updates": None, "optimizer": None,
+                  "train_args": {"task": "detect", "imgsz": 640}, "date": "2023-01-10T00:00:00", "version": "8.0.0"}
+    torch.save(checkpoint, tmp_path / "yolov8x.pt")
+    monkeypatch.undo()
+
+    names = set(torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "yolov8x.pt"))
+    assert {"ultralytics.nn.modules.Conv", "ultralytics.nn.modules.C2f", "ultralytics.nn.modules.SPPF",
+            "ultralytics.nn.modules.Detect", "ultralytics.nn.tasks.DetectionModel"} <= names
+    assert not any(name.startswith("ultralytics.nn.modules.conv") for name in names)
+    loaded, record = read_yolo(tmp_path / "yolov8x.pt")
+    assert record["version"] == "8.0.0" and next(loaded.parameters()).dtype == torch.float32
+    ours = model.float().state_dict()
+    assert all(torch.equal(value, ours[key]) for key, value in loaded.state_dict().items())
 
 
 def test_the_allow_list_holds_torch_and_ultralytics_layers_only() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,23 +106,29 @@ class YoloSamSegmenter(Segmenter, Backend):
         cls.check(config)
         settings = config.segment
         yolo, sam = weight_paths(settings)
-        return cls(yolo, settings.sam_model, sam, settings.device, settings.person_conf)
+        return cls.from_files(yolo, settings.sam_model, sam, settings.device, settings.person_conf)
 
-    def __init__(
-        self, yolo_weights: Path, sam_model: str, sam_checkpoint: Path, device: str = "auto", person_conf: float = 0.25
-    ) -> None:
+    @classmethod
+    def from_files(cls, yolo_weights: Path, sam_model: str, sam_checkpoint: Path, device: str = "auto",
+                   person_conf: float = 0.25) -> YoloSamSegmenter:
+        device = torch_device(device)
+        sam = build_sam(sam_model, sam_checkpoint, device)
+        return cls(yolo_detector(yolo_weights), sam, device, person_conf, f"yolo+sam:{sam_model}")
+
+    def __init__(self, detector: Any, sam: Any, device: str, person_conf: float = 0.25, source: str = "yolo+sam") -> None:
+        """Around built models (ultralytics' YOLO, segment-anything's Sam): `from_files` reads the real ones,
+        benchmarks/gpu_smoke.py builds random ones of the same architecture."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        self.device = torch_device(device)
-        fast_matmuls(self.device)
-        self.detector = yolo_detector(yolo_weights)
-        self.detector.to(self.device)
-        checked_module(self.detector.model, self.device, yolo_weights.name)
-        self.sam = checked_module(build_sam(sam_model, sam_checkpoint, self.device), self.device, sam_checkpoint.name)
-        self.autocast = self.device.startswith("cuda")  # bf16 on CUDA (~5x SAM's fp32 speed); fp32 on the CPU
+        self.device = device
+        fast_matmuls(device)
+        self.detector = detector.to(device)
+        checked_module(self.detector.model, device, "YOLO")
+        self.sam = checked_module(sam.eval(), device, "SAM")
+        self.autocast = device.startswith("cuda")  # bf16 on CUDA (~5x SAM's fp32 speed); fp32 on the CPU
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
         self.person_conf = person_conf
-        self.source = f"yolo+sam:{sam_model}"
+        self.source = source
 
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Prompt]) -> list[PersonMask | None]:
         found = self.person_boxes(images)
@@ -151,7 +158,8 @@ class YoloSamSegmenter(Segmenter, Backend):
         import torch
 
         batch = [self._prompt(*args) for args in zip(images, boxes, others, strict=True)]
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
+        device = torch.device(self.device).type
+        with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=self.autocast):
             outputs = self.sam(batch, multimask_output=True)
         return [(out["masks"][0].cpu().numpy(), out["iou_predictions"][0].float().cpu().numpy()) for out in outputs]
 
