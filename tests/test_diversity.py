@@ -13,6 +13,7 @@ from benchmarks.fixtures.crawled_folders import ROWS, Corpus, reencoded
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.reasons import NOT_SELECTED_FOR_DIVERSITY
 from pipeline.core.rundir import RunDir
+from pipeline.report.diversity import identity_spread, section
 from stages.diversity import distances, pose_spread, target_pose
 from stages.faces import FACES
 from stages.faces.quality import head_pose
@@ -83,3 +84,15 @@ def test_a_limit_above_the_photos_or_none_keeps_all(folder, tmp_path) -> None:
     for overrides in ((), ("verify.max_images=50",)):
         rows = verify(folder, tmp_path, *overrides)
         assert all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.slow  # the folder fixture above
+def test_the_report_shows_the_pose_spread_before_and_after_selection(folder, tmp_path) -> None:
+    rows = verify(folder, tmp_path, "verify.max_images=4")
+    spread = identity_spread(rows)
+    kept = [r for r in rows if r["status"] == "ok"]
+    assert (spread.photos_before, spread.photos_after) == (10, 4)
+    assert spread.degrees_before == pytest.approx(pose_spread(evidence(rows)[0]))
+    assert spread.degrees_after == pytest.approx(pose_spread(evidence(kept)[0]))
+    html = section({IDENTITY: spread}, {IDENTITY: "Angelina Jolie"})
+    assert "Angelina Jolie" in html and "6 photos left out" in html and f"{spread.degrees_after:.1f}" in html

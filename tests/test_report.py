@@ -253,6 +253,9 @@ def test_summary_agrees_with_the_stage_tables(report_run) -> None:
         if mine:
             assert identity["sim_min"] == pytest.approx(min(r["sim_to_centroid"] for r in mine))
             assert identity["purity"] == pytest.approx(mine[0]["identity_purity"])
+            spread = summary["pose_spread"][identity["slug"]]  # no verify.max_images: nothing left out
+            assert spread["photos_before"] == spread["photos_after"] == len(mine)
+            assert spread["degrees_before"] == spread["degrees_after"] > 0
     sims = summary["distributions"]["sim_to_centroid"]
     assert sims["kept"]["count"] == sum(row["status"] == "ok" for row in verify)
     impostors = Counter(row["reason"] for row in verify)["not_target_identity"]

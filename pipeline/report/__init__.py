@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pipeline.core.rundir import RunDir
-from pipeline.report import curation, gallery, generator, governance, hygiene, sections
+from pipeline.report import curation, diversity, gallery, generator, governance, hygiene, sections
 from pipeline.report.data import gather
 from pipeline.report.figures import verify_threshold, write_figures
 from pipeline.report.html import page
@@ -54,6 +54,7 @@ def write_report(run: RunDir) -> dict:
         ("hygiene", "Across identities", across),
         ("distributions", "Distributions", sections.figures(figures)),
         ("pairs", "Training pairs", pairs_section(gathered.pairs, names, gathered.training)),
+        ("pose", "Pose spread", diversity.section(gathered.spreads, names)),
         ("guidance", "Threshold guidance", gallery.guidance(kept, dropped, threshold)),
         ("curation", "Curation", curated),
         ("sheets", "Contact sheets", gallery.sheets(sheets, len(state.identities))),
@@ -65,6 +66,7 @@ def write_report(run: RunDir) -> dict:
     numbers["hygiene"] = across_numbers
     numbers["curation"] = curated_numbers
     numbers["training_pairs"] = {slug: asdict(counts) for slug, counts in gathered.pairs.items()}
+    numbers["pose_spread"] = {slug: asdict(spread) for slug, spread in gathered.spreads.items()}
     run.write_json(SUMMARY, numbers)
     thumbs.prune()
     return numbers

@@ -15,6 +15,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.core.markers import read_part
 from pipeline.core.reasons import NOT_TARGET_IDENTITY  # verify's threshold decision; other drops: counts
+from pipeline.report.diversity import Spread, identity_spread
 from pipeline.report.guidance import Guidance
 from pipeline.report.hist import Distributions
 from pipeline.report.quality import WRONG_PERSON, WRONG_PERSON_SERIES, add_quality, identity_pairs
@@ -62,6 +63,7 @@ class Gathered:
     calibration: dict | None = None  # the thresholds verify applied, as its rows record them
     training: TrainingSection = field(default_factory=TrainingSection)  # the rules pairs are counted under
     pairs: dict[str, PairCounts] = field(default_factory=dict)  # identity slug -> its training pairs
+    spreads: dict[str, Spread] = field(default_factory=dict)  # identity slug -> pose spread around verify.max_images
 
 
 def gather(run: RunDir, state: RunState) -> Gathered:
@@ -110,6 +112,8 @@ def _verify(rows: list[dict], stats: IdentityStats, result: Gathered) -> None:
         if row["sim_to_centroid"] is not None and (row["status"] == OK or row["reason"] == NOT_TARGET_IDENTITY):
             result.guidance.offer(row, kept=row["status"] == OK)
     add_quality(rows, result.dists.hists)
+    if (spread := identity_spread(rows)) is not None:
+        result.spreads[stats.slug] = spread
     _pairs(rows, stats, result)  # an identity not captioned yet: verify's kept photos
 
 
