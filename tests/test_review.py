@@ -14,11 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.core.decisions import ACCEPT, REJECT, UNDO, current, read_log
-from pipeline.core.reasons import NOT_TARGET_IDENTITY
+from pipeline.core.reasons import CURATOR_REJECTED, NOT_TARGET_IDENTITY
 from pipeline.core.rundir import RunDir
 from pipeline.review.app import TOKEN_HEADER, create_app
 from pipeline.review.pending import pending
 from pipeline.review.queue import PAGE, QUEUE, SIMILARITY, TARGET_FACE, load_queue
+from pipeline.review.serve import review_server
+from tests import browser
 from tests.shared_run import HOSTILE_NAME, SLUGS, SharedRun
 
 TOKEN = "t0ken-for-tests"
@@ -143,3 +145,35 @@ def test_a_thumbnail_is_the_photo_from_the_run(client, review_run: RunDir, faces
     answer = client.get(f"/thumb/matt_damon/{sha256_of(faces, IMPOSTOR)}.jpg?token={TOKEN}")
     assert answer.status_code == 200 and answer.mimetype == "image/jpeg" and answer.data[:2] == b"\xff\xd8"
     assert client.get(f"/thumb/matt_damon/{'0' * 64}.jpg?token={TOKEN}").status_code == 404
+
+
+@pytest.mark.slow
+def test_keyboard_triage_then_apply_in_a_real_browser(shared_run: SharedRun, tmp_path: Path) -> None:
+    """The most doubtful photo rejected with `r`, the next accepted with `a`, that accept taken back with `k` `u`;
+    then the apply button: the rejected photo leaves the shards, and nothing is left to apply."""
+    run = RunDir(str(shared_run.copy(tmp_path / "run")))
+    server, url = review_server(run, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        first, second = load_queue(run).page(0)[:2]
+        assert first["status"] == second["status"] == "ok"  # both in the shards before
+        answered = "document.body.dataset.answered === '{}'".format
+        dom = browser.drive(url, [
+            {"until": "document.body.dataset.ready === '1'"},
+            {"keys": "r", "until": answered(1)},
+            {"keys": "a", "until": answered(2)},
+            {"keys": "ku", "until": answered(3)},
+            {"click": "#apply", "until": "document.body.dataset.applied !== undefined"},
+        ], timeout=400)
+    finally:
+        server.shutdown()
+    assert [(d.decision.kind, d.decision.image) for d in current(run)] == [(REJECT, first["image_id"])]
+    assert [d.decision.kind for d in read_log(run).rows] == [REJECT, ACCEPT, UNDO]
+    assert read_log(run).rows[1].decision.image == second["image_id"]
+    assert 'data-applied="0"' in dom and re.search(r'id="pending">0<', dom)
+    shards = [row for path in Path(run.uri, "shards").glob("train-*.parquet")
+              for row in pq.read_table(path, columns=["identity", "image_id"]).to_pylist()]
+    assert (first["identity"], first["image_id"]) not in {(row["identity"], row["image_id"]) for row in shards}
+    assert (second["identity"], second["image_id"]) in {(row["identity"], row["image_id"]) for row in shards}
+    rejected = [row for row in verify_rows(run) if row["image_id"] == first["image_id"]]
+    assert [row["reason"] for row in rejected] == [CURATOR_REJECTED]

@@ -12,7 +12,6 @@ import hmac
 import re
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
 from flask import Flask, Response, abort, jsonify, render_template, request
 
 from pipeline.core.decisions import UNDO, Decision, in_force, read_log
@@ -23,8 +22,8 @@ from pipeline.decide import record
 from pipeline.report.thumbs import THUMBS, Thumbs
 from pipeline.review.apply import ApplyJob
 from pipeline.review.pending import pending
-from pipeline.review.queue import PAGE, QUEUE, Queue, load_queue
-from pipeline.review.tables import VERIFY, identity_photos, read_columns
+from pipeline.review.queue import PAGE, Queue, load_queue
+from pipeline.review.tables import VERIFY, identity_photos, read_columns, verify_photos
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 TOKEN_HEADER = "X-Review-Token"
@@ -168,7 +167,7 @@ def _with_faces(review: Review, items: list[dict]) -> list[dict]:
     decided = _decisions_of(review, {item["identity"] for item in items})
     photos: dict[str, dict[str, dict]] = {}
     for slug in {item["identity"] for item in items if item["image_id"]}:
-        photos[slug] = {p["image_id"]: p for p in identity_photos(review.run, slug)}
+        photos[slug] = verify_photos(review.run, slug, {item["image_id"] for item in items if item["identity"] == slug})
     return [{**photos.get(item["identity"], {}).get(item["image_id"], {}), **item,
              "decided": decided.get((item["identity"], item["image_id"]), [])} for item in items]
 
@@ -195,8 +194,4 @@ def _search(review: Review, query: str) -> list[dict]:
 
 
 def _holding(review: Review, image_id: str) -> list[str]:
-    """The identities whose queue (every photo verify judged) holds this photo: one cached file, filtered."""
-    review.current_queue()
-    with review.run.fs.open_input_file(review.run.path(QUEUE)) as stream:
-        table = pq.read_table(stream, columns=["identity", "image_id"], filters=[("image_id", "=", image_id)])
-    return sorted(set(table["identity"].to_pylist())) if table.num_rows else []
+    return review.current_queue().holding(image_id)

@@ -11,7 +11,9 @@ Every item gets a `doubt` in (0, 1], and the queue is sorted by it:
 
 Built in one column-pruned scan of verify's, hygiene's and caption's parts, then cached in the run directory
 (`review/queue.parquet`, one row group a page) under a fingerprint of those parts, so a page is one row
-group read and a restart over an unchanged run reads nothing else.
+group read and a restart over an unchanged run reads nothing else. Beside it, `review/images.parquet`: every
+photo verify judged and its identity, sorted by image_id, so a search by sha256 reads one row group (the
+row groups' min/max statistics prune the rest).
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
 from pipeline.review.tables import CAPTION, HYGIENE, VERIFY, list_parts, scan
 
-QUEUE, QUEUE_KEY = "review/queue.parquet", "review/queue.json"
+QUEUE, QUEUE_KEY, IMAGES = "review/queue.parquet", "review/queue.json", "review/images.parquet"
+IMAGE_GROUP = 8192  # rows a row group of the image index
 VERSION = 1  # of the rules below: a cached queue built under other rules is built again
 PAGE = 25  # items a page, and rows a row group
 SPAN = 1.0  # cosine distance at which doubt reaches 0 (an item further away is left out)
 SIMILARITY, TARGET_FACE, CLASS_WORD, COMPETING, SAME_PERSON = (
     "similarity", "target_face", "class_word", "competing", "same_person")
+VERIFY_COLUMNS = ["identity", "image_id", "status", "reason", "sim_to_centroid", "runner_up_sim", "large_faces",
+                  "identity_competing", "identity_purity", "calibration"]
 SCHEMA = pa.schema([
     pa.field("kind", pa.string()),
     pa.field("identity", pa.string()),
@@ -58,6 +63,12 @@ class Queue:
     def pages(self) -> int:
         return max(1, -(-self.items // PAGE))
 
+    def holding(self, image_id: str) -> list[str]:
+        """The identities verify judged this photo under."""
+        with self.run.fs.open_input_file(self.run.path(IMAGES)) as stream:
+            table = pq.read_table(stream, filters=[("image_id", "=", image_id)])
+        return sorted(set(table["identity"].to_pylist()))
+
     def page(self, number: int) -> list[dict]:
         """The items of page `number` (0-based): one row group of the cached file."""
         if not self.items or not 0 <= number < self.pages:
@@ -70,20 +81,25 @@ def load_queue(run: RunDir, rebuild: bool = False) -> Queue:
     """The queue of the run as its parts are now: the cached one when they have not changed."""
     key = "/".join([str(VERSION), *(list_parts(run, stage).fingerprint for stage in (VERIFY, HYGIENE, CAPTION))])
     cached = run.read_state(QUEUE_KEY)
-    if rebuild or not cached or cached.get("key") != key or not run.exists(QUEUE):
-        table = build_queue(run)
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer, row_group_size=PAGE)
-        run.write_bytes(QUEUE, buffer.getvalue())
+    if rebuild or not cached or cached.get("key") != key or not (run.exists(QUEUE) and run.exists(IMAGES)):
+        verify = scan(run, list_parts(run, VERIFY), VERIFY_COLUMNS)
+        table = build_queue(run, verify)
+        _write(run, QUEUE, table, PAGE)
+        images = verify.select(["image_id", "identity"]).filter(pc.is_valid(verify["image_id"]))
+        _write(run, IMAGES, images.sort_by("image_id"), IMAGE_GROUP)
         cached = {"key": key, "items": table.num_rows}
         run.write_json(QUEUE_KEY, cached)
     return Queue(run, int(cached["items"]))
 
 
-def build_queue(run: RunDir) -> pa.Table:
-    verify = scan(run, list_parts(run, VERIFY), ["identity", "image_id", "status", "reason", "sim_to_centroid",
-                                                  "runner_up_sim", "large_faces", "identity_competing",
-                                                  "identity_purity", "calibration"])
+def _write(run: RunDir, rel: str, table: pa.Table, row_group: int) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=row_group)
+    run.write_bytes(rel, buffer.getvalue())
+
+
+def build_queue(run: RunDir, verify: pa.Table) -> pa.Table:
+    """The queue from verify's columns (VERIFY_COLUMNS of every part) and hygiene's and caption's parts."""
     hygiene = scan(run, list_parts(run, HYGIENE), ["identity", "possible_same_person", "same_person_similarity"])
     caption = scan(run, list_parts(run, CAPTION), ["identity", "image_id", "status", "reason", "class_word",
                                                     "estimated_gender", "estimated_gender_confidence",

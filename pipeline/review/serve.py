@@ -4,6 +4,7 @@ to face a network."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ def review_server(run: RunDir, host: str, port: int) -> tuple[BaseWSGIServer, st
     """The server (not yet serving) and the URL to open, token included."""
     load_queue(run)  # built now, before the first page asks: on a big run this is the one slow step
     token = secrets.token_urlsafe(24)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request (each carries the token)
     try:
         server = make_server(host, port, create_app(run, token), threaded=True)
     except OSError as exc:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from pipeline.core.markers import part_path
@@ -20,7 +21,8 @@ from pipeline.core.schema import OK
 VERIFY, HYGIENE, CAPTION = "verify", "hygiene", "caption"
 AFTER_VERIFY = ("hygiene", "safety_scores", "safety", "crop", "segment", "caption")  # where a kept row may still drop
 PREFIX, SUFFIX = "part-", ".parquet"
-PHOTO_COLUMNS = ["image_id", "status", "reason", "detail", "sim_to_centroid", "target_face", "faces", "width",
+FACE_BOXES = "faces.list.element.box"  # only the boxes of `faces` (its embeddings are most of a part's bytes)
+PHOTO_COLUMNS = ["image_id", "status", "reason", "detail", "sim_to_centroid", "target_face", FACE_BOXES, "width",
                  "height", "raw_path", "large_faces", "runner_up_sim", "calibration"]
 OUTCOME_COLUMNS = ["image_id", "status", "reason", "detail"]
 
@@ -55,11 +57,21 @@ def scan(run: RunDir, parts: Parts, columns: list[str]) -> pa.Table:
 
 
 def read_columns(run: RunDir, stage: str, task: str, columns: list[str]) -> pa.Table | None:
-    """These columns of one identity's part, None when the stage has no part for it."""
+    """These columns of one identity's part (nested ones by path, as FACE_BOXES), None when the stage has no part
+    for it. On an object store the part is one GET, as RunDir reads parts."""
     rel = part_path(stage, task)
     if not run.exists(rel):
         return None
-    return run.read_table(rel, columns=columns)
+    source = pa.BufferReader(run.read_bytes(rel)) if run.object_store else run.fs.open_input_file(run.path(rel))
+    with source:
+        return pq.ParquetFile(source).read(columns=columns)
+
+
+def verify_photos(run: RunDir, slug: str, images: set[str]) -> dict[str, dict]:
+    """Verify's rows of these photos of one identity (faces, size, detail): what a queue item shows."""
+    table = read_columns(run, VERIFY, slug, ["image_id", "detail", FACE_BOXES, "width", "height", "target_face",
+                                             "sim_to_centroid"])
+    return {row["image_id"]: row for row in (table.to_pylist() if table is not None else []) if row["image_id"] in images}
 
 
 def identity_photos(run: RunDir, slug: str) -> list[dict]:
