@@ -22,6 +22,7 @@ from stages.verify import VerifyStage
 
 DAMON = "matt_damon"
 INTRUDER = "img8.jpg"  # scarlett_johansson: verify drops her from Matt Damon's folder
+IMPOSTOR = "img39.jpg"  # george_clooney
 
 
 def crawled(run: RunDir, faces: dict, names: list[str]) -> tuple[pa.Table, dict[str, str]]:
@@ -47,6 +48,33 @@ def filtered(run: RunDir, crawl: pa.Table, backend: str) -> tuple[pa.Table, Pipe
 
 def verified(run: RunDir, rows: pa.Table, config: PipelineConfig) -> dict[str, dict]:
     return {row["image_id"]: row for row in VerifyStage(config, run).process(rows).to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def mixed(faces, tmp_path_factory) -> tuple[pa.Table, PipelineConfig, dict[str, bool]]:
+    """Filter rows (sface) of Matt Damon's photos with two other people's; image_id -> is it him."""
+    run = RunDir(str(tmp_path_factory.mktemp("mixed")))
+    crawl, ids = crawled(run, faces, [*faces["identities"][DAMON], INTRUDER, IMPOSTOR])
+    rows, config = filtered(run, crawl, "sface")
+    return rows, config, {image: name in faces["identities"][DAMON] for name, image in ids.items()}
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 0.97])  # verify keeps everyone / drops nearly everyone
+def test_decisions_that_fix_verifys_mistakes_give_precision_and_recall_one_after_one_apply(mixed, tmp_path,
+                                                                                           threshold: float) -> None:
+    rows, config, truth = mixed
+    config = config.model_copy(update={"verify": config.verify.model_copy(update={"threshold": threshold})})
+    run = RunDir(str(tmp_path))
+    before = verified(run, rows, config)
+    wrong = {image for image, row in before.items() if (row["status"] == OK) != truth[image]}
+    assert wrong  # verify's mistakes at this threshold
+    assert all(row["reason"] == NOT_TARGET_IDENTITY for image, row in before.items() if truth[image] and image in wrong)
+    for image in sorted(wrong):
+        append(run, Decision(DAMON, ACCEPT if truth[image] else REJECT, image))
+    after = verified(run, rows, config)
+    kept = {image for image, row in after.items() if row["status"] == OK}
+    him = {image for image, person in truth.items() if person}
+    assert len(kept & him) / len(kept) == 1.0 and len(kept & him) / len(him) == 1.0  # precision, recall
 
 
 @pytest.fixture(scope="module")

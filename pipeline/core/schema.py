@@ -80,6 +80,10 @@ FACE = pa.struct(
     ]
 )
 
+# A face's identity label (hygiene's, from the run's centroids): it moves when any photo of the identity changes, so
+# a stage that reads faces for their geometry or embedding compares faces without it (pipeline.engine.runner.reuse).
+FACE_LABELS = ("identity", "identity_score")
+
 FACE_EVIDENCE = pa.schema(
     [
         pa.field("faces", pa.list_(FACE)),  # every face whose box reaches filter.min_face_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pipeline.core.rundir import RunDir
 from pipeline.report.data import Gathered
 from pipeline.report.plots import funnel_png, histogram_png, words_png
-from pipeline.report.quality import METRICS, thresholds
+from pipeline.report.quality import METRICS, line, thresholds
 from pipeline.report.state import RunState
 
 Figure = tuple[str, str | None, str]  # title, path relative to report/ (None: not drawn), note
@@ -25,9 +25,9 @@ def verify_threshold(gathered: Gathered) -> float | None:
 def write_figures(run: RunDir, state: RunState, gathered: Gathered, threshold: float | None) -> list[Figure]:
     run.write_bytes("report/funnel.png", funnel_png([stage.counts for stage in state.stages]))
     lines = {
-        "short_side": (state.config.filter.min_short_side, f"filter.min_short_side {state.config.filter.min_short_side:g}"),
-        "face_size": (state.config.filter.min_face_size, f"filter.min_face_size {state.config.filter.min_face_size:g}"),
-        "sim_to_centroid": (threshold, f"verify.threshold {threshold or 0:g}"),
+        "short_side": line(state.config.filter.min_short_side, "filter.min_short_side"),
+        "face_size": line(state.config.filter.min_face_size, "filter.min_face_size"),
+        "sim_to_centroid": line(threshold, "verify.threshold"),
         **thresholds(state.config, gathered.calibration),
     }
     pngs = {

@@ -71,15 +71,19 @@ def thresholds(config: PipelineConfig, calibration: dict | None) -> dict[str, tu
     """Each quality histogram's line: the gate's value (in the histogram's units) and its config key."""
     gates = config.verify.quality
     sharpness = math.log10(gates.min_sharpness) if gates.min_sharpness > 0 else None
-    score = calibration["min_face_score"] if calibration else None
     return {
         "sharpness": (sharpness, f"verify.quality.min_sharpness {gates.min_sharpness:g} (log10 {sharpness or 0:.2f})"),
-        "yaw": (gates.max_yaw, f"verify.quality.max_yaw {gates.max_yaw:g}"),
-        "pitch": (gates.max_pitch, f"verify.quality.max_pitch {gates.max_pitch:g}"),
-        "face_score": (score, f"verify.quality.min_face_score {score or 0:.3g}"),
-        "image_share": (gates.min_image_share, f"verify.quality.min_image_share {gates.min_image_share:g}"),
-        "large_faces": (gates.max_large_faces, f"verify.quality.max_large_faces {gates.max_large_faces:g}"),
+        "yaw": line(gates.max_yaw, "verify.quality.max_yaw"),
+        "pitch": line(gates.max_pitch, "verify.quality.max_pitch"),
+        "face_score": line(calibration["min_face_score"] if calibration else None, "verify.quality.min_face_score"),
+        "image_share": line(gates.min_image_share, "verify.quality.min_image_share"),
+        "large_faces": line(gates.max_large_faces, "verify.quality.max_large_faces"),
     }
+
+
+def line(value: float | None, key: str) -> tuple[float | None, str]:
+    """A histogram's threshold line and its legend: the key and its value as set (3 significant digits)."""
+    return value, key if value is None else f"{key} {value:.3g}"
 
 
 def identity_pairs(rows: list[Row], training: TrainingSection) -> PairCounts | None:
