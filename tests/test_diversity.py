@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks.fixtures.crawled_folders import ROWS, Corpus, reencoded
 from pipeline.core.config import load_config, resolve_profile
+from pipeline.core.errors import UserError
 from pipeline.core.reasons import NOT_SELECTED_FOR_DIVERSITY
 from pipeline.core.rundir import RunDir
 from pipeline.report.diversity import identity_spread, section
@@ -96,3 +97,8 @@ def test_the_report_shows_the_pose_spread_before_and_after_selection(folder, tmp
     assert spread.degrees_after == pytest.approx(pose_spread(evidence(kept)[0]))
     html = section({IDENTITY: spread}, {IDENTITY: "Angelina Jolie"})
     assert "Angelina Jolie" in html and "6 photos left out" in html and f"{spread.degrees_after:.1f}" in html
+
+
+def test_a_limit_below_min_images_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="max_images"):
+        load_config(resolve_profile("cpu"), ["verify.max_images=2", "verify.min_images=3"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, model_validator
 
 from pipeline.core.errors import UserError
 
@@ -178,6 +178,12 @@ class VerifySection(Section):
         None, ge=-1, le=1, description="target-face cosine at which two images count as the same photo"
     )
     quality: FaceQualitySection = FaceQualitySection()
+
+    @model_validator(mode="after")
+    def _keeps_enough(self) -> VerifySection:
+        if self.max_images is not None and self.max_images < self.min_images:  # every identity would drop
+            raise ValueError(f"max_images ({self.max_images}) is below min_images ({self.min_images})")
+        return self
     resources: Resources = Resources()
 
 
