@@ -23,7 +23,8 @@ from pipeline.core.names import Identity
 from pipeline.core.removals import Ledger, ledger_summary, load_ledger
 from pipeline.core.rundir import RunDir
 from pipeline.dataset import governance
-from pipeline.dataset.release_card import CARD, CROISSANT, DELETIONS, ReleaseFacts, croissant, dataset_card
+from pipeline.dataset.release_card import (CARD, CROISSANT, DELETIONS, LAST_RELEASE, ReleaseFacts, croissant,
+                                           dataset_card, facts_record)
 from pipeline.dataset.release_keys import release_secret, secret_id
 from pipeline.dataset.release_rows import ReleaseOptions
 from pipeline.dataset.release_write import outputs, write_release_shard
@@ -78,6 +79,7 @@ def make_release(run: RunDir, dest: RunDir, config: PipelineConfig, identities: 
         facts.deletions = _write_deletions(previous, dest)
     dest.write_bytes(CARD, dataset_card(facts).encode())
     dest.write_json(CROISSANT, croissant(facts))
+    run.write_json(LAST_RELEASE, facts_record(facts, dest.uri))
     return ReleaseSummary(dest.uri, facts.identities, facts.images, facts.withheld, done.written, done.unchanged,
                           facts.deletions)
 

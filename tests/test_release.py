@@ -239,3 +239,14 @@ def test_names_and_embeddings_only_when_asked(released: dict, tmp_path: Path, fm
             rows = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
     assert {row["name"] for row in rows} <= set(NAMES) and all(len(row["identity"]) == 64 for row in rows)
     assert all(len(face["embedding"]) > 0 for row in rows for face in row["faces"])
+
+
+@pytest.mark.slow
+def test_the_report_says_what_the_last_release_holds(released: dict, tmp_path: Path) -> None:
+    from pipeline.report import release as report_release
+
+    html, numbers = report_release.build(RunDir(str(released["run"])))
+    assert str(released["dest"]) in html and "Names: <b>not kept</b>" in html and "Face embeddings: <b>not kept</b>" in html
+    assert numbers["withheld"] == 2 and numbers["deletions"] == 1 and numbers["keep_names"] is False
+    assert "Bystanders blurred" in html and "face takedowns" in html
+    assert report_release.build(RunDir(str(tmp_path))) == (report_release.NO_RELEASE, {})

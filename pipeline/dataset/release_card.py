@@ -8,7 +8,7 @@ requesters' names and typed reasons. The card says only counts, backend names an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import yaml
 
@@ -18,6 +18,7 @@ TITLE = "ID-centric portrait dataset"
 CROISSANT = "croissant.json"
 CARD = "README.md"
 DELETIONS = "deletions.txt"
+LAST_RELEASE = "governance/last_release.json"  # in the run directory: what the report says of the last release
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
 DATA_FILES = {"parquet": "shards/train-*.parquet", "webdataset": "webdataset/*.tar"}
@@ -52,6 +53,16 @@ class ReleaseFacts:
     contact: str = "the publisher of this release"
     deletions: int | None = None  # keys in deletions.txt (release --since); None: no previous release given
     published: str = ""  # the release's date, ISO 8601
+
+
+def facts_record(facts: ReleaseFacts, dest: str) -> dict:
+    """The facts as the run keeps them (with the release's destination, which stays in the private run)."""
+    return {**asdict(facts), "dest": dest}
+
+
+def facts_from_record(record: dict) -> ReleaseFacts:
+    fields = {key: value for key, value in record.items() if key in ReleaseFacts.__dataclass_fields__}
+    return ReleaseFacts(**{**fields, "options": ReleaseOptions(**fields["options"])})
 
 
 def size_category(images: int) -> str:

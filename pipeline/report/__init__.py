@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pipeline.core.rundir import RunDir
-from pipeline.report import curation, diversity, gallery, generator, governance, hygiene, sections
+from pipeline.report import curation, diversity, gallery, generator, governance, hygiene, release, sections
 from pipeline.report.data import gather
 from pipeline.report.figures import verify_threshold, write_figures
 from pipeline.report.html import page
@@ -46,10 +46,12 @@ def write_report(run: RunDir) -> dict:
     consent, consent_numbers = governance.build(run, state)
     across, across_numbers = hygiene.build(run, state, gathered.identities, thumbs)
     curated, curated_numbers = curation.build(run, threshold)
+    released, released_numbers = release.build(run)
     body = [
         ("overview", "Overview", sections.overview(state, state.missing())),
         ("funnel", "Funnel", sections.funnel(state)),
         ("governance", "Governance", consent),
+        ("release", "Release", released),
         ("identities", "Identities", sections.identity_table(gathered.identities, {s.slug for s in chosen})),
         ("hygiene", "Across identities", across),
         ("distributions", "Distributions", sections.figures(figures)),
@@ -65,6 +67,7 @@ def write_report(run: RunDir) -> dict:
     numbers["governance"] = consent_numbers
     numbers["hygiene"] = across_numbers
     numbers["curation"] = curated_numbers
+    numbers["release"] = released_numbers
     numbers["training_pairs"] = {slug: asdict(counts) for slug, counts in gathered.pairs.items()}
     numbers["pose_spread"] = {slug: asdict(spread) for slug, spread in gathered.spreads.items()}
     run.write_json(SUMMARY, numbers)
