@@ -22,10 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--reject", action="store_true", help="the photo is not this person (curator_rejected)")
     action.add_argument("--accept", action="store_true", help="the photo is this person, even against verify")
-    action.add_argument("--target-face", type=int, metavar="N", help="in a group photo, the person is face N (0, 1, ...)")
+    action.add_argument("--target-face", type=int, metavar="N",
+                        help="in a group photo, the person is face N (0, 1, ...)")
     action.add_argument("--split", nargs="?", const="", metavar="NAME",
                         help="the photo is another person, NAME or unnamed: it leaves this identity")
-    action.add_argument("--merge-into", metavar="NAME", help="the identity is the same person as NAME (hygiene merges it)")
+    action.add_argument("--merge-into", metavar="NAME",
+                        help="the identity is the same person as NAME (hygiene merges it)")
     action.add_argument("--class-word", metavar="WORD", help="the identity's class word (man, woman, ...)")
     action.add_argument("--undo", type=int, metavar="ROW", help="take back the decision in row ROW (see --list)")
     action.add_argument("--list", action="store_true", help="the decisions in force (--all: every row of the log)")

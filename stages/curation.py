@@ -50,7 +50,7 @@ class Curation:
     @classmethod
     def of(cls, decisions: list[Decision]) -> Curation:
         verdicts = {d.image: d for d in decisions if d.kind in (REJECT, ACCEPT, SPLIT) and d.image}
-        targets = {d.image: int(d.value) for d in decisions if d.kind == TARGET_FACE and d.image}  # type: ignore[arg-type]
+        targets = {d.image: int(d.value or 0) for d in decisions if d.kind == TARGET_FACE and d.image}
         merge = next((str(d.value) for d in decisions if d.kind == MERGE), None)
         word = next((str(d.value) for d in decisions if d.kind == CLASS_WORD), None)
         return cls(verdicts, targets, merge, word)

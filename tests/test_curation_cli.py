@@ -33,7 +33,8 @@ def shards(out: Path) -> dict[str, tuple[str, set[str]]]:
     held: dict[str, set[str]] = {}
     for entry in pq.read_table(out / INDEX).to_pylist():
         held.setdefault(entry["shard"], set()).add(entry["identity"])
-    return {shard: (hashlib.sha256((out / "shards" / shard).read_bytes()).hexdigest(), ids) for shard, ids in held.items()}
+    return {shard: (hashlib.sha256((out / "shards" / shard).read_bytes()).hexdigest(), ids)
+            for shard, ids in held.items()}
 
 
 @pytest.mark.slow
@@ -68,4 +69,5 @@ def test_a_reject_applied_reruns_only_its_identity_and_survives_force(shared_run
     forced = run_cli("run", "--stage", "verify", "--force", *shared_run.tree.args(out))
     assert forced.returncode == 0, forced.stderr
     again = read_part(RunDir(str(out)), "verify", JOLIE, ["image_id", "reason", "decided_by"]).to_pylist()
-    assert {row["image_id"]: (row["reason"], row["decided_by"]) for row in again}[photo] == (CURATOR_REJECTED, "curator")
+    outcome = {row["image_id"]: (row["reason"], row["decided_by"]) for row in again}
+    assert outcome[photo] == (CURATOR_REJECTED, "curator")

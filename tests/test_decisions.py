@@ -74,7 +74,8 @@ def test_the_digest_covers_what_decisions_decide_not_who_or_when() -> None:
 def test_decide_records_lists_and_undoes_from_the_command_line(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     run = RunDir(str(tmp_path))
-    run.write_json("run.json", {"profile": "cpu", "stage_hashes": {}, "identities": [["angelina_jolie", "Angelina Jolie"]]})
+    identities = [["angelina_jolie", "Angelina Jolie"]]
+    run.write_json("run.json", {"profile": "cpu", "stage_hashes": {}, "identities": identities})
     run.write_bytes("config.yaml", b"{}\n")
 
     def decide(*args: str) -> tuple[int, str, str]:

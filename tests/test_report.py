@@ -37,7 +37,8 @@ from tests.test_object_store import CREDENTIALS, bucket  # noqa: F401 (bucket: a
 
 HOSTILE_CAPTION = """a photo of a woman "x" </td></table><script>alert('caption')</script> & 'y'"""
 HOSTILE_URL = "javascript:alert('url')"
-SECTIONS = ["overview", "funnel", "governance", "identities", "distributions", "guidance", "sheets", "generator"]
+SECTIONS = ["overview", "funnel", "governance", "identities", "distributions", "guidance", "curation", "sheets",
+            "generator"]
 # Appended to a copy of the page: the browser itself lists images that did not decode.
 PROBE = """<script>window.addEventListener('load', () => {
   const bad = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
@@ -194,6 +195,7 @@ def test_report_renders_in_chromium_with_every_image(report_run, faces) -> None:
     impostor = hashlib.sha256((faces["images"] / "img39.jpg").read_bytes()).hexdigest()
     assert impostor in [face["image_id"] for face in summary["guidance"]["highest_dropped"]]
     assert impostor[:16] in " ".join(thumbs)  # its face is shown
+    assert '<code class="id" title="image_id' in dom and f">{impostor}</code>" in dom  # its image_id, to copy
     shot = out / "report-screenshot.png"
     browser.render(out / "report" / "index.html", size=(1400, 5000), screenshot=shot)
     colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
@@ -250,6 +252,8 @@ def test_summary_agrees_with_the_stage_tables(report_run) -> None:
         mine = [row for row in verify if row["identity"] == identity["slug"] and row["status"] == "ok"]
         assert identity["crawled"] == sum(r["identity"] == identity["slug"] and r["status"] == "ok" for r in crawl)
         assert identity["kept"] == sum(r["identity"] == identity["slug"] and r["status"] == "ok" for r in caption)
+        if identity["kept"]:  # training pairs are counted over the same photos as the identity table
+            assert summary["training_pairs"][identity["slug"]]["photos"] == identity["kept"]
         if mine:
             assert identity["sim_min"] == pytest.approx(min(r["sim_to_centroid"] for r in mine))
             assert identity["purity"] == pytest.approx(mine[0]["identity_purity"])
@@ -259,7 +263,7 @@ def test_summary_agrees_with_the_stage_tables(report_run) -> None:
     sims = summary["distributions"]["sim_to_centroid"]
     assert sims["kept"]["count"] == sum(row["status"] == "ok" for row in verify)
     impostors = Counter(row["reason"] for row in verify)["not_target_identity"]
-    assert sims["dropped: not target identity"]["count"] == impostors >= 1
+    assert sims["dropped: wrong person"]["count"] == impostors >= 1  # verify's (no curator decisions here)
     assert summary["verify_threshold"] == SFaceBackend.calibration.threshold  # the cpu profile's, as verify recorded it
 
 

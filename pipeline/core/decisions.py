@@ -77,8 +77,10 @@ class Decision:
             raise UserError(f"a {self.kind} decision {'needs' if self.kind in IMAGE_KINDS else 'takes no'} --image")
         if self.image is not None and not _is_sha256(self.image):
             raise UserError(f"--image {self.image!r} is not a sha256", "copy the image_id from the report or the shards")
-        if self.kind in (TARGET_FACE, UNDO) and (not isinstance(self.value, int) or self.value < (0 if self.kind == TARGET_FACE else 1)):
-            raise UserError(f"a {self.kind} decision needs a {'face index (0, 1, ...)' if self.kind == TARGET_FACE else 'row id'}")
+        if self.kind == TARGET_FACE and not (isinstance(self.value, int) and self.value >= 0):
+            raise UserError("a target_face decision needs a face index (0, 1, ...)")
+        if self.kind == UNDO and not (isinstance(self.value, int) and self.value >= 1):
+            raise UserError("an undo decision needs a row id (1, 2, ...)")
         if self.kind in (MERGE, CLASS_WORD) and not (isinstance(self.value, str) and self.value.strip()):
             raise UserError(f"a {self.kind} decision needs a value")
 

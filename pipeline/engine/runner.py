@@ -206,7 +206,8 @@ def finish_task(run: RunDir, stage: Stage, config_hash: str, spec: dict[str, Any
     return TaskResult(task, None, rows.num_rows, output.num_rows, statuses, reasons, marker=asdict(marker))
 
 
-def reuse(stage: type[Stage], upstream: str, config: PipelineConfig, run: RunDir, spec: dict[str, Any]) -> TaskResult | None:
+def reuse(stage: type[Stage], upstream: str, config: PipelineConfig, run: RunDir,
+          spec: dict[str, Any]) -> TaskResult | None:
     """A stale task of a row-by-row stage whose every input row it judged already under today's config (the
     columns it requires unchanged: a curator's decision changed only other rows): its output made on the driver
     from its last part, no model loaded; None when a row is new or changed, or the last part is not as pinned."""

@@ -11,8 +11,8 @@ def tile(item: Tile) -> str:
              else '<div class="noimg muted">no preview</div>')
     detail = f'<div class="muted">{esc(item.detail)}</div>' if item.detail else ""
     source = f'<div>{link(item.url, "source")}</div>' if item.url else ""
-    image_id = (f'<code class="id" title="image_id: one click selects it, for decide --image">{esc(item.image_id)}</code>'
-                if item.image_id else "")
+    hint = "image_id: one click selects it, for decide --image"
+    image_id = f'<code class="id" title="{hint}">{esc(item.image_id)}</code>' if item.image_id else ""
     return f'<div class="tile">{image}<div>{esc(item.label)}</div>{detail}{source}{image_id}</div>'
 
 

@@ -67,7 +67,8 @@ def _figure(run: RunDir, state: RunState, measure: Measure, hist: Histogram, fac
         return f'{title}<p class="muted">Not measured: {esc(why)}.</p>'
     limit = governance.setting_value(state.config, measure.setting)
     line = limit if isinstance(limit, float) else None
-    run.write_bytes(f"report/{path}", histogram_png(hist, line, f"{measure.setting} {line:g}" if line is not None else ""))
+    label = f"{measure.setting} {line:g}" if line is not None else ""
+    run.write_bytes(f"report/{path}", histogram_png(hist, line, label))
     note = (f'<p class="muted">Column <code>{esc(dist.column)}</code>; {dist.missing:,} dataset images without '
             "a value.</p>") if dist.column else ""
     return f'{title}<img src="{esc(path)}" alt="{esc(measure.title)}">{note}'

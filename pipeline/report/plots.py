@@ -62,7 +62,7 @@ def histogram_png(hist: Histogram, threshold: float | None = None, threshold_lab
     axes.set_xlabel(hist.xlabel)
     axes.set_ylabel("images")
     axes.set_title(hist.title)
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the data, never on it
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the data
     return _png(figure)
 
 

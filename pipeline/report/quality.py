@@ -107,7 +107,8 @@ def pairs_section(pairs: dict[str, PairCounts], names: dict[str, str], training:
     total = sum(counts.pairs for counts in pairs.values())
     blocked = sum(counts.blocked for counts in pairs.values())
     limit = "the face backend's calibration" if training.copy_paste_max is None else f"{training.copy_paste_max:g}"
-    note = (f'<p class="muted">Among the photos each identity keeps (as in the identity table): {total:,} target/reference '
+    note = (f'<p class="muted">Among the photos each identity keeps (as the identity table counts them): {total:,} '
+            "target/reference "
             f"pairs allowed, {blocked:,} refused as copy-paste (target faces more alike than "
             f"training.copy_paste_max, {esc(limit)}); a pair never joins two photos of one near-duplicate group. "
             f"A target is servable with at least one reference left. The {SHOWN_PAIRS} identities with the fewest "
