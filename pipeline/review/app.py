@@ -40,12 +40,16 @@ class Review:
     queue: Queue | None = None
     applied_seen: int = 0  # the apply whose result the queue reflects
     job: ApplyJob | None = None
+    counted: dict = field(default_factory=dict)  # pending()'s cache: identity -> its count and what it was made from
 
     def current_queue(self) -> Queue:
         assert self.job is not None
         if self.queue is None or (self.job.returncode is not None and self.applied_seen != self.job.started):
             self.queue, self.applied_seen = load_queue(self.run), self.job.started
         return self.queue
+
+    def pending(self) -> int:
+        return pending(self.run, self.counted)
 
     def names(self) -> dict[str, str]:
         return {identity.slug: identity.name for identity in self.identities}
@@ -55,6 +59,9 @@ def create_app(run: RunDir, token: str) -> Flask:
     app = Flask(__name__)
     review = Review(run, token, run_identities(run), job=ApplyJob(run))
     app.extensions["review"] = review
+    review.pending()  # counted now, so the first page does not read every decided identity's parts
+    for page in ("queue.html", "identity.html", "search.html"):  # compiled now, not on the first request
+        app.jinja_env.get_template(page)
 
     @app.before_request
     def check_token() -> None:
@@ -111,7 +118,7 @@ def _pages(app: Flask, review: Review) -> None:
     @app.get("/api/apply")
     def apply_status() -> Response:
         assert review.job is not None
-        return jsonify({**review.job.status(), "pending": pending(review.run)})
+        return jsonify({**review.job.status(), "pending": review.pending()})
 
 
 def _writes(app: Flask, review: Review) -> None:
@@ -122,7 +129,7 @@ def _writes(app: Flask, review: Review) -> None:
             row = record(review.run, _decision(review, given))
         except (UserError, TypeError, ValueError) as exc:
             return jsonify({"error": str(exc)}), 400
-        return jsonify({"row": row, "pending": pending(review.run)})
+        return jsonify({"row": row, "pending": review.pending()})
 
     @app.post("/api/apply")
     def apply() -> tuple[Response, int]:
@@ -148,7 +155,7 @@ def _decision(review: Review, given: dict) -> Decision:
 
 
 def _common(review: Review) -> dict:
-    return {"token": review.token, "pending": pending(review.run), "names": review.names(),
+    return {"token": review.token, "pending": review.pending(), "names": review.names(),
             "run": review.run.uri}
 
 

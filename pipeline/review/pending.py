@@ -3,14 +3,15 @@
 Read from the data, not from a record of past applies: a decision is shown when verify's row (or caption's,
 hygiene's) already says what it decided, so a decision that agrees with verify counts as shown at once, and
 an undone reject whose photo still reads `curator_rejected` counts as pending. Only the identities the log
-names are read.
+names are read, and with a `cache` only those whose decisions or parts changed since it was filled.
 """
 
 from __future__ import annotations
 
 from pipeline.core.decisions import (
-    ACCEPT, CLASS_WORD, MERGE, REJECT, SPLIT, TARGET_FACE, Decision, in_force, read_log,
+    ACCEPT, CLASS_WORD, MERGE, REJECT, SPLIT, TARGET_FACE, Decision, by_identity, in_force, read_log,
 )
+from pipeline.core.markers import part_path
 from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
@@ -19,11 +20,25 @@ from pipeline.review.tables import CAPTION, HYGIENE, VERIFY, read_columns
 CURATOR_DROPS = {REJECT: CURATOR_REJECTED, SPLIT: CURATOR_SPLIT}
 
 
-def pending(run: RunDir) -> int:
+def pending(run: RunDir, cache: dict[str, tuple[tuple, int]] | None = None) -> int:
+    """The count; `cache` (identity -> (what its count was made from, the count)) is filled and reused."""
     log = read_log(run).rows
-    force = [logged.decision for logged in in_force(log)]
-    named = sorted({logged.decision.identity for logged in log})
-    return sum(_pending_in(run, slug, [d for d in force if d.identity == slug]) for slug in named)
+    force = by_identity(in_force(log))
+    cache = {} if cache is None else cache
+    total = 0
+    for slug in sorted({logged.decision.identity for logged in log}):
+        mine = force.get(slug, [])
+        made_from = (tuple(mine), _stamps(run, slug))
+        if slug not in cache or cache[slug][0] != made_from:
+            cache[slug] = (made_from, _pending_in(run, slug, mine))
+        total += cache[slug][1]
+    return total
+
+
+def _stamps(run: RunDir, slug: str) -> tuple:
+    """Size and time of the identity's parts the count reads: a new part (an apply, a run) counts again."""
+    infos = run.fs.get_file_info([run.path(part_path(stage, slug)) for stage in (VERIFY, HYGIENE, CAPTION)])
+    return tuple((info.size, info.mtime_ns) for info in infos)
 
 
 def _pending_in(run: RunDir, slug: str, decisions: list[Decision]) -> int:
