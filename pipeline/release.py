@@ -60,8 +60,9 @@ class ReleaseSummary:
 
 
 def release_format(fmt: str, options: ReleaseOptions) -> Format:
-    return Format(f"release-{fmt}", LAYOUT, partial(outputs, fmt), partial(write_release_shard, fmt=fmt, options=options),
-                  partial(_finish, fmt), settings=options.settings())
+    writer = partial(write_release_shard, fmt=fmt, options=options)
+    return Format(f"release-{fmt}", LAYOUT, partial(outputs, fmt), writer, partial(_finish, fmt),
+                  settings=options.settings())
 
 
 def make_release(run: RunDir, dest: RunDir, config: PipelineConfig, identities: list[Identity],
@@ -159,7 +160,8 @@ def _tar_keys(release: RunDir, output: str) -> set[str]:
 
 def _check_previous(previous: RunDir, dest: RunDir) -> None:
     if previous.uri == dest.uri:
-        raise UserError("--since names the release being written", "give the previous release's folder, or a new --dest")
+        raise UserError("--since names the release being written",
+                        "give the previous release's folder, or a new --dest")
     found = previous.read_state(DONE) or {}
     if not str(found.get("format", "")).startswith("release-"):
         raise UserError(f"{previous.uri} is not a release", "give --since the folder of an earlier `release`")

@@ -22,6 +22,7 @@ LAST_RELEASE = "governance/last_release.json"  # in the run directory: what the 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
 DATA_FILES = {"parquet": "shards/train-*.parquet", "webdataset": "webdataset/*.tar"}
+ENCODINGS = {"parquet": "application/x-parquet", "webdataset": "application/x-tar"}
 INTENDED = ("training and evaluating identity-conditioned image generators (PhotoMaker-style ID encoders), "
             "with photos of one person as references for another photo of the same person")
 PROHIBITED = ("face recognition, identification or search of any person; building or expanding a facial "
@@ -147,9 +148,11 @@ def _kinds(requests: dict[str, int]) -> str:
 
 CONTEXT = {  # Croissant 1.0's JSON-LD context, as its specification gives it
     "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
-    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
+    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",
+    "rai": "http://mlcommons.org/croissant/RAI/",
     "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
-    "dct": "http://purl.org/dc/terms/", "equivalentProperty": "cr:equivalentProperty", "samplingRate": "cr:samplingRate",
+    "dct": "http://purl.org/dc/terms/", "equivalentProperty": "cr:equivalentProperty",
+    "samplingRate": "cr:samplingRate",
     "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract",
     "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet",
     "format": "cr:format", "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath",
@@ -163,14 +166,14 @@ FIELDS = {"identity": "sc:Text", "image_id": "sc:Text", "caption": "sc:Text", "c
 
 
 def croissant(facts: ReleaseFacts) -> dict:
-    """Croissant 1.0 metadata: the Parquet files, the images record set, and the Responsible-AI fields."""
+    """Croissant 1.0 metadata: the data files, the images record set (Parquet), and the Responsible-AI fields."""
+    files = {"@type": "cr:FileSet", "@id": f"{facts.fmt}-files", "name": f"{facts.fmt}-files",
+             "encodingFormat": ENCODINGS[facts.fmt], "includes": DATA_FILES[facts.fmt]}
     fields = {**FIELDS, **({"name": "sc:Text"} if facts.options.keep_names else {})}
     record = {"@type": "cr:RecordSet", "@id": "images", "name": "images", "key": {"@id": "images/image_id"},
               "field": [{"@type": "cr:Field", "@id": f"images/{column}", "name": column, "dataType": kind,
-                         "source": {"fileSet": {"@id": "parquet-files"}, "extract": {"column": column}}}
+                         "source": {"fileSet": {"@id": files["@id"]}, "extract": {"column": column}}}
                         for column, kind in fields.items()]}
-    files = {"@type": "cr:FileSet", "@id": "parquet-files", "name": "parquet-files",
-             "encodingFormat": "application/x-parquet", "includes": DATA_FILES["parquet"]}
     return {
         "@context": CONTEXT, "@type": "sc:Dataset", "conformsTo": "http://mlcommons.org/croissant/1.0",
         "name": TITLE, "description": f"{facts.identities:,} identities, {facts.images:,} images.",
@@ -187,8 +190,8 @@ def croissant(facts: ReleaseFacts) -> dict:
             "Faces of identifiable people (biometric data).",
             "Names: " + ("kept (public figures, by the makers' choice)." if facts.options.keep_names
                          else "replaced by keyed hashes (HMAC-SHA256); the key is not released."),
-            "Face-recognition embeddings: " + ("included: this release is a face index." if facts.options.with_embeddings
-                                               else "not included.")],
+            "Face-recognition embeddings: "
+            + ("included: this release is a face index." if facts.options.with_embeddings else "not included.")],
         "rai:dataUseCases": [f"Intended: {INTENDED}.", f"Prohibited: {PROHIBITED}."],
         "rai:dataLimitations": [line.rstrip(";.") for line in NOT_CHECKED],
         "rai:dataReleaseMaintenancePlan": f"Removal requests: {facts.contact}. Takedowns apply to the next release, "
