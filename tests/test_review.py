@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.decisions import ACCEPT, REJECT, UNDO, current, read_log
+from pipeline.core.decisions import ACCEPT, CLASS_WORD, REJECT, UNDO, current, read_log
 from pipeline.core.reasons import CURATOR_REJECTED, NOT_TARGET_IDENTITY
 from pipeline.core.rundir import RunDir
 from pipeline.review.app import TOKEN_HEADER, create_app
@@ -86,6 +86,13 @@ def test_a_decision_is_a_post_with_the_token_outside_the_url(client, review_run:
     assert [logged.decision.kind for logged in current(review_run)] == [ACCEPT]
     bad = client.post("/api/decide", json={**asked, "image": "not-a-sha"}, headers={TOKEN_HEADER: TOKEN})
     assert bad.status_code == 400 and "sha256" in bad.json["error"]
+
+    page = client.get(f"/identity/matt_damon?token={TOKEN}").text  # the identity's class word, as buttons
+    assert 'data-kind="class_word" data-value="woman"' in page
+    word = {"identity": "matt_damon", "kind": CLASS_WORD, "value": "person"}
+    assert client.post("/api/decide", json=word, headers={TOKEN_HEADER: TOKEN}).status_code == 200
+    assert [(d.decision.kind, d.decision.value) for d in current(review_run)][-1] == (CLASS_WORD, "person")
+    assert "class_word person" in client.get(f"/identity/matt_damon?token={TOKEN}").text
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from pipeline.review.apply import ApplyJob
 from pipeline.review.pending import pending
 from pipeline.review.queue import PAGE, Queue, load_queue
 from pipeline.review.tables import VERIFY, identity_photos, read_columns, verify_photos
+from stages.class_words import CANONICAL
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 TOKEN_HEADER = "X-Review-Token"
@@ -98,7 +99,9 @@ def _pages(app: Flask, review: Review) -> None:
         if slug not in names:
             abort(404)
         photos = _decided(review, slug, identity_photos(review.run, slug))
-        return render_template("identity.html", slug=slug, name=names[slug], photos=photos, **_common(review))
+        decided = _decisions_of(review, {slug}).get((slug, None), [])
+        return render_template("identity.html", slug=slug, name=names[slug], photos=photos, class_words=CANONICAL,
+                               identity_decisions=decided, **_common(review))
 
     @app.get("/search")
     def search() -> str:

@@ -23,7 +23,7 @@ AFTER_VERIFY = ("hygiene", "safety_scores", "safety", "crop", "segment", "captio
 PREFIX, SUFFIX = "part-", ".parquet"
 FACE_BOXES = "faces.list.element.box"  # only the boxes of `faces` (its embeddings are most of a part's bytes)
 PHOTO_COLUMNS = ["image_id", "status", "reason", "detail", "sim_to_centroid", "target_face", FACE_BOXES, "width",
-                 "height", "raw_path", "large_faces", "runner_up_sim", "calibration"]
+                 "height", "raw_path", "large_faces", "runner_up_sim", "calibration", "decided_by"]
 OUTCOME_COLUMNS = ["image_id", "status", "reason", "detail"]
 
 
@@ -64,7 +64,9 @@ def read_columns(run: RunDir, stage: str, task: str, columns: list[str]) -> pa.T
         return None
     source = pa.BufferReader(run.read_bytes(rel)) if run.object_store else run.fs.open_input_file(run.path(rel))
     with source:
-        return pq.ParquetFile(source).read(columns=columns)
+        part = pq.ParquetFile(source)
+        present = set(part.schema_arrow.names)  # a part written before a column existed lacks it
+        return part.read(columns=[name for name in columns if name.split(".")[0] in present])
 
 
 def verify_photos(run: RunDir, slug: str, images: set[str]) -> dict[str, dict]:

@@ -62,6 +62,15 @@ document.addEventListener("keydown", (event) => {
 
 items.forEach((item, i) => item.addEventListener("click", () => select(i)));
 
+// Decisions about a whole identity: its class word, a merge into the identity it may be.
+document.querySelectorAll("button[data-kind]").forEach((button) => button.addEventListener("click", async () => {
+  const [status, answer] = await post("/api/decide",
+    {identity: button.dataset.identity, kind: button.dataset.kind, value: button.dataset.value});
+  const shown = button.parentElement.querySelector(".decided");
+  shown.textContent = status === 200 ? `${button.dataset.kind} ${button.dataset.value}` : answer.error;
+  if (status === 200) document.getElementById("pending").textContent = answer.pending;
+}));
+
 async function follow(started) {
   const progress = document.getElementById("progress");
   progress.hidden = false;
