@@ -365,6 +365,7 @@ class Outcome:
     decisions: pa.Table
     pairs: pa.Table
     counts: dict[str, int]
+    census: Census  # the centroids, which the face labels are made against (stages/face_labels_run.py)
     rules: Rules | None = None
 
 
@@ -376,7 +377,7 @@ def decide(groups: list[tuple[str, ...]], read: Reader, config: PipelineConfig,
     active = census.active()
     if not len(active):
         counts = {"identities": 0, "merged": len(merges) // 2}
-        return Outcome(table(merges, DECISION_SCHEMA), table([], PAIR_SCHEMA), counts)
+        return Outcome(table(merges, DECISION_SCHEMA), table([], PAIR_SCHEMA), counts, census)
     rules = Rules.of(config, census.calibration)  # a photo was kept, so its row recorded one
     i, j, sims = close_pairs(census.centroids, active, rules.search_cut)
     flagged = sims >= rules.same_person
@@ -391,7 +392,7 @@ def decide(groups: list[tuple[str, ...]], read: Reader, config: PipelineConfig,
     counts = {"identities": len(active), "merged": len(merges) // 2, "pairs": len(pairs), "candidates": len(candidates),
               "near_duplicates": links.near, "same_face": len(links.same), "claimed": len(claims)}
     decisions = claims + pair_rows(i[flagged], j[flagged], sims[flagged], census.names) + merges
-    return Outcome(table(decisions, DECISION_SCHEMA), table(pairs, PAIR_SCHEMA), counts, rules)
+    return Outcome(table(decisions, DECISION_SCHEMA), table(pairs, PAIR_SCHEMA), counts, census, rules)
 
 
 def table(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -9,9 +9,12 @@ beats its runner-up identity by `hygiene.label_margin`; so only a face's closest
 the assignment (`linear_sum_assignment`) settles two faces of one photo that are closest to the same identity.
 The photo's target face keeps the identity it is kept under, by construction, and no other face takes it.
 
-The closest identities of each face come from an index over the centroids: exact (a flat inner product) up to
-`EXACT_LIMIT` identities, a graph index (faiss HNSW) above, whose search cost grows with the logarithm of the
-number of identities, so labelling time per face stays flat from 1k to 100k (benchmarks/face_labels.py).
+The closest two identities of each face come from an exact search over the centroids (faiss's flat inner
+product: blocked matrix products in BLAS, the top two kept per block, so memory holds one block whatever the
+number of identities). Only the faces of photos with several faces are searched.
+Graph and inverted-file indexes (faiss HNSW, IVF) were measured and not taken: on 512-d centroids they lose
+1% to 11% of the labels the exact search gives, and are no faster at 20k (benchmarks/face_labels.py,
+docs/multi-identity.md).
 """
 
 from __future__ import annotations
@@ -23,10 +26,6 @@ from scipy.optimize import linear_sum_assignment
 
 from pipeline.core.schema import OK
 
-EXACT_LIMIT = 4096  # identities: below, a flat search is as fast as the graph and exact
-HNSW_LINKS = 32  # graph degree: recall of the two closest above 0.99 at 100k (benchmarks/face_labels.py)
-HNSW_BUILD = 80  # efConstruction
-HNSW_SEARCH = 96  # efSearch
 NEIGHBOURS = 2  # the closest identity and its runner-up: all the margin rule needs
 NO_IDENTITY = -1
 
@@ -38,25 +37,19 @@ class LabelRules:
 
 
 class CentroidIndex:
-    """The run's identity centroids (unit rows), searched for each face's closest identities."""
+    """The run's identity centroids (unit rows), searched exactly for each face's two closest identities."""
 
     def __init__(self, centroids: np.ndarray) -> None:
         import faiss  # heavy: loaded only by a run that labels faces
 
         vectors = np.ascontiguousarray(centroids, dtype=np.float32)
-        if len(vectors) <= EXACT_LIMIT:
-            self.index = faiss.IndexFlatIP(vectors.shape[1])
-        else:
-            self.index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efConstruction = HNSW_BUILD
-            self.index.hnsw.efSearch = HNSW_SEARCH
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
         self.index.add(vectors)
         self.size = len(vectors)
 
     def nearest(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(cosines, identity indices), each (faces, NEIGHBOURS), closest first; -1 where the run has fewer."""
-        sims, ids = self.index.search(np.ascontiguousarray(faces, dtype=np.float32), NEIGHBOURS)
-        return sims, ids
+        return self.index.search(np.ascontiguousarray(faces, dtype=np.float32), NEIGHBOURS)
 
 
 @dataclass(frozen=True)
