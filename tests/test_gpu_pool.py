@@ -102,3 +102,19 @@ def test_a_gpu_stage_on_a_machine_without_one_is_a_clear_error(faces, tmp_path) 
         "error: filter.resources.num_gpus=1, but Ray sees no such GPU on this machine "
         "(use --config cpu, or --set filter.resources.num_gpus=0)"
     ), result.stderr
+
+
+@pytest.mark.slow
+def test_every_node_that_runs_a_stage_is_checked_for_its_model_files(ray_with_a_gpu, tmp_path) -> None:
+    """On a cluster `models fetch` on the driver puts nothing on the other nodes: the preflight runs on each node
+    that can run the stage's actors (here the one node, its files present, then a folder without them)."""
+    from pipeline.core.errors import UserError
+    from pipeline.engine.driver import check_nodes
+    from stages.segment import SegmentStage
+
+    config = load_config(resolve_profile("cpu"))
+    check_nodes(FilterStage, config)  # the cpu profile's files are in the model cache
+    missing = load_config(resolve_profile("cpu"), ["segment.resources.num_gpus=1", f"models.cache_dir={tmp_path}"])
+    with pytest.raises(UserError, match=r"segment cannot start on 1 of 1 nodes; on [\d.]+: .*modnet") as failed:
+        check_nodes(SegmentStage, missing)
+    assert "models fetch` on every node" in failed.value.fix

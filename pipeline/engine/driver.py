@@ -113,6 +113,34 @@ def _no_gpu(stage: type[Stage], wanted: float, config: PipelineConfig) -> None:
     console.print(f"[yellow]warning:[/] {what} in the cluster yet; its actors wait for GPU nodes to join")
 
 
+def check_nodes(stage: type[Stage], config: PipelineConfig) -> None:
+    """The stage's preflight (its model files are there) on every live node that can run its actors: `models fetch`
+    on the driver does not put files on the other nodes."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    needs = "GPU" if stage.resources(config).num_gpus else "CPU"
+    nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get(needs, 0) > 0]
+    check = ray.remote(num_cpus=0)(_preflight_here)
+    calls = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(stage, config)
+             for node in nodes]
+    failed = [(node["NodeManagerAddress"], error) for node, error in zip(nodes, ray.get(calls)) if error]
+    if failed:
+        address, error = failed[0]
+        raise UserError(f"{stage.name} cannot start on {len(failed)} of {len(nodes)} nodes; on {address}: {error}",
+                        "run the same `python -m pipeline models fetch` on every node, or keep models.cache_dir on "
+                        "storage every node sees (docs/cluster.md: model files on every node)")
+
+
+def _preflight_here(stage: type[Stage], config: PipelineConfig) -> str | None:
+    """A Ray task on one node: its preflight's error line, or None."""
+    try:
+        stage.preflight(config)
+    except UserError as error:
+        return str(error)
+    return None
+
+
 def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineConfig, run: RunDir, plan: Plan) -> StageCounts:
     summary = StageCounts(stage.name, tasks_total=len(plan.todo), tasks_skipped=plan.skipped)
     record_markers(run, stage.name, plan.empty)
@@ -120,6 +148,8 @@ def execute(stage: type[Stage], upstream: type[Stage] | None, config: PipelineCo
     if not plan.todo:
         return summary
     connect(config.run.address)  # only now: a finished run resumes without starting Ray
+    if config.run.address or os.environ.get("RAY_ADDRESS"):  # a private instance is this machine, checked already
+        check_nodes(stage, config)
     if not run.object_store:  # there parts and markers are written whole, never as temporaries
         run.remove_temporaries(f"stages/{stage.name}")
     for spec in plan.todo:  # only unfinished tasks can have left a temporary behind
