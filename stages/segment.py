@@ -74,7 +74,8 @@ class SegmentStage(ModelStage):
         for k in live:
             verdicts[k] = self._judge(every[k], found[k, None])
             others = {who: mask for (row, who), mask in found.items() if row == k and who is not None}
-            verdicts[k]["person_masks"] = self._people(every[k], verdicts[k], others) if verdicts[k]["status"] == OK else None
+            kept = verdicts[k]["status"] == OK
+            verdicts[k]["person_masks"] = self._people(every[k], verdicts[k], others) if kept else None
         return self.to_table([{**row, **verdict} for row, verdict in zip(every, verdicts, strict=True)], rows.schema)
 
     def _people(self, row: Row, verdict: Row, others: dict[str, PersonMask | None]) -> dict[str, bytes]:

@@ -82,7 +82,7 @@ def test_no_face_is_labelled_with_a_person_not_in_the_photo(photo: tuple[int, li
             assert label == face.person  # never a stranger's, never the look-alike's
             assert np.isclose(score, vector @ basis[label], atol=1e-5)
     for k, (face, label) in enumerate(zip(faces, labels, strict=True)):
-        clear = face.person is not None and face.own >= RULES.threshold + 1e-4 and face.own - face.share >= RULES.margin + 1e-4
+        clear = face.person is not None and min(face.own - RULES.threshold, face.own - face.share - RULES.margin) > 1e-4
         if k and clear and face.person != faces[0].person and labels.tolist().count(face.person) == 0:
             raise AssertionError(f"face {k} of person {face.person} left unlabelled: {face}")
 
@@ -137,7 +137,8 @@ RUN = {
     "jennifer_aniston": ["img12.jpg", "img53.jpg", "img56.jpg"],
 }
 PERSON = {
-    "img11.jpg": "angelina_jolie", "img44.jpg": "katy_perry", "img46.jpg": "katy_perry", "img9.jpg": "scarlett_johansson",
+    "img11.jpg": "angelina_jolie", "img44.jpg": "katy_perry", "img46.jpg": "katy_perry",
+    "img9.jpg": "scarlett_johansson",
     "img58.jpg": "mark_zuckerberg", "img36.jpg": "leonardo_dicaprio", "img37.jpg": "leonardo_dicaprio",
     "img32.jpg": "matt_damon", "img61.jpg": "jack_dorsey", "img55.jpg": "jennifer_aniston",
     # not in the run

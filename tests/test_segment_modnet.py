@@ -72,6 +72,24 @@ def test_in_a_group_photo_each_mask_holds_its_own_face_and_not_the_others(masked
 
 
 @pytest.mark.slow
+def test_every_labelled_person_in_the_crop_gets_a_mask_of_their_own(crops, tmp_path) -> None:
+    """person_masks (docs/multi-identity.md): both people of the couple labelled, each one's mask holds their face."""
+    row = next(row for row in crops.to_pylist() if row["image_id"] == "couple-0")
+    who = ["angelina_jolie" if k == row["target_face"] else "brad_pitt" for k in range(2)]
+    row = {**row, "identity": who[row["target_face"]],
+           "faces": [{**face, "identity": name} for face, name in zip(row["faces"], who, strict=True)]}
+    stage = SegmentStage(config(), RunDir(str(tmp_path)))
+    stage.setup()
+    (out,) = stage.process(pa.Table.from_pylist([row], schema=crops.schema)).to_pylist()
+    masks = {name: decode_mask(png) for name, png in out["person_masks"]}
+    assert sorted(masks) == ["angelina_jolie", "brad_pitt"]
+    assert np.array_equal(masks[out["identity"]], decode_mask(out["mask"]))  # the target's is `mask`
+    for k, name in enumerate(who):
+        own, other = row["crop_faces"][k]["box"], row["crop_faces"][1 - k]["box"]
+        assert face_coverage(masks[name], core(own)) == 1.0 and face_coverage(masks[name], other) < 0.01, name
+
+
+@pytest.mark.slow
 def test_a_mask_filling_more_than_max_mask_area_is_dropped_with_its_reason(crops, tmp_path) -> None:
     stage = SegmentStage(config("segment.max_mask_area=0.1"), RunDir(str(tmp_path)))
     stage.setup()

@@ -180,6 +180,8 @@ MASK = pa.schema(
         pa.field("mask_area", pa.float32()),  # share of the crop's pixels inside the mask
         pa.field("mask_face_coverage", pa.float32()),  # share of the target face box inside the mask
         pa.field("person_box", pa.list_(pa.float32(), 4)),  # the box that prompted or seeded the mask, crop pixels
+        # every labelled person in the crop (faces[i].identity), the target's included: identity -> 1-bit PNG as `mask`
+        pa.field("person_masks", pa.map_(pa.string(), pa.binary())),
     ]
 )
 
