@@ -64,7 +64,7 @@ def test_a_reject_applied_reruns_only_its_identity_and_survives_force(shared_run
             pq.read_table(out / "shards" / shard, columns=["identity", "image_id"]).to_pylist()]
     assert photo not in {row["image_id"] for row in rows} and JOLIE in {row["identity"] for row in rows}
     page = (out / "report" / "index.html").read_text()
-    assert 'id="curation"' in page and "1 decisions in force about 1 identities" in page and photo in page
+    assert 'id="curation"' in page and "1 decision in force about 1 identity" in page and photo in page
 
     forced = run_cli("run", "--stage", "verify", "--force", *shared_run.tree.args(out))
     assert forced.returncode == 0, forced.stderr

@@ -46,7 +46,8 @@ def threshold_advice(labelled: list[Labelled], current: float | None) -> Advice 
     edges = np.unique(sims)
     candidates = np.concatenate([[edges[0] - 0.01], (edges[:-1] + edges[1:]) / 2, [edges[-1] + 0.01]])
     matches = np.array([int(((sims >= t) == person).sum()) for t in candidates])
-    best = float(candidates[int(np.argmax(matches))])
+    tied = candidates[matches == matches.max()]  # of equally good ones, the smallest change
+    best = float(tied[np.argmin(np.abs(tied - current))] if current is not None else tied[0])
     now = None if current is None else int(((sims >= current) == person).sum())
     return Advice(len(labelled), current, now, round(best, 3), int(matches.max()))
 
@@ -94,9 +95,9 @@ def _html(numbers: dict, decisions: list[Decision], advice: Advice | None, waiti
     for decision in decisions:
         kinds[decision.kind] = kinds.get(decision.kind, 0) + 1
     torn = f", {numbers['torn_rows']} unreadable line(s) skipped" if numbers["torn_rows"] else ""
-    text = (f"<p>{numbers['in_force']} decisions in force about {numbers['identities']} identities "
-            f"({numbers['rows']} rows in the log{torn}); {numbers['rows_changed']} rows of verify's output were "
-            f"changed by them (<code>decided_by: curator</code>).</p>")
+    text = (f"<p>{counted(numbers['in_force'], 'decision')} in force about {counted(numbers['identities'], 'identity')} "
+            f"({counted(numbers['rows'], 'row')} in the log{torn}); {counted(numbers['rows_changed'], 'row')} of "
+            "verify's output changed by them (<code>decided_by: curator</code>).</p>")
     text += table(["decision", "in force"], [[f"<td class=text>{esc(k)}</td>", f"<td>{n}</td>"] for k, n in
                                             sorted(kinds.items())])
     if waiting:
@@ -105,10 +106,15 @@ def _html(numbers: dict, decisions: list[Decision], advice: Advice | None, waiti
     if advice:
         now = (f"; the current threshold {advice.current:g} matches {advice.current_matches}"
                if advice.current is not None else "")
-        text += (f"<p>Threshold guidance from the decisions as labels: with these {advice.decisions} decisions, "
+        text += (f"<p>Threshold guidance from the decisions as labels: with {counted(advice.decisions, 'decision')}, "
                  f"threshold {advice.best:g} would have matched {advice.best_matches}{esc(now)}. Similarities are "
                  "verify's after the decisions were applied, so a rejected photo no longer pulls the centroid.</p>")
     return text
+
+
+def counted(count: int, noun: str) -> str:
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{count:,} {noun if count == 1 else plural}"
 
 
 def next_steps(run: RunDir, advice: Advice | None, waiting: bool) -> str:
