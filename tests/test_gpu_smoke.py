@@ -1,0 +1,37 @@
+"""`python -m benchmarks.gpu_smoke` on tiny sizes: the code a GPU machine runs at the profile's sizes, so it
+cannot rot. Random weights: only shapes, plumbing and the arithmetic of the estimate are checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.gpu_models import TINY
+from benchmarks.gpu_smoke import PUBLISHED, TARGET, WEB_FUNNEL, smoke
+from pipeline.engine.registry import STAGES
+
+
+@pytest.mark.slow
+def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_path) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = json.loads(json.dumps(smoke(TINY, device, tmp_path, run_dir=shared_run.out)))  # all of it JSON
+
+    assert result["environment"]["onnxruntime_build"] in ("cpu", "gpu") and result["environment"]["onnxruntime_providers"]
+    models = result["models"]
+    for name in ("yolo", "sam_fp32", "sam_bf16", "blip", "resnet_onnx_b8"):
+        assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch, 8)
+    assert models["resnet_onnx_b8"]["providers"][0] == ("CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider")
+
+    devices = result["run"]["devices"]  # the shared run is a cpu-profile run: no stage holds a GPU
+    assert set(devices) == {stage.name for stage in STAGES} and result["run"]["error"] is None
+    assert devices["filter"] and all(set(held) <= {"CPU"} for held in devices.values())
+
+    web = result["estimate_web_funnel"]
+    assert web["funnel"] == WEB_FUNNEL and web["target"] == TARGET
+    assert web["crawled_images_per_s_per_gpu"] == pytest.approx(1 / sum(web["gpu_seconds_per_crawled_image"].values()), rel=0.01)
+    if device == "cpu":  # tiny CPU rates say nothing of a GPU: the estimate rests on the published figures
+        assert {name: rate["images_per_s"] for name, rate in result["rates"].items()} == {k: v[0] for k, v in PUBLISHED.items()}
+        assert not any(rate["confirmed"] for rate in result["rates"].values())
+    assert 0 < result["estimate_this_run_funnel"]["funnel"]["segment"] <= 1
