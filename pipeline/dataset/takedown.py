@@ -94,7 +94,8 @@ def apply_ledger(run: RunDir, config: PipelineConfig, identities: list[Identity]
             applied.partial += [slug] if outcome.photos else []
             gone |= outcome.image_ids
     applied.shards = rewrite_dataset(run, config, identities, ledger, shards_current)
-    applied.thumbnails = _delete_thumbnails(run, gone)
+    blurred = {image_id for _, image_id in ledger.blurs}  # their cached thumbnails show the bystander unblurred
+    applied.thumbnails = _delete_thumbnails(run, gone | blurred)
     applied.generations = _delete_generations(run, ledger, gone)
     return applied
 
