@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow.compute as pc
 
-from benchmarks.common import identity_tree, run_cli, write_names
+from benchmarks.common import FACES, labels, run_cli, write_names
 from benchmarks.wholerun import cpu_args
 from pipeline.core.decisions import REJECT, Decision
 from pipeline.core.markers import Marker, read_markers, read_part
@@ -37,6 +38,18 @@ from stages.base import ModelStage
 
 UNTOUCHED_STAGES = ("crawl", "filter", "safety_scores", "crop", "segment")  # the issue's target 1
 MODEL_STAGES = tuple(stage.name for stage in STAGES if issubclass(stage, ModelStage))
+
+
+def copied_tree(root: Path, limit: int) -> list[str]:
+    """`root/<identity>/` with copies of its labelled photos (the local source follows no link out of its root);
+    at most the corpus's 13 identities, each photo under one name only, so hygiene finds no shared photo."""
+    names = []
+    for identity, photos in list(labels().items())[:limit]:
+        (root / identity).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(FACES / "images" / photo, root / identity / photo)
+        names.append(identity)
+    return names
 
 
 def markers(run: RunDir) -> dict[str, dict[str, Marker]]:
@@ -78,14 +91,13 @@ def rerun_counts(before: dict[str, dict[str, Marker]], after: dict[str, dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--identities", type=int, default=12, help="N: labelled identities, repeated as needed")
+    parser.add_argument("--identities", type=int, default=12, help="N: labelled identities (at most 13)")
     parser.add_argument("--touched", type=int, default=3, help="k: identities that get a decision")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-curation-") as tmp:
         root = Path(tmp)
         photos, out = root / "photos", root / "run"
-        repeat = -(-args.identities // 13)  # the corpus has 13 identities
-        names = identity_tree(photos, repeat)[: args.identities]
+        names = copied_tree(photos, args.identities)
         shards = ["--set", "shard.max_rows=12"]  # several shards, so untouched ones can be compared
         first = run_cli([*cpu_args(write_names(root / "names.txt", names), out, photos, "all"), *shards], timeout=3600)
         if first.returncode:

@@ -11,14 +11,17 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.core.config import PipelineConfig, load_config, resolve_profile
-from pipeline.core.decisions import ACCEPT, REJECT, SPLIT, TARGET_FACE, Decision, append
-from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, NOT_TARGET_IDENTITY
+from pipeline.core.decisions import ACCEPT, CLASS_WORD, REJECT, SPLIT, TARGET_FACE, Decision, append
+from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, MERGED_INTO_OTHER_IDENTITY, NOT_TARGET_IDENTITY
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import NAMES, OK, PROVENANCE, extend
 from pipeline.report.curation import Labelled, threshold_advice
-from stages.curation import CURATOR, Curation, enough_photos, merged_groups
+from stages.curation import CURATOR, Curation, enough_photos, marked_merges, merged_groups
+from stages.caption import CaptionStage
 from stages.filter import FilterStage
 from stages.verify import VerifyStage
+from tests.caption_rows import crop_table
+from tests.conftest import FACES
 
 DAMON = "matt_damon"
 INTRUDER = "img8.jpg"  # scarlett_johansson: verify drops her from Matt Damon's folder
@@ -130,6 +133,14 @@ def test_curator_merges_join_hygiene_merge_groups_behind_their_target() -> None:
     assert merged_groups(groups, {"a": "b", "b": "a"}) == [("b", "c", "a"), ("d",), ("e",)]  # already one group
 
 
+def test_rows_a_curators_merge_moved_are_marked_and_hygiene_merge_rows_are_not() -> None:
+    rows = [{"identity": "b", "merged_from": None, "reason": None},
+            {"identity": "b", "merged_from": "d", "reason": None},  # taken in from d (the curator's merge)
+            {"identity": "b", "merged_from": "c", "reason": None},  # from c (hygiene.merge)
+            {"identity": "d", "merged_from": None, "reason": MERGED_INTO_OTHER_IDENTITY}]
+    assert [row.get("decided_by") for row in marked_merges(rows, {"d": "b"})] == [None, CURATOR, None, CURATOR]
+
+
 def test_rows_dropped_only_for_being_too_few_come_back_when_an_accept_makes_enough() -> None:
     rows = [{"image_id": "1", "status": OK, "reason": None, "dup_group": "1"},
             {"image_id": "2", "status": "dropped", "reason": "too_few_images", "dup_group": "2"},
@@ -146,3 +157,19 @@ def test_threshold_advice_counts_the_decisions_each_threshold_matches() -> None:
     advice = threshold_advice(labelled, current=0.5)
     assert (advice.current_matches, advice.best_matches) == (4, 5)
     assert 0.40 < advice.best <= 0.45
+
+
+@pytest.mark.slow  # dlib crops and the caption stage's setup
+def test_a_curators_class_word_is_the_captions_and_marks_the_rows(tmp_path) -> None:
+    run = RunDir(str(tmp_path))
+    append(run, Decision("angelina_jolie", CLASS_WORD, value="woman"))
+    config = PipelineConfig.model_validate({"caption": {"backend": "template", "gender_model": "none"}})
+    crops = crop_table([FACES / "images" / f"img{k}.jpg" for k in (1, 2)], "angelina_jolie")
+    crops = crops.append_column("decided_by", pa.array([None] * crops.num_rows, pa.string()))
+    for slug, word, mark in (("angelina_jolie", "woman", CURATOR), ("someone_else", "person", None)):
+        stage = CaptionStage(config, run)
+        stage.setup()
+        rows = stage.process(crops.set_column(0, "identity", pa.array([slug] * crops.num_rows))).to_pylist()
+        assert [(row["class_word"], row["caption"], row["decided_by"]) for row in rows] == \
+            [(word, f"a photo of a {word}", mark)] * 2
+    assert CaptionStage.task_inputs(run).keys() == {"angelina_jolie"}
