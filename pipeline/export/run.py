@@ -14,11 +14,11 @@ import pyarrow as pa
 
 from pipeline.core.rundir import RunDir
 from pipeline.engine.driver import connect
-from pipeline.export import jsonl, webdataset
+from pipeline.export import jsonl, multiid, webdataset
 from pipeline.export.format import Format, stem
 from pipeline.export.plan import DONE, ExportPlan, file_digest, finish_fingerprint, marker_path, plan_export
 
-FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (webdataset.FORMAT, jsonl.FORMAT)}
+FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (webdataset.FORMAT, jsonl.FORMAT, multiid.FORMAT)}
 
 
 @dataclass
