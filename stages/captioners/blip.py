@@ -85,8 +85,8 @@ class BlipCaptioner(Captioner, Backend):
         fast_matmuls(self.device)
         self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32  # halves GPU memory and time
         self.processor = BlipProcessor.from_pretrained(self.folder)
-        model = BlipForConditionalGeneration.from_pretrained(self.folder, dtype=self.dtype, device_map=self.device)
-        self.model = checked_module(model.eval(), self.device, "BLIP")
+        loaded = BlipForConditionalGeneration.from_pretrained(self.folder, dtype=self.dtype, device_map=self.device)
+        self.model = checked_module(loaded.eval(), self.device, "BLIP")
         self.prompt, self.num_beams, self.max_new_tokens, self.top_p = prompt.strip(), num_beams, max_new_tokens, top_p
         self.source = f"blip:{model}"
         self.model_name = model
