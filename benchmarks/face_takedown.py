@@ -63,7 +63,8 @@ def near(query: np.ndarray, cosine: float, rng: np.random.Generator) -> np.ndarr
     return cosine * query + np.sqrt(1 - cosine**2) * noise / np.linalg.norm(noise)
 
 
-def shard_table(first: int, identities: int, photos: int, embeddings: np.ndarray, images: tuple[bytes, bytes]) -> pa.Table:
+def shard_table(first: int, identities: int, photos: int, embeddings: np.ndarray,
+                images: tuple[bytes, bytes]) -> pa.Table:
     rows = identities * photos
     ids = np.repeat(np.arange(first, first + identities), photos)
     faces = pa.ListArray.from_arrays(

@@ -130,7 +130,8 @@ def sha(path: Path) -> str:
 def shard_rows(out: Path) -> dict[tuple[str, str], dict]:
     rows = {}
     for path in sorted((out / "shards").glob("train-*.parquet")):
-        for row in pq.read_table(path, columns=["identity", "image_id", "crop_image", "mask", "blurred_faces"]).to_pylist():
+        columns = ["identity", "image_id", "crop_image", "mask", "blurred_faces"]
+        for row in pq.read_table(path, columns=columns).to_pylist():
             rows[(row["identity"], row["image_id"])] = row
     return rows
 
@@ -160,7 +161,8 @@ def test_a_face_takedown_removes_the_target_blurs_the_bystander_and_nothing_else
     assert after[("angelina_jolie", couple)]["mask"] != before[("angelina_jolie", couple)]["mask"]
     rewritten = {name for name, data in shards_before.items() if (out / "shards" / name).read_bytes() != data}
     assert len(rewritten) == 1  # only the shard holding the couple photo
-    crops = pq.read_table(out / "stages" / "crop" / "part-angelina_jolie.parquet", columns=["image_id", "blurred_faces"])
+    crops = pq.read_table(out / "stages" / "crop" / "part-angelina_jolie.parquet",
+                          columns=["image_id", "blurred_faces"])
     assert {r["image_id"]: r["blurred_faces"] for r in crops.to_pylist()}[couple] == [0]  # the stage parts too
     entry = json.loads(next((out / "governance" / "removals").glob("*.json")).read_text())
     assert entry["kind"] == "face" and len(entry["value"]) == 64  # a salted hash, never the embedding

@@ -97,7 +97,8 @@ class RobotsUsage:
             elif key == "content-usage" and groups:
                 path, _, expression = value.replace("\t", " ").partition(" ")
                 if path.startswith("/"):
-                    groups[-1][1].append(UsageRule(path, PathPattern.parse(path), training_preference(expression.strip())))
+                    preference = training_preference(expression.strip())
+                    groups[-1][1].append(UsageRule(path, PathPattern.parse(path), preference))
             previous_agent = key == "user-agent"
         return cls(tuple((frozenset(agents), tuple(rules)) for agents, rules in groups))
 
