@@ -83,3 +83,14 @@ def test_padded_batches_give_each_image_its_own_score(faces) -> None:
     classifier._batch_sizes = PADDED_BATCHES
     np.testing.assert_allclose(classifier.score(inputs), plain, atol=1e-5)
     assert len(set(np.round(plain, 6))) == 3  # the images differ, so a mixed-up row would show
+
+
+def test_cpu_only_face_backends_refuse_a_gpu_worker() -> None:
+    """sface (OpenCV's CPU engine) and dlib (a CPU build) cannot use the GPU a worker holds: setup fails, in one line."""
+    from stages.faces.dlib_backend import DlibBackend
+    from stages.faces.sface_backend import SFaceBackend
+
+    for backend, says in ((SFaceBackend, "OpenCV's CPU DNN engine only"), (DlibBackend, "the CPU only")):
+        config = placed(load_config(resolve_profile("cpu"), [f"face.backend={backend.name}"]), ["0"])
+        with pytest.raises(UserError, match=f"face.device=cuda: the {backend.name} backend runs on {says}"):
+            backend.load(config)
