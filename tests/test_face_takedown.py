@@ -222,3 +222,11 @@ def test_face_optout_entries_keep_a_face_out_of_the_shards(shared_run, backend, 
     couple = ("angelina_jolie", sha(FACES / "images" / "couple.jpg"))
     assert after[couple]["blurred_faces"] == [0] and after[couple]["crop_image"] != before[couple]["crop_image"]
     assert all(after[key]["crop_image"] == before[key]["crop_image"] for key in after if key != couple)
+
+
+def test_stored_embeddings_of_another_backend_are_one_error(tmp_path: Path) -> None:
+    np.save(tmp_path / "arcface.npy", np.eye(1, 512, dtype=np.float32))  # 512-d: not SFace's 128
+    (tmp_path / "optout.txt").write_text("face:arcface.npy\n")
+    optout = OptOutList.read([tmp_path / "optout.txt"], 8)
+    with pytest.raises(UserError, match="512-d embeddings; the run's face backend .sface. stores 128-d"):
+        face_refusals(RunDir(str(tmp_path / "run")), CONFIG, optout)

@@ -18,11 +18,13 @@ import pyarrow as pa
 
 from pipeline.core import faceprints
 from pipeline.core.config import PipelineConfig
+from pipeline.core.errors import UserError
 from pipeline.core.optout import OptOutList
 from pipeline.core.reasons import OPTED_OUT_FACE, TAKEN_DOWN
 from pipeline.core.rundir import RunDir
 from pipeline.dataset.blur import blur_table
 from pipeline.dataset.face_match import COLUMNS, match_cut, match_table
+from stages.faces import FACES
 from stages.faces.photos import listed_faces
 
 
@@ -65,4 +67,11 @@ def face_refusals(run: RunDir, config: PipelineConfig, optout: OptOutList) -> Fa
     requested = faceprints.load_all(run)
     if requested is not None:
         queries.append((TAKEN_DOWN, requested))
+    dim = FACES.selected(config).embedding_dim
+    for reason, vectors in queries:
+        if vectors.shape[1] != dim:  # a stored .npy or faceprint of another backend: comparing would mean nothing
+            raise UserError(f"{'face: opt-out entries' if reason == OPTED_OUT_FACE else 'face takedowns'} hold "
+                            f"{vectors.shape[1]}-d embeddings; the run's face backend ({config.face.backend}) "
+                            f"stores {dim}-d", "list photos instead of .npy files (they are embedded with the run's "
+                            "backend), or keep face.backend as it was when they were made")
     return FaceRefusals(tuple(queries), match_cut(config), config.governance.bystander)
