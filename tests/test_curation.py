@@ -13,7 +13,10 @@ import pytest
 from pipeline.core.config import PipelineConfig, load_config, resolve_profile
 from pipeline.core.decisions import ACCEPT, CLASS_WORD, REJECT, SPLIT, TARGET_FACE, Decision, append
 from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, MERGED_INTO_OTHER_IDENTITY, NOT_TARGET_IDENTITY
+from pipeline.core.markers import Marker
+from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
+from pipeline.dataset.shards import plan_shards
 from pipeline.core.schema import NAMES, OK, PROVENANCE, extend
 from pipeline.report.curation import Labelled, threshold_advice
 from stages.curation import CURATOR, Curation, enough_photos, marked_merges, merged_groups
@@ -173,3 +176,18 @@ def test_a_curators_class_word_is_the_captions_and_marks_the_rows(tmp_path) -> N
         assert [(row["class_word"], row["caption"], row["decided_by"]) for row in rows] == \
             [(word, f"a photo of a {word}", mark)] * 2
     assert CaptionStage.task_inputs(run).keys() == {"angelina_jolie"}
+
+
+def test_shards_are_packed_by_what_filter_kept_so_a_reject_moves_no_identity_to_another_shard() -> None:
+    config = load_config(resolve_profile("cpu"), ["shard.max_rows=10"])
+    people = [Identity(slug, slug) for slug in "abc"]
+    filtered_sizes = {"a": 6, "b": 4, "c": 5}
+
+    def kept(counts: dict[str, int]) -> dict[str, Marker]:
+        return {slug: Marker("caption", slug, "h", "i", "d", n, n, {OK: n}, {}) for slug, n in counts.items()}
+
+    before = plan_shards(config, people, kept({"a": 6, "b": 4, "c": 5}), filtered_sizes).shards
+    after = plan_shards(config, people, kept({"a": 5, "b": 4, "c": 5}), filtered_sizes).shards  # a reject in a
+    assert before == after == [["a", "b"], ["c"]]
+    assert plan_shards(config, people, kept({"a": 5, "b": 4, "c": 5})).shards == [["a", "b"], ["c"]]
+    assert plan_shards(config, people, kept({"a": 1, "b": 4, "c": 5})).shards == [["a", "b", "c"]]  # by kept rows

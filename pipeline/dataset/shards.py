@@ -1,7 +1,8 @@
 """The final dataset: Parquet shards of the last stage's `ok` rows, each identity whole in one shard.
 
-Shards are planned from the done-markers alone (kept rows per identity, in names-list order), so
-planning reads no data; each shard is then written by a Ray task, streamed one identity at a time
+Shards are planned from the done-markers alone (in names-list order, each identity sized by the photos
+filter kept, which a curator's decisions and new thresholds do not change: they never move an identity to
+another shard), so planning reads no data; each shard is then written by a Ray task, streamed one identity at a time
 into row groups, to a temporary name. `_index.parquet` (identity -> shard, first row, rows) is
 written after every shard, then shards of an older plan are removed: a reader that follows the
 index never sees a half-written or stale shard. A plan whose inputs are unchanged is not redone.
@@ -51,8 +52,10 @@ class ShardPlan:
         return f"{SHARDS}/train-{index:05d}-of-{len(self.shards):05d}.parquet"
 
 
-def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dict[str, Marker]) -> ShardPlan:
-    """Greedy packing in names-list order: a shard closes before the identity that would overflow it."""
+def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dict[str, Marker],
+                sizes: dict[str, int] | None = None) -> ShardPlan:
+    """Greedy packing in names-list order: a shard closes before the identity that would overflow it. `sizes`: an
+    identity's size for packing (at least its kept rows), default its kept rows."""
     shards: list[list[str]] = []
     rows_in_last = 0
     digests = []
@@ -60,11 +63,12 @@ def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dic
         marker = markers.get(identity.slug)
         if marker is None or not marker.kept:
             continue
-        if not shards or rows_in_last + marker.kept > config.shard.max_rows:
+        size = max(marker.kept, (sizes or {}).get(identity.slug, 0))
+        if not shards or rows_in_last + size > config.shard.max_rows:
             shards.append([])
             rows_in_last = 0
         shards[-1].append(identity.slug)
-        rows_in_last += marker.kept
+        rows_in_last += size
         digests.append((identity.slug, marker.output_digest))
     optout = OptOutList.read(config.governance.optout, config.governance.optout_phash_bits)
     # the stages' fingerprint: the shard settings less scheduling, and what the shards are made of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
-from pipeline.core.markers import read_markers
+from pipeline.core.markers import Marker, read_markers
 from pipeline.core.names import Identity
 from pipeline.core.optout import OptOutList
 from pipeline.core.removals import load_ledger
@@ -23,6 +23,7 @@ from pipeline.engine.driver import map_tasks
 from pipeline.engine.progress import plain_text
 from pipeline.engine.registry import STAGES
 from pipeline.engine.stats import StageCounts, counts_from_markers, counts_table
+from stages.filter import FilterStage
 
 
 def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity], force: bool) -> StageCounts:
@@ -31,7 +32,7 @@ def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity
     markers = read_markers(run, last.name)
     if not markers:
         raise UserError(f"no {last.name} output in {run.uri} to shard", f"run `python -m pipeline run --stage {last.name}` first")
-    plan = plan_shards(config, identities, markers)
+    plan = plan_shards(config, identities, markers, packing_sizes(run, markers))
     if is_current(run, plan) and not force:
         return StageCounts("shard", tasks_skipped=len(plan.shards))
     run.remove_temporaries("shards")
@@ -46,6 +47,14 @@ def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity
     counts.add(written + opted_out.total(), {OK: written, DROPPED: opted_out.total()}, dict(opted_out))
     counts.tasks_done = len(results)
     return counts
+
+
+def packing_sizes(run: RunDir, markers: dict[str, Marker]) -> dict[str, int]:
+    """Per identity, the photos filter kept: a size for packing that a curator's decisions and verify's thresholds
+    never change, so they never move an identity to another shard, and the shards of identities they do not
+    touch stay byte-identical (docs/curation.md). A shard may hold fewer than shard.max_rows rows."""
+    found = read_markers(run, FilterStage.name, list(markers))
+    return {slug: marker.kept for slug, marker in found.items()}
 
 
 def card(config: PipelineConfig, run: RunDir, identities: list[Identity], results: list[dict]) -> str:
