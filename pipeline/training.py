@@ -26,6 +26,7 @@ This module imports torch; nothing on the CLI's path imports it, so `python -m p
 from __future__ import annotations
 
 import io
+import json
 import random
 from bisect import bisect_right
 from collections import OrderedDict
@@ -296,3 +297,82 @@ def collate_references(items: list[Item]) -> Item:
         else:
             batch[key] = values
     return batch
+
+
+class MultiIdentityDataset(Dataset):
+    """Group photos for multi-identity training, over an `export --format multiid` folder (docs/multi-identity.md).
+
+    One item per sample of its train.jsonl: the whole photo (uint8 3xHxW, its long side at `image_size` when
+    given) and, per labelled person left to right, `boxes` (float Nx4, in the item's pixels), `masks` (bool
+    NxHxW), `identities`, and `references`: a list of N uint8 Kx3xSxS stacks (S = `reference_size`) drawn
+    from that person's pool, whose other photos already leave out this photo's near-duplicate group. As in
+    IdentityDataset, no reference whose face is more alike than `copy_paste_max` to the person's face in
+    this photo; a sample where a person has fewer than num_refs[0] such references is skipped.
+    """
+
+    def __init__(self, export_dir: str | Path, num_refs: tuple[int, int] = (1, 2), image_size: int | None = None,
+                 reference_size: int = 224, seed: int = 0, copy_paste_max: float | None = None) -> None:
+        self.root = Path(export_dir)
+        self.num_refs, self.image_size, self.reference_size, self.seed = num_refs, image_size, reference_size, seed
+        rules = TrainingSection(copy_paste_max=copy_paste_max)
+        self.samples, self.skipped = [], 0
+        for line in (self.root / "train.jsonl").read_text().splitlines():
+            sample = json.loads(line)
+            allowed = [self._allowed(sample, k, rules.resolved(sample.get("copy_paste_max")))
+                       for k in range(len(sample["name"]))]
+            if min(len(pool) for pool in allowed) >= num_refs[0]:
+                self.samples.append({**sample, "allowed": allowed})
+            else:
+                self.skipped += 1
+
+    def _allowed(self, sample: dict, person: int, limit: float) -> list[str]:
+        """The person's pool less the photos whose face is too alike to theirs here (copy-paste)."""
+        pool = sample["references"][sample["name"][person]]
+        if not pool:
+            return []
+        vectors = np.stack([np.load(self.root / Path(path).with_suffix(".npy")) for path in pool])
+        return [pool[k] for k in np.flatnonzero(~copy_pasted(np.asarray(sample["embeddings"][person]), vectors, limit))]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Item:
+        sample = self.samples[range(len(self))[index]]
+        image = decode_upright((self.root / sample["image_file"]).read_bytes(), PILLOW_MAX_PIXELS)
+        scale = self.image_size / max(image.size) if self.image_size else 1.0
+        size = (round(image.width * scale), round(image.height * scale))
+        masks = [decode_whole_mask(self.root / path, size) if path else torch.zeros(size[::-1], dtype=torch.bool)
+                 for path in sample["mask_files"]]
+        rng = random.Random(f"{self.seed}:{index}")
+        files = [draw_references(pool, self.num_refs, rng) for pool in sample["allowed"]]
+        return {
+            "image": torch.from_numpy(np.array(image.resize(size, Image.Resampling.BICUBIC))).permute(2, 0, 1),
+            "boxes": torch.tensor(sample["bboxes"], dtype=torch.float32) * scale,
+            "masks": torch.stack(masks),
+            "identities": sample["name"],
+            "caption": sample["caption"],
+            "image_id": sample["image_id"],
+            "reference_files": files,
+            "references": [torch.stack([decode_image((self.root / path).read_bytes(), self.reference_size)
+                                        for path in chosen]) for chosen in files],
+        }
+
+
+
+def draw_references(allowed: list[str], num_refs: tuple[int, int], rng: random.Random) -> list[str]:
+    """Between num_refs[0] and num_refs[1] distinct references (fewer where fewer are allowed), seeded."""
+    count = rng.randint(min(num_refs[0], len(allowed)), min(num_refs[1], len(allowed)))
+    return rng.sample(allowed, count)
+
+
+def copy_pasted(face: np.ndarray, references: np.ndarray, limit: float) -> np.ndarray:
+    """Per reference: its face more alike than `limit` to this face (the same shoot: it would teach copy-paste)."""
+    face = face / max(np.linalg.norm(face), 1e-12)
+    references = references / np.maximum(np.linalg.norm(references, axis=1, keepdims=True), 1e-12)
+    return references @ face > limit
+
+
+def decode_whole_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    with Image.open(path) as encoded:
+        image = encoded.convert("L").resize(size, Image.Resampling.NEAREST)
+    return torch.from_numpy(np.array(image) > 127)

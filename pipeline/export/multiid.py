@@ -36,7 +36,7 @@ from stages.segmenters import decode_mask
 COMBINED = "train.jsonl"
 PHOTO_SIDE = 1024  # the exported photo's long side at most (a trainer crops and resizes further)
 MAX_PIXELS = 178_956_970  # what a raw photo may decode to (Pillow's own bomb limit, twice)
-COLUMNS = [*rows.COLUMNS, "raw_path", "crop_box", "identities", "num_identities", "person_masks"]
+COLUMNS = [*rows.COLUMNS, "raw_path", "crop_box", "identities", "num_identities", "person_masks", "calibration"]
 
 
 def outputs(shard_stem: str) -> list[str]:
@@ -99,7 +99,8 @@ def write_sample(run: RunDir, dest: RunDir, folder: str, row: rows.Row) -> dict:
             "landmarks": [rows.points([v / scale for v in face["landmarks"]]) for face in faces],
             "name": [face["identity"] for face in faces], "identity_scores": [face["identity_score"] for face in faces],
             "embeddings": [face["embedding"] for face in faces], "mask_files": mask_files,
-            "caption_en": record["caption"], **{key: record[key] for key in (*rows.CAPTION, *rows.PROVENANCE)}}
+            "caption_en": record["caption"], **{key: record[key] for key in (*rows.CAPTION, *rows.PROVENANCE)},
+            "copy_paste_max": (row["calibration"] or {}).get("copy_paste_max")}  # the backend's (training reads it)
 
 
 def jpeg(image: Image.Image) -> bytes:
