@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,6 +25,7 @@ from pipeline.review.pending import pending
 from pipeline.review.queue import PAGE, QUEUE, SIMILARITY, TARGET_FACE, load_queue
 from pipeline.review.serve import review_server
 from tests import browser
+from tests.conftest import REPO
 from tests.shared_run import HOSTILE_NAME, SLUGS, SharedRun
 
 TOKEN = "t0ken-for-tests"
@@ -174,6 +179,7 @@ def test_keyboard_triage_then_apply_in_a_real_browser(shared_run: SharedRun, tmp
         ], timeout=400)
     finally:
         server.shutdown()
+        server.app.extensions["review"].job.stop()  # an apply the browser gave up on must not outlive the test
     assert [(d.decision.kind, d.decision.image) for d in current(run)] == [(REJECT, first["image_id"])]
     assert [d.decision.kind for d in read_log(run).rows] == [REJECT, ACCEPT, UNDO]
     assert read_log(run).rows[1].decision.image == second["image_id"]
@@ -184,3 +190,20 @@ def test_keyboard_triage_then_apply_in_a_real_browser(shared_run: SharedRun, tmp
     assert (second["identity"], second["image_id"]) in {(row["identity"], row["image_id"]) for row in shards}
     rejected = [row for row in verify_rows(run) if row["image_id"] == first["image_id"]]
     assert [row["reason"] for row in rejected] == [CURATOR_REJECTED]
+
+
+@pytest.mark.slow
+def test_the_command_listens_on_loopback_with_a_fresh_token(review_run: RunDir) -> None:
+    command = [sys.executable, "-m", "pipeline", "review", "--out", review_run.uri, "--port", "0"]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as app:
+        try:
+            line = app.stdout.readline()
+            url = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=)([\w-]{32})$", line.strip())
+            assert url, line
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url.group(1) + "x" * 32, timeout=30)
+            assert refused.value.code == 403
+            with urllib.request.urlopen(url.group(1) + url.group(2), timeout=30) as page:
+                assert page.status == 200 and "Triage queue" in page.read().decode()
+        finally:
+            app.terminate()

@@ -46,6 +46,12 @@ class ApplyJob:
             self.lines.append(line.rstrip("\n").rsplit("\r", 1)[-1])
         self.returncode = process.wait()
 
+    def stop(self) -> None:
+        """End a running apply (the app is closing); its finished tasks are kept, as after any interruption."""
+        if self.running and self._process is not None:
+            self._process.terminate()
+            self._process.wait()
+
     def status(self) -> dict:
         return {"running": self.running, "returncode": self.returncode, "started": self.started,
                 "lines": list(self.lines)}
