@@ -10,7 +10,7 @@ import argparse
 import os
 import shlex
 import sys
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -368,7 +368,7 @@ def command_remove(args: argparse.Namespace) -> int:
 
 
 def command_decide(args: argparse.Namespace) -> int:
-    """Record, undo or list decisions (the run's lock: they change what the next run makes), or apply them."""
+    """Record, undo or list decisions, or apply them (under the run's lock, as `run`)."""
     from pipeline.decide import list_lines, record, requested
 
     if args.apply:
@@ -378,7 +378,8 @@ def command_decide(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(list_lines(run, args.all)))
         return 0
-    with run_lock(run, "decide"):
+    # a local append is atomic (a run picks the row up when it plans); a store's object is rewritten: one at a time
+    with run_lock(run, "decide") if run.object_store else nullcontext():
         row = record(run, requested(args, run))
     print(f"row {row} recorded; apply it with: python -m pipeline decide --apply --out {shlex.quote(run.uri)}")
     return 0
