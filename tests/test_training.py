@@ -247,6 +247,7 @@ def fake_item(references: int, tokens: list[int]) -> dict:
         "class_word_tokens": torch.tensor(tokens),
         "references": torch.ones(references, 3, 8, 8, dtype=torch.uint8),
         "reference_ids": [f"r{i}" for i in range(references)],
+        "reference_difficulty": torch.ones(references, 3),
     }
 
 
@@ -258,6 +259,7 @@ def test_collate_pads_references_and_class_word_tokens() -> None:
     assert batch["class_word_tokens"].tolist() == [[5, -1], [4, 5]]
     assert batch["image"].shape == (2, 3, 8, 8) and batch["caption"] == ["a photo of a man"] * 2
     assert batch["reference_ids"] == [["r0"], ["r0", "r1", "r2"]]
+    assert batch["reference_difficulty"].shape == (2, 3, 3) and not batch["reference_difficulty"][0, 1:].any()
 
 
 def test_num_refs_must_be_ordered_and_positive(tmp_path: Path) -> None:
