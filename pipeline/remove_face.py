@@ -12,6 +12,7 @@ crawl needs them). A receipt for the requester lists what was removed or blurred
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,20 +33,25 @@ RECEIPTS = "governance/receipts"
 
 def face_request(run: RunDir, config: PipelineConfig, photos: list[Path], args: argparse.Namespace,
                  by: str) -> tuple[Removal, bool]:
-    """The ledger entry of this request (recorded now, or found from an earlier run of the same command)
-    and whether it is new."""
+    """The ledger entry of this request and whether it is new. The same photos again (their salted hashes are
+    the entry's value) match again: rows crawled since get an entry of their own, else the first entry is
+    applied again (finishing an interrupted takedown)."""
     embeddings = embed_photos(open_backend(config), config, photos)
     value = ",".join(sorted(faceprints.salted_hashes(run, embeddings)))
-    earlier = load_ledger(run).find("face", value)
-    if earlier is not None:
-        return earlier, False
+    earlier = [entry for entry in load_ledger(run).entries if (entry.kind, entry.value) == ("face", value)]
     cut = match_cut(config)
     found = match_tables(verified_tables(run, crawled(run)), embeddings, cut)
-    if not found.targets and not found.bystanders:
+    if not earlier and not found.targets and not found.bystanders:
         raise UserError(f"no stored face in {run.uri} matches the photos (closest cosine {found.best:.3f}, "
                         f"needed {cut:.3f})", "to keep the person out of future crawls, add a face: entry to an "
                         "opt-out list (governance.optout)")
     removal = _removal(value, found, config.governance.bystander, args.reason, by)
+    rows = set(removal.rows).difference(*(entry.rows for entry in earlier))
+    blurred = set(removal.blurred).difference(*(entry.blurred for entry in earlier))
+    if earlier and not rows and not blurred:
+        return earlier[0], False
+    removal = replace(removal, rows=tuple(sorted(rows)), blurred=tuple(sorted(blurred)),
+                      identities=tuple(sorted({key.split("/", 1)[0] for key in rows | blurred})))
     faceprints.save(run, removal.id, embeddings)
     record(run, removal)
     return removal, True
