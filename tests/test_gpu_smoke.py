@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import onnxruntime
 import pytest
 import torch
 
@@ -20,9 +21,13 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
 
     assert result["environment"]["onnxruntime_build"] in ("cpu", "gpu") and result["environment"]["onnxruntime_providers"]
     models = result["models"]
-    for name in ("yolo", "sam_fp32", "sam_bf16", "blip", "resnet_onnx_b8"):
-        assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch, 8)
-    assert models["resnet_onnx_b8"]["providers"][0] == ("CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider")
+    for name in ("yolo", "sam_fp32", "sam_bf16", "blip"):
+        assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch)
+    if device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        assert models["resnet_onnx_b8"]["images_per_s"] > 0
+        assert models["resnet_onnx_b8"]["providers"][0] == ("CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider")
+    else:  # a GPU machine with the CPU build of onnxruntime: the smoke test says so instead of timing the CPU
+        assert "the CPU build of onnxruntime is installed" in models["resnet_onnx"]["error"]
 
     devices = result["run"]["devices"]  # the shared run is a cpu-profile run: no stage holds a GPU
     assert set(devices) == {stage.name for stage in STAGES} and result["run"]["error"] is None
