@@ -25,7 +25,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.core.schema import CAPTION
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
-from stages.caption_people import Person, left_to_right, person_spans
+from stages.caption_people import Person, left_to_right, person_spans, target_mention
 from stages.captioners import Estimate, check_models, open_captioner, open_estimator
 from stages.curation import CURATOR, class_words, digests
 from stages.clip_tokens import clip_tokenizer, token_positions
@@ -154,7 +154,7 @@ class CaptionStage(ModelStage):
     def _place(self, draft: Draft, word: str, text: str | None = None, source: str = "caption") -> None:
         """Take `text` (default: the first caption) if it holds `word`; a synonym becomes the canonical word."""
         text = draft.raw if text is None else text
-        mention = cw.find(text, word) if text is not None else None
+        mention = target_mention(text, draft.row, word) if text is not None else None
         if mention is not None:
             draft.caption, draft.span = cw.put(text, word, mention)
             draft.source = source

@@ -46,3 +46,13 @@ def person_spans(caption: str, people: list[Person], target: Person, span: Span)
     if len(found) != len(people) or (found[place].start, found[place].end) != tuple(span):
         return {target.identity: tuple(span)}
     return {person.identity: (mention.start, mention.end) for person, mention in zip(people, found, strict=True)}
+
+
+def target_mention(caption: str, row: Row, word: str) -> cw.Mention | None:
+    """Where the target's class word `word` goes: the person word at the target's place from the left when the
+    caption names as many people as are labelled (the second "man" for the man on the right), else its first."""
+    people, found = left_to_right(row), cw.mentions(caption)
+    place = next(k for k, person in enumerate(people) if person.face == row["target_face"])
+    if len(found) == len(people) > 1 and found[place].word == word:
+        return found[place]
+    return cw.find(caption, word)

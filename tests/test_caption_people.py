@@ -16,7 +16,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import CAPTION, CROP, FACE_EVIDENCE, ROW_KEYS, VERIFICATION, extend
 from stages.caption import CaptionStage
-from stages.caption_people import Person, left_to_right, person_spans
+from stages.caption_people import Person, left_to_right, person_spans, target_mention
 from stages.clip_tokens import clip_tokenizer
 from stages.faces.dlib_backend import DlibBackend
 from stages.imaging import decode_upright, shrink
@@ -114,3 +114,13 @@ def test_order_follows_the_face_centres_in_the_crop() -> None:
     mirrored = {**row, "crop_faces": [{**f, "box": [SIZE - f["box"][2], f["box"][1], SIZE - f["box"][0], f["box"][3]]}
                                       for f in row["crop_faces"]]}
     assert [p.identity for p in left_to_right(mirrored)] == [p.identity for p in reversed(left_to_right(row))]
+
+
+def test_the_target_on_the_right_takes_the_second_man() -> None:
+    row = {**row_for("brad_pitt")}
+    people = left_to_right(row)
+    place = [person.face for person in people].index(row["target_face"])
+    caption = "a man shaking hands with a man in a suit"
+    mention = target_mention(caption, row, "man")
+    assert (mention.start, mention.end) == [(2, 5), (27, 30)][place]
+    assert target_mention("a man on a stage", row, "man").start == 2  # one person named: its first mention
