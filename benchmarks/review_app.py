@@ -6,7 +6,8 @@ A synthetic run in the real schemas (verify's, hygiene's and caption's columns a
 per identity `--photos` rows, one face each with a 128-d embedding, 20% dropped as not_target_identity, 10%
 group photos, 5% identities with a competing cluster, 1% flagged possible_same_person, 2% class-word
 disagreements. Made once under --root (minutes) and reused. Then, through a real server on 127.0.0.1:
-building the queue (first start: one scan of every part), a restart over the cached queue, the first page
+building the queue (first start: one scan of every part), a restart over the cached queue, the queue brought
+up to date after `--touched` identities' parts were rewritten (as an apply does), the first page
 (cold and warm), a deep page, identity pages of random identities, and a search by sha256; then the same
 first page after `--decisions` rejects over half as many identities (the app counts the ones not yet
 applied when it starts, then per identity as they change). Exits 1 when a page misses 1 s.
@@ -125,6 +126,14 @@ def add_decisions(run: RunDir, count: int, identities: int) -> None:
         append(run, Decision(f"person_{index:05d}", REJECT, image, by="benchmark"))
 
 
+def touch(run: RunDir, count: int) -> None:
+    """Rewrite the verify, hygiene and caption parts of `count` identities, as an apply does (same rows)."""
+    for index in range(count):
+        for stage in ("verify", "hygiene", "caption"):
+            path = run.path(part_path(stage, f"person_{index:05d}"))
+            pq.write_table(pq.read_table(path), path)
+
+
 def timed_get(url: str) -> float:
     started = time.perf_counter()
     with urllib.request.urlopen(url, timeout=60) as answer:
@@ -139,6 +148,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/review-bench"))
     parser.add_argument("--pages", type=int, default=20, help="identity pages timed")
     parser.add_argument("--decisions", type=int, default=1000)
+    parser.add_argument("--touched", type=int, default=10, help="identities whose parts an apply rewrites")
     args = parser.parse_args()
     root = args.root / f"{args.identities}x{args.photos}"
     for stage in ("verify", "hygiene", "caption"):
@@ -154,6 +164,10 @@ def main() -> None:
     started = time.perf_counter()
     load_queue(run)
     cached = time.perf_counter() - started
+    touch(run, args.touched)
+    started = time.perf_counter()
+    load_queue(run)
+    updated = time.perf_counter() - started
     server, url = review_server(run, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base, token = url.split("/?token=")
@@ -177,7 +191,8 @@ def main() -> None:
         decided = [timed_get(url) for _ in range(3)]
     finally:
         server.shutdown()
-    print(f"queue: {queue.items:,} items, built in {build:.1f} s (first start), {cached * 1000:.0f} ms from the cache")
+    print(f"queue: {queue.items:,} items, built in {build:.1f} s (first start), {cached * 1000:.0f} ms from the cache, "
+          f"{updated:.1f} s to update after {args.touched} identities' parts changed")
     print(f"first page: {first_cold:.3f} s cold, median {statistics.median(first):.3f} s (target < {TARGET_SECONDS} s)")
     print(f"page {queue.pages // 2:,} of {queue.pages:,}: {deep:.3f} s")
     print(f"identity page ({args.photos} photos): median {statistics.median(identity):.3f} s, "

@@ -9,11 +9,13 @@ Every item gets a `doubt` in (0, 1], and the queue is sorted by it:
 - `competing`: an identity with a second large face cluster (namesakes, mixed results); doubt = 1 - purity;
 - `same_person`: two identities whose centroids are as close as one person's photos; doubt = that cosine.
 
-Built in one column-pruned scan of verify's, hygiene's and caption's parts, then cached in the run directory
-(`review/queue.parquet`, one row group a page) under a fingerprint of those parts, so a page is one row
-group read and a restart over an unchanged run reads nothing else. Beside it, `review/images.parquet`: every
-photo verify judged and its identity, sorted by image_id, so a search by sha256 reads one row group (the
-row groups' min/max statistics prune the rest).
+An identity's items depend on its own parts only. The queue is built in one column-pruned scan of verify's,
+hygiene's and caption's parts and cached in the run directory (`review/queue.parquet`, sorted, in row groups
+of GROUP items, so a page reads one row group), with the size and time of every part it read
+(`review/queue.json`). When parts change (an apply, a run), only the identities whose parts changed are
+scanned again and their items replaced; a restart over an unchanged run reads nothing else. Beside it,
+`review/images.parquet`: every photo verify judged and its identity, sorted by image_id, so a search by
+sha256 reads one row group (the row groups' min/max statistics prune the rest).
 """
 
 from __future__ import annotations
@@ -28,17 +30,20 @@ import pyarrow.parquet as pq
 from pipeline.core.reasons import NOT_TARGET_IDENTITY
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import OK
-from pipeline.review.tables import CAPTION, HYGIENE, VERIFY, list_parts, scan
+from pipeline.review.tables import CAPTION, HYGIENE, VERIFY, Parts, list_parts, scan
 
 QUEUE, QUEUE_KEY, IMAGES = "review/queue.parquet", "review/queue.json", "review/images.parquet"
 IMAGE_GROUP = 8192  # rows a row group of the image index
-VERSION = 1  # of the rules below: a cached queue built under other rules is built again
-PAGE = 25  # items a page, and rows a row group
+VERSION = 2  # of the rules below: a cached queue built under other rules is built again
+PAGE = 25  # items a page
+GROUP = 100 * PAGE  # items a row group of the cached queue: a small footer, a page read is one group
 SPAN = 1.0  # cosine distance at which doubt reaches 0 (an item further away is left out)
 SIMILARITY, TARGET_FACE, CLASS_WORD, COMPETING, SAME_PERSON = (
     "similarity", "target_face", "class_word", "competing", "same_person")
 VERIFY_COLUMNS = ["identity", "image_id", "status", "reason", "sim_to_centroid", "runner_up_sim", "large_faces",
                   "identity_competing", "identity_purity", "calibration"]
+IMAGE_SCHEMA = pa.schema([pa.field("image_id", pa.string()), pa.field("identity", pa.string())])
+ORDER = [("doubt", "descending"), ("kind", "ascending"), ("identity", "ascending"), ("image_id", "ascending")]
 SCHEMA = pa.schema([
     pa.field("kind", pa.string()),
     pa.field("identity", pa.string()),
@@ -70,26 +75,52 @@ class Queue:
         return sorted(set(table["identity"].to_pylist()))
 
     def page(self, number: int) -> list[dict]:
-        """The items of page `number` (0-based): one row group of the cached file."""
+        """The items of page `number` (0-based), from the one row group that holds them."""
         if not self.items or not 0 <= number < self.pages:
             return []
+        group, offset = divmod(number * PAGE, GROUP)
         with self.run.fs.open_input_file(self.run.path(QUEUE)) as stream:
-            return pq.ParquetFile(stream).read_row_group(number).to_pylist()
+            return pq.ParquetFile(stream).read_row_group(group).slice(offset, PAGE).to_pylist()
 
 
 def load_queue(run: RunDir, rebuild: bool = False) -> Queue:
-    """The queue of the run as its parts are now: the cached one when they have not changed."""
-    key = "/".join([str(VERSION), *(list_parts(run, stage).fingerprint for stage in (VERIFY, HYGIENE, CAPTION))])
+    """The queue of the run as its parts are now: the cached one, its changed identities built again."""
+    parts = [list_parts(run, stage) for stage in (VERIFY, HYGIENE, CAPTION)]
+    stamps = {p.stage: p.stamps for p in parts}
     cached = run.read_state(QUEUE_KEY)
-    if rebuild or not cached or cached.get("key") != key or not (run.exists(QUEUE) and run.exists(IMAGES)):
-        verify = scan(run, list_parts(run, VERIFY), VERIFY_COLUMNS)
-        table = build_queue(run, verify)
-        _write(run, QUEUE, table, PAGE)
-        images = verify.select(["image_id", "identity"]).filter(pc.is_valid(verify["image_id"]))
-        _write(run, IMAGES, images.sort_by("image_id"), IMAGE_GROUP)
-        cached = {"key": key, "items": table.num_rows}
-        run.write_json(QUEUE_KEY, cached)
-    return Queue(run, int(cached["items"]))
+    whole = rebuild or not cached or cached.get("version") != VERSION or not (run.exists(QUEUE) and run.exists(IMAGES))
+    if not whole and cached["stamps"] == stamps:
+        return Queue(run, int(cached["items"]))
+    tasks = {task for p in parts for task in p.files} | (set() if whole else _tasks_in(cached["stamps"]))
+    changed = tasks if whole else {t for t in tasks if any(p.stamps.get(t) != cached["stamps"][p.stage].get(t)
+                                                          for p in parts)}
+    verify = scan(run, parts[0], VERIFY_COLUMNS, changed)
+    table, images = build_queue(run, verify, parts[1], parts[2], changed), _images(verify)
+    if not whole:  # the unchanged identities' items and photos, as cached
+        table = pa.concat_tables([_without(run, QUEUE, changed), table.cast(SCHEMA)])
+        images = pa.concat_tables([_without(run, IMAGES, changed), images])
+    table = table.sort_by(ORDER)
+    _write(run, QUEUE, table, GROUP)
+    _write(run, IMAGES, images.sort_by("image_id"), IMAGE_GROUP)
+    run.write_json(QUEUE_KEY, {"version": VERSION, "items": table.num_rows, "stamps": stamps})
+    return Queue(run, table.num_rows)
+
+
+def _tasks_in(stamps: dict[str, dict[str, str]]) -> set[str]:
+    return {task for by_task in stamps.values() for task in by_task}
+
+
+def _without(run: RunDir, rel: str, identities: set[str]) -> pa.Table:
+    """A cached table less the rows of these identities."""
+    with run.fs.open_input_file(run.path(rel)) as stream:
+        table = pq.read_table(stream)
+    return table.filter(pc.invert(pc.is_in(table["identity"], pa.array(sorted(identities), pa.string()))))
+
+
+def _images(verify: pa.Table) -> pa.Table:
+    if "image_id" not in verify.column_names:
+        return IMAGE_SCHEMA.empty_table()
+    return verify.select(["image_id", "identity"]).filter(pc.is_valid(verify["image_id"])).cast(IMAGE_SCHEMA)
 
 
 def _write(run: RunDir, rel: str, table: pa.Table, row_group: int) -> None:
@@ -98,17 +129,15 @@ def _write(run: RunDir, rel: str, table: pa.Table, row_group: int) -> None:
     run.write_bytes(rel, buffer.getvalue())
 
 
-def build_queue(run: RunDir, verify: pa.Table) -> pa.Table:
-    """The queue from verify's columns (VERIFY_COLUMNS of every part) and hygiene's and caption's parts."""
-    hygiene = scan(run, list_parts(run, HYGIENE), ["identity", "possible_same_person", "same_person_similarity"])
-    caption = scan(run, list_parts(run, CAPTION), ["identity", "image_id", "status", "reason", "class_word",
-                                                    "estimated_gender", "estimated_gender_confidence",
-                                                    "class_word_disagrees"])
+def build_queue(run: RunDir, verify: pa.Table, hygiene_parts: Parts, caption_parts: Parts, tasks: set[str]) -> pa.Table:
+    """These identities' items (unsorted) from verify's columns (VERIFY_COLUMNS of their parts) and their hygiene
+    and caption parts."""
+    hygiene = scan(run, hygiene_parts, ["identity", "possible_same_person", "same_person_similarity"], tasks)
+    caption = scan(run, caption_parts, ["identity", "image_id", "status", "reason", "class_word", "estimated_gender",
+                                        "estimated_gender_confidence", "class_word_disagrees"], tasks)
     parts = [_similarity(verify), _target_face(verify), _class_word(caption), _competing(verify),
              _same_person(hygiene)]
-    table = pa.concat_tables([part.cast(SCHEMA) for part in parts if part is not None])
-    order = [("doubt", "descending"), ("kind", "ascending"), ("identity", "ascending"), ("image_id", "ascending")]
-    return table.sort_by(order)
+    return pa.concat_tables([SCHEMA.empty_table(), *(part.cast(SCHEMA) for part in parts if part is not None)])
 
 
 def _items(kind: str, table: pa.Table, mask: pa.Array, doubt: pa.Array, value: pa.Array, against: pa.Array,

@@ -6,7 +6,6 @@ rather than loading every marker: at 10,000 identities that listing is one direc
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -29,29 +28,31 @@ OUTCOME_COLUMNS = ["image_id", "status", "reason", "detail"]
 
 @dataclass(frozen=True)
 class Parts:
-    """The part files of one stage: task -> path inside the run, and a fingerprint of their sizes and times."""
+    """The part files of one stage: task -> path, and task -> its size and time (a rewritten part differs)."""
 
     stage: str
     files: dict[str, str]
-    fingerprint: str
+    stamps: dict[str, str]
 
 
 def list_parts(run: RunDir, stage: str) -> Parts:
     selector = pafs.FileSelector(run.path(f"stages/{stage}"), allow_not_found=True)
-    files, seen = {}, []
+    files, stamps = {}, {}
     for info in run.fs.get_file_info(selector):
         name = info.base_name
         if info.type == pafs.FileType.File and name.startswith(PREFIX) and name.endswith(SUFFIX):
-            files[name[len(PREFIX) : -len(SUFFIX)]] = info.path
-            seen.append(f"{name}:{info.size}:{info.mtime_ns}")
-    return Parts(stage, files, hashlib.sha256("\n".join(sorted(seen)).encode()).hexdigest()[:16])
+            task = name[len(PREFIX) : -len(SUFFIX)]
+            files[task], stamps[task] = info.path, f"{info.size}:{info.mtime_ns}"
+    return Parts(stage, files, stamps)
 
 
-def scan(run: RunDir, parts: Parts, columns: list[str]) -> pa.Table:
-    """These columns of every part of a stage, in one multi-threaded scan (only these column chunks are read)."""
-    if not parts.files:
-        return pa.table({name: pa.array([], pa.string()) for name in columns})
-    dataset = ds.dataset(sorted(parts.files.values()), format="parquet", filesystem=run.fs)
+def scan(run: RunDir, parts: Parts, columns: list[str], tasks: set[str] | None = None) -> pa.Table:
+    """These columns of every part of a stage (or of these tasks'), in one multi-threaded scan: only these column
+    chunks are read."""
+    paths = sorted(path for task, path in parts.files.items() if tasks is None or task in tasks)
+    if not paths:
+        return pa.table({})  # no columns: the readers see nothing to rank
+    dataset = ds.dataset(paths, format="parquet", filesystem=run.fs)
     present = [name for name in columns if name in dataset.schema.names]
     return dataset.to_table(columns=present)
 
