@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pipeline.core.rundir import RunDir
-from pipeline.report import curation, diversity, gallery, generator, governance, hygiene, release, sections
+from pipeline.report import (curation, diversity, gallery, generator, governance, group_photos, hygiene, release,
+                             sections)
 from pipeline.report.data import gather
 from pipeline.report.figures import verify_threshold, write_figures
 from pipeline.report.html import page
@@ -45,6 +46,7 @@ def write_report(run: RunDir) -> dict:
     records = generator.read_records(run)
     consent, consent_numbers = governance.build(run, state)
     across, across_numbers = hygiene.build(run, state, gathered.identities, thumbs)
+    groups, group_numbers = group_photos.build(run, thumbs)
     curated, curated_numbers = curation.build(run, threshold)
     released, released_numbers = release.build(run)
     body = [
@@ -54,6 +56,7 @@ def write_report(run: RunDir) -> dict:
         ("release", "Release", released),
         ("identities", "Identities", sections.identity_table(gathered.identities, {s.slug for s in chosen})),
         ("hygiene", "Across identities", across),
+        ("group-photos", "Group photos", groups),
         ("distributions", "Distributions", sections.figures(figures)),
         ("pairs", "Training pairs", pairs_section(gathered.pairs, names, gathered.training)),
         ("pose", "Pose spread", diversity.section(gathered.spreads, names)),
@@ -66,6 +69,7 @@ def write_report(run: RunDir) -> dict:
     numbers = summary(state, gathered, threshold, [s.slug for s in chosen], generator.summaries(records))
     numbers["governance"] = consent_numbers
     numbers["hygiene"] = across_numbers
+    numbers["multi_identity"] = group_numbers
     numbers["curation"] = curated_numbers
     numbers["release"] = released_numbers
     numbers["training_pairs"] = {slug: asdict(counts) for slug, counts in gathered.pairs.items()}

@@ -47,6 +47,13 @@ class Thumbs:
             return None
         return self._thumb(row["image_id"], "raw", [box], lambda: _raw_view(self.run, row["raw_path"], box, None))
 
+    def labelled(self, row: dict, faces: list[tuple[list[float], str]]) -> str | None:
+        """The downloaded group photo with every labelled face boxed and named (docs/multi-identity.md)."""
+        if not _inside(row.get("raw_path"), "raw/"):
+            return None
+        return self._thumb(row["image_id"], "people", [list(face) for face in faces],
+                           lambda: _labelled_view(self.run, row["raw_path"], faces))
+
     def face(self, image_id: str, raw_path: str | None, box: list[float] | None) -> str | None:
         """The face verify compared, cut from the downloaded image with a margin."""
         if not _inside(raw_path, "raw/") or box is None:
@@ -124,6 +131,22 @@ def _raw_view(run: RunDir, raw_path: str, box: list[float] | None, region: list[
     if region is not None:
         image = image.crop(tuple(int(v * scale) for v in region))  # outside the image fills black
     image.thumbnail((SIDE, SIDE))
+    return image
+
+
+def _labelled_view(run: RunDir, raw_path: str, faces: list[tuple[list[float], str]]) -> Image.Image | None:
+    """Drawn at twice the thumbnail's side, so the names stay legible."""
+    decoded = _decode(run.read_bytes(raw_path))
+    if decoded is None:
+        return None
+    image, scale = decoded
+    image.thumbnail((2 * SIDE, 2 * SIDE))
+    scale *= image.width / decoded[0].width if decoded[0].width else 1.0
+    draw = ImageDraw.Draw(image)
+    for box, name in faces:
+        x0, y0, x1, y1 = (v * scale for v in box)
+        draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=2)
+        draw.text((x0 + 2, y1 + 2), name, fill=BOX_COLOUR)
     return image
 
 
