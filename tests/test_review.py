@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -112,7 +114,7 @@ def test_a_reject_of_a_kept_photo_is_pending_until_applied(client, review_run: R
 
 
 @pytest.mark.slow
-def test_the_queue_puts_the_doubtful_first(review_run: RunDir, faces: dict) -> None:
+def test_the_queue_puts_the_doubtful_first(review_run: RunDir, faces: dict, tmp_path: Path) -> None:
     queue = load_queue(review_run, rebuild=True)
     items = [item for number in range(queue.pages) for item in queue.page(number)]
     assert len(items) == queue.items and all(len(queue.page(n)) <= PAGE for n in range(queue.pages))
@@ -131,6 +133,16 @@ def test_the_queue_puts_the_doubtful_first(review_run: RunDir, faces: dict) -> N
     assert ("angelina_jolie", sha256_of(faces, "couple.jpg")) in groups
     assert load_queue(review_run).items == queue.items  # the cached file, unchanged parts: not built again
     assert review_run.exists(QUEUE)
+
+    copy = RunDir(str(shutil.copytree(review_run.uri, tmp_path / "run")))
+    part = Path(copy.uri, "stages", "verify", "part-matt_damon.parquet")  # rewritten without its kept photos
+    rows = pq.read_table(part)
+    pq.write_table(rows.filter(pc.not_equal(rows["status"], "ok")), part)
+    updated = load_queue(copy)  # only Matt Damon's items built again
+    again = [item for number in range(updated.pages) for item in updated.page(number)]
+    kept = {(i["identity"], i["image_id"]) for i in items if i["identity"] == "matt_damon" and i["status"] == "ok"}
+    assert kept and [i for i in items if (i["identity"], i["image_id"]) not in kept] == again
+    assert again == [i for n in range(updated.pages) for i in load_queue(copy, rebuild=True).page(n)]
 
 
 @pytest.mark.slow
