@@ -3,6 +3,7 @@ random-weight ONNX models loaded through its real model router (no quality asser
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from pipeline.core.errors import ModelNotFound, UserError
-from stages.devices import CUDA_OPTIONS, onnx_providers
+from stages.devices import CUDA_OPTIONS, PADDED_BATCHES, onnx_providers
 from stages.faces import LANDMARK_ORDER, Face
 from stages.faces.base import FACES as FACE_BACKENDS
 from stages.faces.base import file_sha256
@@ -357,6 +358,19 @@ def test_insightface_batched_embeddings_equal_one_by_one(firing, packs):
     fixed = InsightFaceBackend(str(packs["batch1"]), det_size=DET_SIZE)
     for one, many in zip(itertools.chain(*fixed.embed(images, faces)), batched, strict=True):
         np.testing.assert_allclose(one.embedding, many.embedding, atol=1e-5)  # same weights, batch of 1
+
+
+def test_padded_arcface_batches_give_each_face_its_own_embedding(firing):
+    """On CUDA ArcFace's batches are padded with blank crops to a few fixed sizes; the padding changes no face's
+    embedding (here on the CPU session, padded as a CUDA one is)."""
+    image = load_photo("img5.jpg")
+    faces = [hand_faces(image, 3)]
+    padding = copy.copy(firing)
+    padding._batch_sizes = PADDED_BATCHES
+    (plain,), (padded,) = firing.embed([image], faces), padding.embed([image], faces)
+    for one, other in zip(plain, padded, strict=True):
+        np.testing.assert_allclose(other.embedding, one.embedding, atol=1e-5)
+    assert not np.allclose(plain[0].embedding, plain[1].embedding, atol=1e-3)  # the faces differ
 
 
 def test_insightface_analyze_embeds_every_detection(firing):
