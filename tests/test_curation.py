@@ -5,6 +5,7 @@ rejected and split photos leave the clustering, accepted ones and chosen faces a
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,19 +57,35 @@ def verified(run: RunDir, rows: pa.Table, config: PipelineConfig) -> dict[str, d
     return {row["image_id"]: row for row in VerifyStage(config, run).process(rows).to_pylist()}
 
 
+@dataclass
+class Corpus:
+    """Matt Damon's labelled photos with two other people's, crawled once; filtered once per face backend."""
+
+    run: RunDir
+    crawl: pa.Table
+    ids: dict[str, str]  # file name -> image_id
+    truth: dict[str, bool]  # image_id -> is it him
+    done: dict[str, tuple[pa.Table, PipelineConfig]] = field(default_factory=dict)
+
+    def filtered(self, backend: str) -> tuple[pa.Table, PipelineConfig]:
+        if backend not in self.done:
+            self.done[backend] = filtered(self.run, self.crawl, backend)
+        return self.done[backend]
+
+
 @pytest.fixture(scope="module")
-def mixed(faces, tmp_path_factory) -> tuple[pa.Table, PipelineConfig, dict[str, bool]]:
-    """Filter rows (sface) of Matt Damon's photos with two other people's; image_id -> is it him."""
-    run = RunDir(str(tmp_path_factory.mktemp("mixed")))
+def corpus(faces, tmp_path_factory) -> Corpus:
+    run = RunDir(str(tmp_path_factory.mktemp("corpus")))
     crawl, ids = crawled(run, faces, [*faces["identities"][DAMON], INTRUDER, IMPOSTOR])
-    rows, config = filtered(run, crawl, "sface")
-    return rows, config, {image: name in faces["identities"][DAMON] for name, image in ids.items()}
+    return Corpus(run, crawl, ids, {image: name in faces["identities"][DAMON] for name, image in ids.items()})
 
 
+@pytest.mark.slow  # the first of this module's tests to filter (real face models)
 @pytest.mark.parametrize("threshold", [-1.0, 0.97])  # verify keeps everyone / drops nearly everyone
-def test_decisions_that_fix_verifys_mistakes_give_precision_and_recall_one_after_one_apply(mixed, tmp_path,
+def test_decisions_that_fix_verifys_mistakes_give_precision_and_recall_one_after_one_apply(corpus, tmp_path,
                                                                                            threshold: float) -> None:
-    rows, config, truth = mixed
+    rows, config = corpus.filtered("sface")
+    truth = corpus.truth
     config = config.model_copy(update={"verify": config.verify.model_copy(update={"threshold": threshold})})
     run = RunDir(str(tmp_path))
     before = verified(run, rows, config)
@@ -83,27 +100,19 @@ def test_decisions_that_fix_verifys_mistakes_give_precision_and_recall_one_after
     assert len(kept & him) / len(kept) == 1.0 and len(kept & him) / len(him) == 1.0  # precision, recall
 
 
-@pytest.fixture(scope="module")
-def folder(faces, tmp_path_factory) -> tuple[RunDir, pa.Table, dict[str, str]]:
-    """Matt Damon's labelled photos and Scarlett Johansson's img8, crawled into a run with three decisions."""
-    run = RunDir(str(tmp_path_factory.mktemp("curation")))
-    crawl, ids = crawled(run, faces, [*faces["identities"][DAMON], INTRUDER])
-    genuine = sorted(faces["identities"][DAMON])
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sface", "dlib"])
+def test_decisions_hold_under_either_face_backend(corpus, faces, tmp_path, backend: str) -> None:
+    rows, config = corpus.filtered(backend)
+    rows = rows.filter(pc.invert(pc.is_in(rows["image_id"], pa.array([corpus.ids[IMPOSTOR]]))))
+    ids, genuine = corpus.ids, sorted(faces["identities"][DAMON])
+    undecided = verified(RunDir(str(tmp_path / "undecided")), rows, config)  # a run without decisions
+    assert undecided[ids[INTRUDER]]["reason"] == NOT_TARGET_IDENTITY
+    assert {row["status"] for image, row in undecided.items() if image != ids[INTRUDER]} == {OK}
+    run = RunDir(str(tmp_path / "decided"))
     append(run, Decision(DAMON, REJECT, ids[genuine[0]], note="not him"))
     append(run, Decision(DAMON, SPLIT, ids[genuine[1]], "Matt Damon the namesake"))
     append(run, Decision(DAMON, ACCEPT, ids[INTRUDER]))
-    return run, crawl, ids
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sface", "dlib"])
-def test_decisions_hold_under_either_face_backend(folder, faces, tmp_path, backend: str) -> None:
-    run, crawl, ids = folder
-    rows, config = filtered(run, crawl, backend)
-    genuine = sorted(faces["identities"][DAMON])
-    undecided = verified(RunDir(str(tmp_path)), rows, config)  # a run without decisions
-    assert undecided[ids[INTRUDER]]["reason"] == NOT_TARGET_IDENTITY
-    assert {row["status"] for image, row in undecided.items() if image != ids[INTRUDER]} == {OK}
     decided = verified(run, rows, config)
     assert decided[ids[genuine[0]]]["reason"] == CURATOR_REJECTED
     assert decided[ids[genuine[1]]]["reason"] == CURATOR_SPLIT and "namesake" in decided[ids[genuine[1]]]["detail"]
@@ -113,15 +122,14 @@ def test_decisions_hold_under_either_face_backend(folder, faces, tmp_path, backe
     others = [row for image, row in decided.items() if image not in changed]
     assert len(others) == 3 and all(row["status"] == OK and row["decided_by"] is None for row in others)
     assert {row["face_backend"] for row in decided.values()} == {backend}
-    # the rejected photo no longer pulls the centroid: its similarity is scored against the others, below verify's
+    # the rejected photo left the clustering, and is scored against the others, as verify scores faces
     assert decided[ids[genuine[0]]]["sim_to_centroid"] is not None
 
 
-@pytest.mark.slow
-def test_a_chosen_target_face_keeps_the_photo_with_that_face_scored_against_the_others(folder, faces) -> None:
-    run, crawl, ids = folder
-    rows, config = filtered(run, crawl, "sface")
-    by_id = verified(RunDir(run.uri + "-undecided"), rows, config)
+@pytest.mark.slow  # shares the module's filtered photos
+def test_a_chosen_target_face_keeps_the_photo_with_that_face_scored_against_the_others(corpus, tmp_path) -> None:
+    rows, config = corpus.filtered("sface")
+    by_id = verified(RunDir(str(tmp_path)), rows, config)
     image = next(iter(sorted(i for i, row in by_id.items() if row["status"] == OK)))
     curation = Curation.of([Decision(DAMON, TARGET_FACE, image, 0)])
     out = {row["image_id"]: row for row in curation.applied(list(by_id.values()), config.verify.min_images)}
