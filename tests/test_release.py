@@ -152,22 +152,27 @@ def release(run: Path, dest: Path, *extra: str) -> str:
 @pytest.fixture(scope="module")
 def released(shared_run: SharedRun, faces: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A copy of the shared run with a tagged crop and one photo taken down; its release; the same release after
-    a second takedown (--since the first)."""
+    a second photo is taken down and a bystander in a group photo is to be blurred (--since the first)."""
     root = tmp_path_factory.mktemp("release")
     run = shared_run.copy(root / "run")
     tagged = plant_tagged_crop(run, faces)
     shard_rows = pq.read_table(sorted(str(p) for p in (run / "shards").glob("train-*.parquet")),
-                               columns=["identity", "image_id"]).to_pylist()
+                               columns=["identity", "image_id", "target_face", "crop_faces"]).to_pylist()
     first_gone, second_gone = shard_rows[-1], shard_rows[-2]
+    group = next(row for row in shard_rows[1:-2] if len(row["crop_faces"]) > 1)
+    bystander = next(face for face in range(len(group["crop_faces"])) if face != group["target_face"])
     record(RunDir(str(run)), new_removal("image", first_gone["image_id"], "test", "tests",
                                          image_ids=(first_gone["image_id"],)))
     first = release(run, root / "first")
     shutil.copytree(root / "first", root / "first_kept")  # as a downstream holder has it
     record(RunDir(str(run)), new_removal("image", second_gone["image_id"], "test", "tests",
                                          image_ids=(second_gone["image_id"],)))
+    blurred = f"{group['identity']}/{group['image_id']}/{bystander}"  # as a face takedown records it
+    record(RunDir(str(run)), new_removal("face", "salted-hash", "test", "tests", blurred=(blurred,)))
     second = release(run, root / "first", "--since", str(root / "first_kept"))
     return {"run": run, "dest": root / "first", "previous": root / "first_kept", "tagged": tagged,
-            "rows": shard_rows, "gone": [first_gone, second_gone], "stdout": [first, second]}
+            "rows": shard_rows, "gone": [first_gone, second_gone], "stdout": [first, second],
+            "group": group, "bystander": bystander}
 
 
 @pytest.mark.slow
@@ -252,3 +257,19 @@ def test_the_report_says_what_the_last_release_holds(released: dict, tmp_path: P
     assert numbers["withheld"] == 2 and numbers["deletions"] == 1 and numbers["keep_names"] is False
     assert "Bystanders blurred" in html and "face takedowns" in html
     assert report_release.build(RunDir(str(tmp_path))) == (report_release.NO_RELEASE, {})
+
+
+@pytest.mark.slow
+def test_a_bystander_a_face_takedown_blurs_is_blurred_in_the_release(released: dict) -> None:
+    """The shards were not rewritten by a takedown here: the release blurs the face itself."""
+    image_id = released["group"]["image_id"]
+
+    def row(folder: Path) -> dict:
+        table = pq.read_table(sorted(str(p) for p in (folder / "shards").glob("train-*.parquet")))
+        return next(r for r in table.to_pylist() if r["image_id"] == image_id)
+
+    before, after, shard = row(released["previous"]), row(released["dest"]), row(released["run"])
+    assert not before["blurred_faces"] and after["blurred_faces"] == [released["bystander"]]
+    assert before["crop_image"] == shard["crop_image"] != after["crop_image"]
+    assert_clean(after["crop_image"])
+    assert "Bystanders blurred: 1 faces" in (released["dest"] / "README.md").read_text()

@@ -63,12 +63,21 @@ def released_tables(run: RunDir, shard: str, ledger: Ledger, keys: IdentityKeys,
         parquet = pq.ParquetFile(handle)
         columns = [name for name in [*RELEASED, *LEDGER_ONLY] if name in parquet.schema_arrow.names]
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            table = pa.Table.from_batches([batch])
+            table = _with_blurred_faces(pa.Table.from_batches([batch]))
             found = ledger.matches(table) if ledger else [None] * table.num_rows
             covered = pa.array([entry is not None for entry in found], pa.bool_())
             withheld = _keyed(table.filter(covered)["identity"], keys)
             admitted, _ = blur.blur_table(table.filter(pc.invert(covered)), ledger.blurs)  # if not in the shards yet
             yield release_table(admitted, keys, options), withheld
+
+
+def _with_blurred_faces(table: pa.Table) -> pa.Table:
+    """Shards written before face takedowns have no `blurred_faces`; every batch gets one, so a batch the ledger
+    blurs has the same columns as the others."""
+    if "blurred_faces" in table.column_names:
+        return table
+    return table.append_column(pa.field("blurred_faces", pa.list_(pa.int32())),
+                               pa.nulls(table.num_rows, pa.list_(pa.int32())))
 
 
 def release_table(table: pa.Table, keys: IdentityKeys, options: ReleaseOptions) -> pa.Table:
