@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,6 +37,7 @@ BLIP_TINY = {"vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_
 @dataclass(frozen=True)
 class Sizes:
     sam: str  # a segment-anything registry name, or "tiny"
+    sam_other: str  # the smaller choice the profile weighs against two `sam` actors a GPU ("vit_l")
     sam_batch: int  # the gpu profile's segment.resources.batch_size
     yolo: str  # an ultralytics model YAML
     blip: dict
@@ -48,8 +50,8 @@ class Sizes:
     repeats: int
 
 
-PROFILE = Sizes("vit_h", 8, "yolov8x.yaml", BLIP_LARGE, 16, RESNET34, 224, 1.0, PADDED_BATCHES, 1024, 3)
-TINY = Sizes("tiny", 2, "yolov8n.yaml", BLIP_TINY, 2, ((64, 1), (128, 1), (256, 1), (512, 1)), 64, 0.125, (8,), 256, 1)
+PROFILE = Sizes("vit_h", "vit_l", 8, "yolov8x.yaml", BLIP_LARGE, 16, RESNET34, 224, 1.0, PADDED_BATCHES, 1024, 3)
+TINY = Sizes("tiny", "tiny", 2, "yolov8n.yaml", BLIP_TINY, 2, ((64, 1), (128, 1), (256, 1), (512, 1)), 64, 0.125, (8,), 256, 1)
 
 
 def timed(run: Callable[[], Any], repeats: int, device: str) -> float:
@@ -110,8 +112,8 @@ def tiny_sam(side: int = 128):  # -> segment_anything.modeling.Sam
     return Sam(encoder, prompts, decoder, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
 
 
-def segmenter(sizes: Sizes, device: str):  # -> YoloSamSegmenter
-    """The yolo_sam backend around random YOLO and SAM of the profile's architectures, built on `device`."""
+def segmenter(sizes: Sizes, device: str, sam_model: str | None = None):  # -> YoloSamSegmenter
+    """The yolo_sam backend around random YOLO and SAM (`sam_model`, else the profile's) built on `device`."""
     import torch
     from segment_anything import sam_model_registry
 
@@ -121,9 +123,10 @@ def segmenter(sizes: Sizes, device: str):  # -> YoloSamSegmenter
     import_ultralytics()
     from ultralytics import YOLO
 
+    name = sam_model or sizes.sam
     with torch.device(device):  # random init where the model runs: seconds on a GPU, not minutes on a CPU
-        sam = tiny_sam() if sizes.sam == "tiny" else sam_model_registry[sizes.sam]()
-    return YoloSamSegmenter(YOLO(sizes.yolo, task="detect"), sam, device, person_conf=0.0, source=f"random:{sizes.sam}")
+        sam = tiny_sam() if name == "tiny" else sam_model_registry[name]()
+    return YoloSamSegmenter(YOLO(sizes.yolo, task="detect"), sam, device, person_conf=0.0, source=f"random:{name}")
 
 
 def time_segment(sizes: Sizes, device: str) -> dict[str, dict]:
@@ -142,7 +145,21 @@ def time_segment(sizes: Sizes, device: str) -> dict[str, dict]:
         with Memory(device) as memory:
             seconds = timed(lambda: model.sam_masks(images, boxes, others), sizes.repeats, device)
         out[name] = rate(len(images), seconds, memory, sizes.sam)
+    with Memory(device) as memory:  # two actors sharing the GPU, as two threads (torch lets go of the GIL)
+        seconds = timed(lambda: both_at_once(lambda: model.sam_masks(images, boxes, others)), sizes.repeats, device)
+    out["sam_bf16_two_at_once"] = rate(2 * len(images), seconds, memory, f"{sizes.sam}, two batches at once")
+    other = segmenter(sizes, device, sizes.sam_other)
+    other.autocast = True
+    with Memory(device) as memory:
+        seconds = timed(lambda: other.sam_masks(images, boxes, others), sizes.repeats, device)
+    out["sam_other_bf16"] = rate(len(images), seconds, memory, sizes.sam_other)
     return out
+
+
+def both_at_once(run: Callable[[], Any]) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(run), pool.submit(run)]:
+            future.result()
 
 
 def time_blip(sizes: Sizes, device: str, folder: Path) -> dict[str, dict]:

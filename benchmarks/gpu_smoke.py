@@ -4,7 +4,8 @@ Under 10 minutes on one GPU, with no network and no real weights (speed does not
 values). It prints and saves as JSON:
 - onnxruntime's build and providers, torch's CUDA;
 - per model, images/s and peak memory at the gpu profile's batch sizes (benchmarks/gpu_models.py): SAM vit_h in
-  fp32 and under bf16 autocast, YOLOv8x, BLIP-large (fp16 on CUDA), a ResNet in ONNX at the padded batch sizes;
+  fp32 and under bf16 autocast, two vit_h batches at once (two actors a GPU) and vit_l (the other choice),
+  YOLOv8x, BLIP-large (fp16 on CUDA), a ResNet in ONNX at the padded batch sizes;
 - the device each stage's workers held in a 2-identity run of the shipped example (on a GPU machine its
   onnxruntime stages get the gpu profile's GPU shares, so the device checks run for real);
 - images crawled per second per GPU, estimated as the CPU cost model does (benchmarks/cost.py): each stage's

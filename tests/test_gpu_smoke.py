@@ -21,8 +21,9 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
 
     assert result["environment"]["onnxruntime_build"] in ("cpu", "gpu") and result["environment"]["onnxruntime_providers"]
     models = result["models"]
-    for name in ("yolo", "sam_fp32", "sam_bf16", "blip"):
+    for name in ("yolo", "sam_fp32", "sam_bf16", "sam_other_bf16", "blip"):
         assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch)
+    assert models["sam_bf16_two_at_once"]["batch"] == 2 * TINY.sam_batch and models["sam_bf16_two_at_once"]["images_per_s"] > 0
     if device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         assert models["resnet_onnx_b8"]["images_per_s"] > 0
         assert models["resnet_onnx_b8"]["providers"][0] == ("CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider")
