@@ -4,7 +4,8 @@
 `chromium --dump-dom` prints it; with `screenshot=` it also saves the viewport as a PNG. Only local requests
 (file:, data:, blob:) are let through, so a page can never reach the network. `drive(url, steps)` loads a page of a
 test server on 127.0.0.1 (then requests to that host and port are let through too) and acts on it as a user does:
-real key presses sent to the view, clicks, each step waiting for a JS condition. Run as a script, this file is the child.
+real key presses sent to the view, clicks, each step waiting for a JS condition. Run as a script, this file is the
+child.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ triaging by keyboard and applying, checked in the shards."""
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 import shutil
 import subprocess
@@ -84,8 +85,9 @@ def test_a_decision_is_a_post_with_the_token_outside_the_url(client, review_run:
     form = client.post("/api/decide", data={**asked, "kind": REJECT, "token": TOKEN})  # a form field works too
     assert form.status_code == 200 and form.json["row"] == 2
     [decided] = current(review_run)  # through the decisions log: the reject replaced the accept
-    assert (decided.decision.identity, decided.decision.image, decided.decision.kind) == ("matt_damon", impostor, REJECT)
-    assert decided.decision.by == "review app"
+    decision = decided.decision
+    assert (decision.identity, decision.image, decision.kind) == ("matt_damon", impostor, REJECT)
+    assert decision.by == "review app"
     assert pending(review_run) == 1  # verify drops it already, but not yet as curator_rejected
 
     undo = client.post("/api/decide", json={**asked, "kind": UNDO}, headers={TOKEN_HEADER: TOKEN})
@@ -195,7 +197,9 @@ def test_keyboard_triage_then_apply_in_a_real_browser(shared_run: SharedRun, tmp
     assert [(d.decision.kind, d.decision.image) for d in current(run)] == [(REJECT, first["image_id"])]
     assert [d.decision.kind for d in read_log(run).rows] == [REJECT, ACCEPT, UNDO]
     assert read_log(run).rows[1].decision.image == second["image_id"]
-    assert 'data-applied="0"' in dom and re.search(r'id="pending">0<', dom)
+    progress = html.unescape(re.search(r'<pre id="progress"[^>]*>(.*?)</pre>', dom, re.S).group(1))
+    assert re.search(r'data-applied="([^"]*)"', dom).group(1) == "0", progress[-2000:]
+    assert re.search(r'id="pending">([^<]*)<', dom).group(1) == "0"
     shards = [row for path in Path(run.uri, "shards").glob("train-*.parquet")
               for row in pq.read_table(path, columns=["identity", "image_id"]).to_pylist()]
     assert (first["identity"], first["image_id"]) not in {(row["identity"], row["image_id"]) for row in shards}

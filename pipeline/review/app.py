@@ -37,14 +37,17 @@ class Review:
 
     run: RunDir
     token: str
-    identities: list[Identity] = field(default_factory=list)
+    identities: list[Identity]
+    job: ApplyJob
     queue: Queue | None = None
     applied_seen: int = 0  # the apply whose result the queue reflects
-    job: ApplyJob | None = None
     counted: dict = field(default_factory=dict)  # pending()'s cache: identity -> its count and what it was made from
 
+    def __post_init__(self) -> None:
+        self.names = {identity.slug: identity.name for identity in self.identities}
+
     def current_queue(self) -> Queue:
-        assert self.job is not None
+        """The queue, brought up to date once after each apply (the parts it rewrote)."""
         if self.queue is None or (self.job.returncode is not None and self.applied_seen != self.job.started):
             self.queue, self.applied_seen = load_queue(self.run), self.job.started
         return self.queue
@@ -52,13 +55,10 @@ class Review:
     def pending(self) -> int:
         return pending(self.run, self.counted)
 
-    def names(self) -> dict[str, str]:
-        return {identity.slug: identity.name for identity in self.identities}
-
 
 def create_app(run: RunDir, token: str) -> Flask:
     app = Flask(__name__)
-    review = Review(run, token, run_identities(run), job=ApplyJob(run))
+    review = Review(run, token, run_identities(run), ApplyJob(run))
     app.extensions["review"] = review
     review.pending()  # counted now, so the first page does not read every decided identity's parts
     for page in ("queue.html", "identity.html", "search.html"):  # compiled now, not on the first request
@@ -70,7 +70,7 @@ def create_app(run: RunDir, token: str) -> Flask:
             given = request.headers.get(TOKEN_HEADER) or request.form.get("token")
         else:
             given = request.args.get("token")
-        if not given or not hmac.compare_digest(given, token):
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
             abort(403)
 
     @app.after_request
@@ -95,7 +95,7 @@ def _pages(app: Flask, review: Review) -> None:
 
     @app.get("/identity/<slug>")
     def identity_page(slug: str) -> str:
-        names = review.names()
+        names = review.names
         if slug not in names:
             abort(404)
         photos = _decided(review, slug, identity_photos(review.run, slug))
@@ -120,7 +120,6 @@ def _pages(app: Flask, review: Review) -> None:
 
     @app.get("/api/apply")
     def apply_status() -> Response:
-        assert review.job is not None
         return jsonify({**review.job.status(), "pending": review.pending()})
 
 
@@ -136,7 +135,6 @@ def _writes(app: Flask, review: Review) -> None:
 
     @app.post("/api/apply")
     def apply() -> tuple[Response, int]:
-        assert review.job is not None
         started = review.job.start()
         return jsonify(review.job.status()), 202 if started else 409
 
@@ -144,7 +142,7 @@ def _writes(app: Flask, review: Review) -> None:
 def _decision(review: Review, given: dict) -> Decision:
     """The decision a request asks for; `undo` takes back the latest decision in force for that photo."""
     slug, image, kind = str(given.get("identity", "")), given.get("image") or None, str(given.get("kind", ""))
-    if slug not in review.names():
+    if slug not in review.names:
         raise UserError(f"unknown identity {slug!r}")
     note, by = str(given.get("note", "")), "review app"
     if kind == UNDO:
@@ -158,7 +156,7 @@ def _decision(review: Review, given: dict) -> Decision:
 
 
 def _common(review: Review) -> dict:
-    return {"token": review.token, "pending": review.pending(), "names": review.names(),
+    return {"token": review.token, "pending": review.pending(), "names": review.names,
             "run": review.run.uri}
 
 
@@ -193,7 +191,7 @@ def _search(review: Review, query: str) -> list[dict]:
         return []
     lowered = query.lower()
     if SHA256.fullmatch(lowered):
-        return [{"slug": slug, "name": review.names()[slug], "image": lowered} for slug in _holding(review, lowered)]
+        return [{"slug": slug, "name": review.names[slug], "image": lowered} for slug in _holding(review, lowered)]
     try:
         exact = [IdentityIndex(review.identities).resolve(query)]
     except UserError:

@@ -27,7 +27,8 @@ def review_server(run: RunDir, host: str, port: int) -> tuple[BaseWSGIServer, st
     try:
         server = make_server(host, port, create_app(run, token), threaded=True)
     except OSError as exc:
-        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror})", "pass another --port (0: any free)") from exc
+        raise UserError(f"cannot listen on {host}:{port} ({exc.strerror})",
+                        "pass another --port (0: any free)") from exc
     shown = f"[{host}]" if ":" in host else host
     return server, f"http://{shown}:{server.server_port}/?token={token}"
 

@@ -74,7 +74,8 @@ def verify_photos(run: RunDir, slug: str, images: set[str]) -> dict[str, dict]:
     """Verify's rows of these photos of one identity (faces, size, detail): what a queue item shows."""
     table = read_columns(run, VERIFY, slug, ["image_id", "detail", FACE_BOXES, "width", "height", "target_face",
                                              "sim_to_centroid"])
-    return {row["image_id"]: row for row in (table.to_pylist() if table is not None else []) if row["image_id"] in images}
+    rows = table.to_pylist() if table is not None else []
+    return {row["image_id"]: row for row in rows if row["image_id"] in images}
 
 
 def identity_photos(run: RunDir, slug: str) -> list[dict]:
