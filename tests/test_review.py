@@ -68,6 +68,7 @@ def test_every_request_needs_the_token(client, review_run: RunDir) -> None:
         assert client.get(f"{path}{joiner}token=wrong").status_code == 403, path
         assert client.get(f"{path}{joiner}token={TOKEN}").status_code == 200, path
     assert client.get(f"/identity/nobody_at_all?token={TOKEN}").status_code == 404
+    assert client.get("/?token=\u00e9t\u00e9").status_code == 403  # any text: refused, never an error
 
 
 @pytest.mark.slow
@@ -214,6 +215,8 @@ def test_the_command_listens_on_loopback_with_a_fresh_token(review_run: RunDir) 
     with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as app:
         try:
             line = app.stdout.readline()
+            while line and " open " not in line:  # first it says it reads the run
+                line = app.stdout.readline()
             url = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=)([\w-]{32})$", line.strip())
             assert url, line
             with pytest.raises(urllib.error.HTTPError) as refused:

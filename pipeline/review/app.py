@@ -38,18 +38,18 @@ class Review:
     run: RunDir
     token: str
     identities: list[Identity]
-    job: ApplyJob
-    queue: Queue | None = None
-    applied_seen: int = 0  # the apply whose result the queue reflects
     counted: dict = field(default_factory=dict)  # pending()'s cache: identity -> its count and what it was made from
 
     def __post_init__(self) -> None:
         self.names = {identity.slug: identity.name for identity in self.identities}
+        self.queue = load_queue(self.run)
+        self.job = ApplyJob(self.run, on_done=self.refresh)
+
+    def refresh(self) -> None:
+        """After an apply, before its end is reported: the queue without what the apply changed."""
+        self.queue = load_queue(self.run)
 
     def current_queue(self) -> Queue:
-        """The queue, brought up to date once after each apply (the parts it rewrote)."""
-        if self.queue is None or (self.job.returncode is not None and self.applied_seen != self.job.started):
-            self.queue, self.applied_seen = load_queue(self.run), self.job.started
         return self.queue
 
     def pending(self) -> int:
@@ -58,7 +58,7 @@ class Review:
 
 def create_app(run: RunDir, token: str) -> Flask:
     app = Flask(__name__)
-    review = Review(run, token, run_identities(run), ApplyJob(run))
+    review = Review(run, token, run_identities(run))
     app.extensions["review"] = review
     review.pending()  # counted now, so the first page does not read every decided identity's parts
     for page in ("queue.html", "identity.html", "search.html"):  # compiled now, not on the first request

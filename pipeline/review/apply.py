@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.core.rundir import RunDir
@@ -17,6 +18,7 @@ LINES = 200  # the output lines kept for the page
 @dataclass
 class ApplyJob:
     run: RunDir
+    on_done: Callable[[], None]  # called when the child has ended, before `running` turns false
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=LINES))
     returncode: int | None = None
     started: int = 0  # applies started, so a page can tell a finished apply from the previous one
@@ -44,7 +46,12 @@ class ApplyJob:
         assert process.stdout is not None
         for line in process.stdout:  # progress bars redraw with \r: keep the last state of each line
             self.lines.append(line.rstrip("\n").rsplit("\r", 1)[-1])
-        self.returncode = process.wait()
+        code = process.wait()
+        self.lines.append("reading the changed identities' parts again")
+        try:
+            self.on_done()
+        finally:
+            self.returncode = code
 
     def stop(self) -> None:
         """End a running apply (the app is closing); its finished tasks are kept, as after any interruption."""

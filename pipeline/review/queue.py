@@ -13,7 +13,8 @@ An identity's items depend on its own parts only. The queue is built in one colu
 hygiene's and caption's parts and cached in the run directory (`review/queue.parquet`, sorted, in row groups
 of GROUP items, so a page reads one row group), with the size and time of every part it read
 (`review/queue.json`). When parts change (an apply, a run), only the identities whose parts changed are
-scanned again and their items replaced; a restart over an unchanged run reads nothing else. Beside it,
+scanned again and their items replaced; a restart over an unchanged run reads nothing else. Only the MAX_ITEMS
+most doubtful are kept. Beside it,
 `review/images.parquet`: every photo verify judged and its identity, sorted by image_id, so a search by
 sha256 reads one row group (the row groups' min/max statistics prune the rest).
 """
@@ -34,9 +35,13 @@ from pipeline.review.tables import CAPTION, HYGIENE, VERIFY, Parts, list_parts, 
 
 QUEUE, QUEUE_KEY, IMAGES = "review/queue.parquet", "review/queue.json", "review/images.parquet"
 IMAGE_GROUP = 8192  # rows a row group of the image index
-VERSION = 2  # of the rules below: a cached queue built under other rules is built again
+VERSION = 3  # of the rules below: a cached queue built under other rules is built again
 PAGE = 25  # items a page
 GROUP = 100 * PAGE  # items a row group of the cached queue: a small footer, a page read is one group
+# The most doubtful items kept (2,000 pages): nobody triages a million photos one by one, and an update after an
+# apply then rewrites a small file. An update keeps the cut it had (items of unchanged identities beyond it stay
+# out until the next whole build).
+MAX_ITEMS = 50_000
 SPAN = 1.0  # cosine distance at which doubt reaches 0 (an item further away is left out)
 SIMILARITY, TARGET_FACE, CLASS_WORD, COMPETING, SAME_PERSON = (
     "similarity", "target_face", "class_word", "competing", "same_person")
@@ -99,7 +104,7 @@ def load_queue(run: RunDir, rebuild: bool = False) -> Queue:
     if not whole:  # the unchanged identities' items and photos, as cached
         table = pa.concat_tables([_without(run, QUEUE, changed), table.cast(SCHEMA)])
         images = pa.concat_tables([_without(run, IMAGES, changed), images])
-    table = table.sort_by(ORDER)
+    table = table.sort_by(ORDER).slice(0, MAX_ITEMS)
     _write(run, QUEUE, table, GROUP)
     _write(run, IMAGES, images.sort_by("image_id"), IMAGE_GROUP)
     run.write_json(QUEUE_KEY, {"version": VERSION, "items": table.num_rows, "stamps": stamps})

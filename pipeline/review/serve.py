@@ -14,14 +14,12 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from pipeline.core.errors import UserError
 from pipeline.core.rundir import RunDir
 from pipeline.review.app import create_app
-from pipeline.review.queue import load_queue
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def review_server(run: RunDir, host: str, port: int) -> tuple[BaseWSGIServer, str]:
     """The server (not yet serving) and the URL to open, token included."""
-    load_queue(run)  # built now, before the first page asks: on a big run this is the one slow step
     token = secrets.token_urlsafe(24)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request (each carries the token)
     try:
@@ -34,6 +32,7 @@ def review_server(run: RunDir, host: str, port: int) -> tuple[BaseWSGIServer, st
 
 
 def serve(run: RunDir, host: str, port: int, say: Callable[[str], None] = print) -> None:
+    say(f"reading {run.uri} (the first time on a big run, minutes: every part is scanned once)")
     server, url = review_server(run, host, port)
     if host not in LOOPBACK:
         say(f"warning: listening on {host}: anyone who can reach it and has the token can write decisions")
