@@ -40,20 +40,16 @@ def digests(run: RunDir, kinds: tuple[str, ...]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Curation:
-    """One identity's decisions, by what they apply to."""
+    """One identity's photo decisions, as verify applies them (merges: hygiene; class words: caption)."""
 
     verdicts: dict[str, Decision] = field(default_factory=dict)  # image_id -> its reject, accept or split
     targets: dict[str, int] = field(default_factory=dict)  # image_id -> the target face's index
-    merge_into: str | None = None
-    class_word: str | None = None
 
     @classmethod
     def of(cls, decisions: list[Decision]) -> Curation:
         verdicts = {d.image: d for d in decisions if d.kind in (REJECT, ACCEPT, SPLIT) and d.image}
         targets = {d.image: int(d.value or 0) for d in decisions if d.kind == TARGET_FACE and d.image}
-        merge = next((str(d.value) for d in decisions if d.kind == MERGE), None)
-        word = next((str(d.value) for d in decisions if d.kind == CLASS_WORD), None)
-        return cls(verdicts, targets, merge, word)
+        return cls(verdicts, targets)
 
     def left_out(self, image_id: str) -> bool:
         """Not this person, by a decision: kept out of the identity's clustering."""
