@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
@@ -30,6 +31,7 @@ from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
 from stages.cross_identity import DECISION_SCHEMA, SAME_PERSON, close_pairs, merge_groups, shared_keys
 from stages.hygiene import DECISIONS, HygieneStage
 from stages.run_step import ByIdentity
+from stages.segmenters import face_coverage
 from stages.verify import VerifyStage
 from benchmarks.fixtures.group_photos import side_by_side
 from tests.conftest import FACES, cpu_run_args, run_cli, stage_rows
@@ -150,6 +152,48 @@ def test_every_face_of_the_group_photo_is_labelled_in_both_rows(first: Path, tre
     single = [row for row in stage_rows(first, "hygiene") if row["status"] == "ok" and len(row["faces"]) == 1]
     assert single and all(row["faces"][0]["identity"] == row["identity"] and row["num_identities"] == 1
                           for row in single)
+    summary = json.loads((first / "report" / "summary.json").read_text())
+    assert summary["multi_identity"] == {"samples": 1}  # one photo, kept under both: one sample
+    html = (first / "report" / "index.html").read_text()
+    section = html[html.index('<section id="group-photos"') :].split("</section>")[0]
+    assert section.count("<img") == 1 and "katy_perry, scarlett_johansson" in section
+
+
+@pytest.mark.slow
+def test_the_multiid_export_holds_the_group_photo_once_with_both_people(first: Path, tree: Path, tmp_path) -> None:
+    """export --format multiid (docs/multi-identity.md): the whole photo, both labelled faces with their masks, and
+    each person's reference pool: their other kept photos' crops, never this photo."""
+    dest = tmp_path / "multiid"
+    result = run_cli("export", "--format", "multiid", "--out", str(first), "--dest", str(dest))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sample,) = [json.loads(line) for line in (dest / "train.jsonl").read_text().splitlines()]
+    group = image_id(tree / "photos" / "katy_perry" / GROUP)
+    assert (sample["image_id"], sample["name"]) == (group, ["katy_perry", "scarlett_johansson"])
+    with Image.open(dest / sample["image_file"]) as photo:
+        assert photo.size == (sample["width"], sample["height"]) and max(photo.size) <= 1024
+    left, right = sample["bboxes"]
+    assert left[2] <= sample["width"] / 2 <= right[0]  # Katy pasted on the left half, Scarlett on the right
+    assert len(sample["landmarks"]) == len(sample["embeddings"]) == 2 and sample["caption_en"]
+    for box, mask_file in zip(sample["bboxes"], sample["mask_files"], strict=True):
+        with Image.open(dest / mask_file) as mask:
+            pixels = np.asarray(mask.convert("1"), dtype=bool)
+        w, h = box[2] - box[0], box[3] - box[1]
+        assert face_coverage(pixels, [box[0] + w / 4, box[1] + h / 4, box[2] - w / 4, box[3] - h / 4]) > 0.9
+    kept = [row for row in stage_rows(first, "caption") if row["status"] == "ok"]
+    for who in sample["name"]:
+        others = {row["image_id"] for row in kept if row["identity"] == who and row["image_id"] != group}
+        assert {Path(path).stem for path in sample["references"][who]} == others
+        assert all((dest / path).is_file() for path in sample["references"][who])
+    from pipeline.training import MultiIdentityDataset  # torch: imported by this test only
+
+    dataset = MultiIdentityDataset(dest, num_refs=(1, 2), image_size=256, reference_size=64)
+    item = dataset[0]
+    assert len(dataset) == 1 and item["identities"] == ["katy_perry", "scarlett_johansson"]
+    assert item["image"].shape[0] == 3 and max(item["image"].shape[1:]) == 256
+    assert item["masks"].shape == (2, *item["image"].shape[1:]) and item["masks"].any(dim=(1, 2)).all()
+    for who, files, stack in zip(item["identities"], item["reference_files"], item["references"], strict=True):
+        assert 1 <= len(files) <= 2 and stack.shape == (len(files), 3, 64, 64)
+        assert set(files) <= set(sample["references"][who])
 
 
 @pytest.mark.slow

@@ -135,18 +135,20 @@ def _raw_view(run: RunDir, raw_path: str, box: list[float] | None, region: list[
 
 
 def _labelled_view(run: RunDir, raw_path: str, faces: list[tuple[list[float], str]]) -> Image.Image | None:
-    """Drawn at twice the thumbnail's side, so the names stay legible."""
+    """Up to twice the thumbnail's side, so the names stay legible."""
     decoded = _decode(run.read_bytes(raw_path))
     if decoded is None:
         return None
     image, scale = decoded
+    width = image.width
     image.thumbnail((2 * SIDE, 2 * SIDE))
-    scale *= image.width / decoded[0].width if decoded[0].width else 1.0
+    scale *= image.width / width
     draw = ImageDraw.Draw(image)
     for box, name in faces:
         x0, y0, x1, y1 = (v * scale for v in box)
         draw.rectangle([x0, y0, x1, y1], outline=BOX_COLOUR, width=2)
-        draw.text((x0 + 2, y1 + 2), name, fill=BOX_COLOUR)
+        left = min(x0 + 2, image.width - draw.textlength(name) - 2)  # a name near the right edge stays whole
+        draw.text((max(left, 0), min(y1 + 2, image.height - 12)), name, fill=BOX_COLOUR)
     return image
 
 
