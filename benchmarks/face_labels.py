@@ -81,7 +81,8 @@ def measure(count: int, photos: int, faces: int, dim: int, rng: np.random.Genera
     given = [(label, true) for label, true in zip(labels, truth, strict=True) if label]
     precision = sum(label == true for label, true in given) / len(given)
     recall = sum(label == true for label, true in given) / sum(true is not None for true in truth)
-    return {"identities": count, "us_per_face": seconds / len(vectors) * 1e6, "cpu_us_per_face": cpu / len(vectors) * 1e6,
+    per_face = 1e6 / len(vectors)
+    return {"identities": count, "us_per_face": seconds * per_face, "cpu_us_per_face": cpu * per_face,
             "precision": precision, "recall": recall, "means": means, "vectors": vectors}
 
 
@@ -126,7 +127,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     results = [measure(count, args.photos, args.faces, args.dim, rng) for count in args.identities]
     for r in results:
-        print(f"{r['identities']:>7,} identities: {r['us_per_face']:.0f} us a face ({r['cpu_us_per_face']:.0f} us CPU), "
+        print(f"{r['identities']:>7,} identities: {r['us_per_face']:.0f} us a face "
+              f"({r['cpu_us_per_face']:.0f} us CPU), "
               f"precision {r['precision']:.3f}, recall {r['recall']:.3f}")
         if args.ann:
             approximate(r)

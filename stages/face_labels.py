@@ -12,9 +12,9 @@ The photo's target face keeps the identity it is kept under, by construction, an
 The closest two identities of each face come from an exact search over the centroids (faiss's flat inner
 product: blocked matrix products in BLAS, the top two kept per block, so memory holds one block whatever the
 number of identities). Only the faces of photos with several faces are searched.
-Graph and inverted-file indexes (faiss HNSW, IVF) were measured and not taken: on 512-d centroids they lose
-1% to 11% of the labels the exact search gives, and are no faster at 20k (benchmarks/face_labels.py,
-docs/multi-identity.md).
+Graph and inverted-file indexes (faiss HNSW, IVF) were measured and not taken: on 512-d centroids of unrelated
+people they lose up to 15% of the labels the exact search gives, or cost more than it (benchmarks/face_labels.py
+--ann, docs/multi-identity.md).
 """
 
 from __future__ import annotations
