@@ -78,15 +78,16 @@ class SegmentStage(ModelStage):
             verdicts[k]["person_masks"] = self._people(every[k], verdicts[k], others) if kept else None
         return self.to_table([{**row, **verdict} for row, verdict in zip(every, verdicts, strict=True)], rows.schema)
 
-    def _people(self, row: Row, verdict: Row, others: dict[str, PersonMask | None]) -> dict[str, bytes]:
-        """identity -> PNG: the target's mask, and each other labelled person's that covers enough of their face."""
+    def _people(self, row: Row, verdict: Row, others: dict[str, PersonMask | None]) -> list[dict]:
+        """{identity, mask (PNG)}: the target's mask, and each other labelled person's that covers enough of their
+        face."""
         masks = {row["identity"]: verdict["mask"]}
         boxes = {face["identity"]: box for face, box in zip(row["faces"] or [], row["crop_faces"])}
         for who, person in others.items():
             mask = person.mask & source_region(row) if person is not None else None
             if mask is not None and face_coverage(mask, boxes[who]["box"]) >= self.config.segment.min_face_coverage:
                 masks[who] = encode_mask(mask)
-        return masks
+        return [{"identity": who, "mask": png} for who, png in masks.items()]
 
     def _judge(self, row: Row, person: PersonMask | None) -> Row:
         source = self.segmenter.source

@@ -81,7 +81,7 @@ def test_every_labelled_person_in_the_crop_gets_a_mask_of_their_own(crops, tmp_p
     stage = SegmentStage(config(), RunDir(str(tmp_path)))
     stage.setup()
     (out,) = stage.process(pa.Table.from_pylist([row], schema=crops.schema)).to_pylist()
-    masks = {name: decode_mask(png) for name, png in out["person_masks"]}
+    masks = {person["identity"]: decode_mask(person["mask"]) for person in out["person_masks"]}
     assert sorted(masks) == ["angelina_jolie", "brad_pitt"]
     assert np.array_equal(masks[out["identity"]], decode_mask(out["mask"]))  # the target's is `mask`
     for k, name in enumerate(who):

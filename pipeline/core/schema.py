@@ -173,6 +173,8 @@ CROP = pa.schema(
     ]
 )
 
+PERSON_MASK = pa.struct([pa.field("identity", pa.string()), pa.field("mask", pa.binary())])
+
 MASK = pa.schema(
     [
         pa.field("mask", pa.binary()),  # PNG, mode "1" (1 bit per pixel), crop_size x crop_size; white = the person
@@ -180,8 +182,9 @@ MASK = pa.schema(
         pa.field("mask_area", pa.float32()),  # share of the crop's pixels inside the mask
         pa.field("mask_face_coverage", pa.float32()),  # share of the target face box inside the mask
         pa.field("person_box", pa.list_(pa.float32(), 4)),  # the box that prompted or seeded the mask, crop pixels
-        # every labelled person in the crop (faces[i].identity), the target's included: identity -> 1-bit PNG as `mask`
-        pa.field("person_masks", pa.map_(pa.string(), pa.binary())),
+        # every labelled person in the crop (faces[i].identity), the target's included: a 1-bit PNG each, as `mask`
+        # (a list of structs, not a map: `datasets` reads no Arrow map)
+        pa.field("person_masks", pa.list_(PERSON_MASK)),
     ]
 )
 

@@ -84,7 +84,7 @@ def write_sample(run: RunDir, dest: RunDir, folder: str, row: rows.Row) -> dict:
     image_file = f"{folder}/images/{row['image_id']}.jpg"
     dest.write_bytes(image_file, jpeg(photo))
     faces = sorted((face for face in row["faces"] if face["identity"]), key=lambda f: f["box"][0] + f["box"][2])
-    masks = dict(row["person_masks"] or [])
+    masks = {person["identity"]: person["mask"] for person in row["person_masks"] or []}
     mask_files = []
     for face in faces:
         mask = masks.get(face["identity"])
