@@ -44,6 +44,7 @@ class Review:
         self.names = {identity.slug: identity.name for identity in self.identities}
         self.queue = load_queue(self.run)
         self.job = ApplyJob(self.run, on_done=self.refresh)
+        self.thumbs = Thumbs(self.run)  # lists report/thumbs once
 
     def refresh(self) -> None:
         """After an apply, before its end is reported: the queue without what the apply changed."""
@@ -112,10 +113,9 @@ def _pages(app: Flask, review: Review) -> None:
     def thumb(slug: str, image_id: str) -> Response:
         table = read_columns(review.run, VERIFY, slug, ["image_id", "raw_path"])
         row = next((r for r in (table.to_pylist() if table is not None else []) if r["image_id"] == image_id), None)
-        made = Thumbs(review.run).raw(row, None) if row else None
-        if made is None:
+        data = _thumbnail(review, row) if row else None
+        if data is None:
             abort(404)
-        data = review.run.read_bytes(f"{THUMBS}/{made.removeprefix('thumbs/')}")
         return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/apply")
@@ -153,6 +153,20 @@ def _decision(review: Review, given: dict) -> Decision:
         return Decision(slug, UNDO, value=mine[-1].row, note=note, by=by)
     value = given.get("value")
     return Decision(slug, kind, image, int(value) if kind == "target_face" else value, note, by)
+
+
+def _thumbnail(review: Review, row: dict) -> bytes | None:
+    """The report's thumbnail of the photo (made now if missing); one made again if a report pruned it since."""
+    for _ in range(2):
+        made = review.thumbs.raw(row, None)
+        if made is None:
+            return None
+        name = made.removeprefix("thumbs/")
+        try:
+            return review.run.read_bytes(f"{THUMBS}/{name}")
+        except FileNotFoundError:
+            review.thumbs.cached.discard(name)
+    return None
 
 
 def _common(review: Review) -> dict:
