@@ -51,7 +51,8 @@ class Sizes:
 
 
 PROFILE = Sizes("vit_h", "vit_l", 8, "yolov8x.yaml", BLIP_LARGE, 16, RESNET34, 224, 1.0, PADDED_BATCHES, 1024, 3)
-TINY = Sizes("tiny", "tiny", 2, "yolov8n.yaml", BLIP_TINY, 2, ((64, 1), (128, 1), (256, 1), (512, 1)), 64, 0.125, (8,), 256, 1)
+TINY = Sizes("tiny", "tiny", 2, "yolov8n.yaml", BLIP_TINY, 2, ((64, 1), (128, 1), (256, 1), (512, 1)), 64, 0.125,
+             (8,), 256, 1)
 
 
 def timed(run: Callable[[], Any], repeats: int, device: str) -> float:
@@ -212,7 +213,8 @@ def time_onnx(sizes: Sizes, device: str, folder: Path) -> dict[str, dict]:
             pixels = np.random.default_rng(batch).standard_normal((batch, 3, sizes.resnet_side, sizes.resnet_side))
             feed = {"input": pixels.astype(np.float32)}
             seconds = timed(lambda feed=feed: session.run(None, feed), sizes.repeats, device)
-            out[f"resnet_onnx_b{batch}"] = rate(batch, seconds, None, f"resnet at {sizes.resnet_side} px, batch {batch}")
+            model = f"resnet at {sizes.resnet_side} px, batch {batch}"
+            out[f"resnet_onnx_b{batch}"] = rate(batch, seconds, None, model)
     for figures in out.values():
         figures["peak_mib"] = memory.mib  # the session's arena after its largest batch
         figures["providers"] = session.get_providers()
@@ -226,4 +228,5 @@ def rate(images: int, seconds: float, memory: Memory | None, model: str) -> dict
 
 def time_models(sizes: Sizes, device: str, folder: Path) -> dict[str, dict]:
     device = torch_device(device)
-    return {**time_segment(sizes, device), **time_blip(sizes, device, folder / "blip"), **time_onnx(sizes, device, folder)}
+    return {**time_segment(sizes, device), **time_blip(sizes, device, folder / "blip"),
+            **time_onnx(sizes, device, folder)}

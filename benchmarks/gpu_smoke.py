@@ -81,8 +81,9 @@ def stage_devices(run_dir: Path) -> dict[str, dict[str, int]]:
     from pipeline.engine.registry import STAGES
 
     run = RunDir(str(run_dir))
-    return {stage.name: dict(Counter(m.device or "outside Ray" for m in read_markers(run, stage.name).values() if m.part))
+    held = {stage.name: [m.device or "outside Ray" for m in read_markers(run, stage.name).values() if m.part]
             for stage in STAGES}
+    return {stage: dict(Counter(devices)) for stage, devices in held.items()}
 
 
 def run_funnel(run_dir: Path) -> dict[str, float]:
@@ -92,12 +93,14 @@ def run_funnel(run_dir: Path) -> dict[str, float]:
 
     run = RunDir(str(run_dir))
     crawled = sum(m.rows_out for m in read_markers(run, "crawl").values()) or 1
-    return {stage: round(sum(m.rows_in for m in read_markers(run, stage).values()) / crawled, 3) for stage in WEB_FUNNEL}
+    reached = {stage: sum(m.rows_in for m in read_markers(run, stage).values()) for stage in WEB_FUNNEL}
+    return {stage: round(rows / crawled, 3) for stage, rows in reached.items()}
 
 
 def rates_used(measured: dict[str, dict], on_gpu: bool) -> dict[str, dict]:
     """Each rate the estimate rests on: measured on this GPU, or published (and not yet confirmed)."""
-    mine = {"sam_bf16": "sam_bf16", "sam_fp32": "sam_fp32", "yolo": "yolo", "blip": "blip", "resnet_onnx": "resnet_onnx_b128"}
+    mine = {"sam_bf16": "sam_bf16", "sam_fp32": "sam_fp32", "yolo": "yolo", "blip": "blip",
+            "resnet_onnx": "resnet_onnx_b128"}
     out = {}
     for name, (value, source) in PUBLISHED.items():
         figure = measured.get(mine.get(name, ""))

@@ -24,7 +24,8 @@ CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 # never gives memory back. Both are onnxruntime's documented settings for serving.
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "arena_extend_strategy": "kSameAsRequested"}
 GPU_GUIDE = "docs/models.md: GPU machines"
-CPU_BUILD_FIX = f"pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu[cuda,cudnn]' ({GPU_GUIDE})"
+CPU_BUILD_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu[cuda,cudnn]' "
+                 f"({GPU_GUIDE})")
 LIBRARIES_FIX = ("pip install 'onnxruntime-gpu[cuda,cudnn]' (CUDA 12 and cuDNN 9 libraries), or put yours on "
                  f"LD_LIBRARY_PATH; the worker's log has onnxruntime's own error ({GPU_GUIDE})")
 

@@ -86,7 +86,7 @@ def test_padded_batches_give_each_image_its_own_score(faces) -> None:
 
 
 def test_cpu_only_face_backends_refuse_a_gpu_worker() -> None:
-    """sface (OpenCV's CPU engine) and dlib (a CPU build) cannot use the GPU a worker holds: setup fails, in one line."""
+    """sface (OpenCV's CPU engine) and dlib (a CPU build) cannot use the GPU a worker holds: setup fails in one line."""
     from stages.faces.dlib_backend import DlibBackend
     from stages.faces.sface_backend import SFaceBackend
 

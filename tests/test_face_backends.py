@@ -385,7 +385,8 @@ def test_providers_prefer_cuda_when_onnxruntime_has_it(monkeypatch):
         onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
     assert onnx_providers("auto") == [("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"]
-    assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", {**CUDA_OPTIONS, "device_id": 1}), "CPUExecutionProvider"]
+    on_one = {**CUDA_OPTIONS, "device_id": 1}
+    assert onnx_providers("cuda:1") == [("CUDAExecutionProvider", on_one), "CPUExecutionProvider"]
     assert onnx_providers("cpu") == ["CPUExecutionProvider"]
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])

@@ -19,14 +19,15 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = json.loads(json.dumps(smoke(TINY, device, tmp_path, run_dir=shared_run.out)))  # all of it JSON
 
-    assert result["environment"]["onnxruntime_build"] in ("cpu", "gpu") and result["environment"]["onnxruntime_providers"]
-    models = result["models"]
+    environment, models = result["environment"], result["models"]
+    assert environment["onnxruntime_build"] in ("cpu", "gpu") and environment["onnxruntime_providers"]
     for name in ("yolo", "sam_fp32", "sam_bf16", "sam_other_bf16", "blip"):
         assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch)
-    assert models["sam_bf16_two_at_once"]["batch"] == 2 * TINY.sam_batch and models["sam_bf16_two_at_once"]["images_per_s"] > 0
+    both = models["sam_bf16_two_at_once"]
+    assert both["batch"] == 2 * TINY.sam_batch and both["images_per_s"] > 0
     if device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        assert models["resnet_onnx_b8"]["images_per_s"] > 0
-        assert models["resnet_onnx_b8"]["providers"][0] == ("CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider")
+        expected = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        assert models["resnet_onnx_b8"]["images_per_s"] > 0 and models["resnet_onnx_b8"]["providers"][0] == expected
     else:  # a GPU machine with the CPU build of onnxruntime: the smoke test says so instead of timing the CPU
         assert "the CPU build of onnxruntime is installed" in models["resnet_onnx"]["error"]
 
@@ -36,8 +37,10 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
 
     web = result["estimate_web_funnel"]
     assert web["funnel"] == WEB_FUNNEL and web["target"] == TARGET
-    assert web["crawled_images_per_s_per_gpu"] == pytest.approx(1 / sum(web["gpu_seconds_per_crawled_image"].values()), rel=0.01)
+    seconds = sum(web["gpu_seconds_per_crawled_image"].values())
+    assert web["crawled_images_per_s_per_gpu"] == pytest.approx(1 / seconds, rel=0.01)
     if device == "cpu":  # tiny CPU rates say nothing of a GPU: the estimate rests on the published figures
-        assert {name: rate["images_per_s"] for name, rate in result["rates"].items()} == {k: v[0] for k, v in PUBLISHED.items()}
+        used = {name: rate["images_per_s"] for name, rate in result["rates"].items()}
+        assert used == {name: value for name, (value, _) in PUBLISHED.items()}
         assert not any(rate["confirmed"] for rate in result["rates"].values())
     assert 0 < result["estimate_this_run_funnel"]["funnel"]["segment"] <= 1

@@ -52,7 +52,8 @@ def test_checkpoints_load_through_the_configured_paths(weights, crops) -> None:
     assert isinstance(segmenter, YoloSamSegmenter) and segmenter.source == "yolo+sam:vit_b"
     assert segmenter.device == ("cuda:0" if torch.cuda.is_available() else "cpu")  # auto: CUDA wherever torch has it
     assert segmenter.sam.image_encoder.img_size == 1024 and segmenter.autocast == segmenter.device.startswith("cuda")
-    assert {t.device for t in [*segmenter.sam.parameters(), *segmenter.sam.buffers()]} == {torch.device(segmenter.device)}
+    tensors = [*segmenter.sam.parameters(), *segmenter.sam.buffers()]
+    assert {t.device for t in tensors} == {torch.device(segmenter.device)}
     images = [np.zeros((300, 200, 3), np.uint8), np.full((256, 384, 3), 90, np.uint8)]
     boxes = segmenter.person_boxes(images)
     assert len(boxes) == 2 and all(b.dtype == np.float32 and b.ndim == 2 and b.shape[1] == 4 for b in boxes)

@@ -122,8 +122,8 @@ def check_nodes(stage: type[Stage], config: PipelineConfig) -> None:
     needs = "GPU" if stage.resources(config).num_gpus else "CPU"
     nodes = [node for node in ray.nodes() if node["Alive"] and node["Resources"].get(needs, 0) > 0]
     check = ray.remote(num_cpus=0)(_preflight_here)
-    calls = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(stage, config)
-             for node in nodes]
+    calls = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+             .remote(stage, config) for node in nodes]
     failed = [(node["NodeManagerAddress"], error) for node, error in zip(nodes, ray.get(calls)) if error]
     if failed:
         address, error = failed[0]

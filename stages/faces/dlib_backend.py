@@ -106,7 +106,8 @@ class DlibBackend(FaceBackend, Backend):
     def load(cls, config: PipelineConfig) -> DlibBackend:
         if config.face.device not in ("auto", "cpu"):  # dlib-bin is a CPU build: a GPU worker must not run it
             raise UserError(f"face.device={config.face.device}: the dlib backend runs on the CPU only",
-                            "set face.device=cpu, or filter.resources.num_gpus=0 (face.backend=insightface runs on CUDA)")
+                            "set face.device=cpu, or filter.resources.num_gpus=0 "
+                            "(face.backend=insightface runs on CUDA)")
         return cls(detector=config.face.dlib_detector, upsample=config.face.upsample)
 
     def __init__(

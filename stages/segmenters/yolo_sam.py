@@ -115,7 +115,8 @@ class YoloSamSegmenter(Segmenter, Backend):
         sam = build_sam(sam_model, sam_checkpoint, device)
         return cls(yolo_detector(yolo_weights), sam, device, person_conf, f"yolo+sam:{sam_model}")
 
-    def __init__(self, detector: Any, sam: Any, device: str, person_conf: float = 0.25, source: str = "yolo+sam") -> None:
+    def __init__(self, detector: Any, sam: Any, device: str, person_conf: float = 0.25,
+                 source: str = "yolo+sam") -> None:
         """Around built models (ultralytics' YOLO, segment-anything's Sam): `from_files` reads the real ones,
         benchmarks/gpu_smoke.py builds random ones of the same architecture."""
         from segment_anything.utils.transforms import ResizeLongestSide
