@@ -10,6 +10,7 @@ import argparse
 import os
 import shlex
 import sys
+import tempfile
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -415,10 +416,15 @@ def _apply_decisions(args: argparse.Namespace) -> int:
 
 
 def _saved_config(run: RunDir) -> str | None:
-    """The resolved config a run saved (a local run's config.yaml), so apply keeps the run's fingerprints."""
-    if run.object_store or not run.exists(RUN_CONFIG):
+    """The resolved config the run saved (its config.yaml; a store's, copied to a local file), so apply keeps the
+    run's fingerprints; None before a first run."""
+    if not run.exists(RUN_CONFIG):
         return None
-    return run.path(RUN_CONFIG)
+    if not run.object_store:
+        return run.path(RUN_CONFIG)
+    with tempfile.NamedTemporaryFile("wb", suffix=".yaml", delete=False) as copy:
+        copy.write(run.read_bytes(RUN_CONFIG))
+    return copy.name
 
 
 def command_release(args: argparse.Namespace) -> int:
