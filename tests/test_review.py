@@ -20,12 +20,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.core.decisions import ACCEPT, CLASS_WORD, REJECT, UNDO, current, read_log
+from pipeline.core.decisions import ACCEPT, CLASS_WORD, REJECT, TARGET_FACE, UNDO, current, read_log
 from pipeline.core.reasons import CURATOR_REJECTED, NOT_TARGET_IDENTITY
 from pipeline.core.rundir import RunDir
 from pipeline.review.app import TOKEN_HEADER, create_app
 from pipeline.review.pending import pending
-from pipeline.review.queue import PAGE, QUEUE, SIMILARITY, TARGET_FACE, load_queue
+from pipeline.review.queue import PAGE, QUEUE, SIMILARITY, load_queue
+from pipeline.review.queue import TARGET_FACE as GROUP_PHOTO
 from pipeline.review.serve import review_server
 from tests import browser
 from tests.conftest import REPO
@@ -131,7 +132,7 @@ def test_the_queue_puts_the_doubtful_first(review_run: RunDir, faces: dict, tmp_
     dropped = [item for item in photos if item["status"] != "ok"]
     assert dropped[0]["value"] == max(row["sim_to_centroid"] for row in judged if row["status"] != "ok")
     assert sha256_of(faces, IMPOSTOR) in {item["image_id"] for item in dropped}
-    groups = {(i["identity"], i["image_id"]) for i in items if i["kind"] == TARGET_FACE}
+    groups = {(i["identity"], i["image_id"]) for i in items if i["kind"] == GROUP_PHOTO}
     assert groups == {(r["identity"], r["image_id"]) for r in rows if r["status"] == "ok" and r["large_faces"] > 1}
     assert ("angelina_jolie", sha256_of(faces, "couple.jpg")) in groups
     assert load_queue(review_run).items == queue.items  # the cached file, unchanged parts: not built again
@@ -226,3 +227,20 @@ def test_the_command_listens_on_loopback_with_a_fresh_token(review_run: RunDir) 
                 assert page.status == 200 and "Triage queue" in page.read().decode()
         finally:
             app.terminate()
+
+
+@pytest.mark.slow
+def test_a_target_face_answer_names_another_face_of_a_group_photo(client, review_run: RunDir, faces: dict) -> None:
+    couple = sha256_of(faces, "couple.jpg")
+    target = pq.read_table(Path(review_run.uri, "stages", "verify", "part-angelina_jolie.parquet"),
+                           columns=["image_id", "target_face"]).to_pylist()
+    [current_target] = [row["target_face"] for row in target if row["image_id"] == couple]
+    page = client.get(f"/identity/angelina_jolie?token={TOKEN}").text
+    [card] = [card for card in page.split("<article")[1:] if f'data-image="{couple}"' in card]
+    assert int(re.search(r'data-faces="(\d+)"', card).group(1)) >= 2 and card.count('class="face') >= 2
+    asked = {"identity": "angelina_jolie", "image": couple, "kind": TARGET_FACE, "value": 1 - current_target}
+    assert client.post("/api/decide", json=asked, headers={TOKEN_HEADER: TOKEN}).json["pending"] == 1
+    [decided] = current(review_run)
+    assert (decided.decision.kind, decided.decision.value) == (TARGET_FACE, 1 - current_target)
+    same = {**asked, "value": current_target}  # the face verify already took: nothing to apply
+    assert client.post("/api/decide", json=same, headers={TOKEN_HEADER: TOKEN}).json["pending"] == 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from flask import Flask, Response, abort, jsonify, render_template, request
 
-from pipeline.core.decisions import UNDO, Decision, in_force, read_log
+from pipeline.core.decisions import TARGET_FACE, UNDO, Decision, in_force, read_log
 from pipeline.core.errors import UserError
 from pipeline.core.names import Identity, IdentityIndex, run_identities
 from pipeline.core.rundir import RunDir
@@ -22,7 +22,7 @@ from pipeline.decide import record
 from pipeline.report.thumbs import THUMBS, Thumbs
 from pipeline.review.apply import ApplyJob
 from pipeline.review.pending import pending
-from pipeline.review.queue import PAGE, Queue, load_queue
+from pipeline.review.queue import Queue, load_queue
 from pipeline.review.tables import VERIFY, identity_photos, read_columns, verify_photos
 from stages.class_words import CANONICAL
 
@@ -92,7 +92,7 @@ def _pages(app: Flask, review: Review) -> None:
         number = request.args.get("page", 0, type=int)
         items = _with_faces(review, queue.page(number))
         return render_template("queue.html", items=items, page=number, pages=queue.pages, total=queue.items,
-                               per_page=PAGE, **_common(review))
+                               **_common(review))
 
     @app.get("/identity/<slug>")
     def identity_page(slug: str) -> str:
@@ -152,7 +152,7 @@ def _decision(review: Review, given: dict) -> Decision:
             raise UserError("no decision to undo for this photo")
         return Decision(slug, UNDO, value=mine[-1].row, note=note, by=by)
     value = given.get("value")
-    return Decision(slug, kind, image, int(value) if kind == "target_face" else value, note, by)
+    return Decision(slug, kind, image, int(value) if kind == TARGET_FACE else value, note, by)
 
 
 def _thumbnail(review: Review, row: dict) -> bytes | None:
