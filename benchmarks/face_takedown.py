@@ -1,14 +1,16 @@
 """A face takedown over a large dataset, on synthetic embeddings:
 
-    python benchmarks/face_takedown.py [--identities 100000] [--faces 2000000] [--dim 512] [--shards 200] [--dir DIR]
+    python benchmarks/face_takedown.py [--identities 100000] [--faces 2000000] [--backend insightface|sface]
+                                       [--shards 200] [--dir DIR]
 
 Writes `--shards` shards of `--identities` identities whose rows hold two faces each (the target and
-one other, `--faces` in all: random unit vectors, ArcFace's 512-d by default, as insightface stores
-them), each row with a small real JPEG crop and PNG mask. Planted for one requester: their own
+one other, `--faces` in all: random unit vectors of the backend's size, ArcFace's 512-d by default, or
+SFace's 128-d), each row with a small real JPEG crop and PNG mask. Planted for one requester: their own
 identity's photos (target cosine 0.55-0.9 to the request), a re-encoded copy under another identity
 (0.97, as target) and group photos in other identities where they stand beside the target (0.5-0.8).
-Random 512-d vectors are at most ~0.25 alike, below the cut (insightface's verify threshold 0.40 less
-the 0.05 margin), so the matches must be exactly the planted ones.
+The cut is the backend's verify threshold less the 0.05 margin (insightface 0.35, sface 0.45); random
+512-d vectors are at most ~0.25 alike and 128-d ones ~0.45 at 2M (a stranger may pass: reported), so the
+matches should be exactly the planted ones.
 
 Then, with the pipeline's own code: the matching over every shard (`face_match.match_tables`, the
 figure the issue names: under 1 minute on 2 cores), the shards holding a match (`holding`) and their
@@ -39,8 +41,9 @@ from pipeline.core.rundir import RunDir
 from pipeline.dataset.face_match import COLUMNS, match_tables
 from pipeline.dataset.shards import SHARDS
 from pipeline.dataset.takedown_shards import holding, rewrite_shard
+from stages.faces import FACES
 
-CUT = 0.40 - 0.05  # insightface's verify threshold less governance.face_match_margin
+MARGIN = 0.05  # governance.face_match_margin
 FACE = pa.struct([pa.field("box", pa.list_(pa.float32(), 4)), pa.field("embedding", pa.list_(pa.float32()))])
 BOXES = np.array([[40, 30, 100, 110], [130, 40, 180, 100]], np.float32)  # target, other: in crop pixels too
 
@@ -127,10 +130,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=100_000)
     parser.add_argument("--faces", type=int, default=2_000_000)
-    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--backend", choices=["insightface", "sface"], default="insightface")
     parser.add_argument("--shards", type=int, default=200)
     parser.add_argument("--dir", type=Path, help="where to write the shards (default: a temporary folder, removed)")
     args = parser.parse_args()
+    backend = FACES.get(args.backend)
+    args.dim, cut = backend.embedding_dim, backend.calibration.threshold - MARGIN
     rng = np.random.default_rng(0)
     root = args.dir or Path(tempfile.mkdtemp(prefix="face-takedown-"))
     (root / SHARDS).mkdir(parents=True, exist_ok=True)
@@ -145,7 +150,7 @@ def main() -> None:
 
         started, cpu = time.perf_counter(), time.process_time()
         names = sorted(path.name for path in (root / SHARDS).glob("train-*.parquet"))
-        found = match_tables((run.read_table(f"{SHARDS}/{name}", COLUMNS) for name in names), query, CUT)
+        found = match_tables((run.read_table(f"{SHARDS}/{name}", COLUMNS) for name in names), query, cut)
         matching, cpu = time.perf_counter() - started, time.process_time() - cpu
         exact = found.targets == plan["targets"] and found.bystanders == plan["bystanders"]
         print(f"matching: {matching:.1f} s ({cpu:.1f} CPU s; reading the shards included) over {args.faces:,} faces "
