@@ -1,13 +1,14 @@
 """A face takedown over a large dataset, on synthetic embeddings:
 
-    python benchmarks/face_takedown.py [--identities 100000] [--faces 2000000] [--backend insightface|sface]
+    python benchmarks/face_takedown.py [--identities 100000] [--faces 2000000] [--backend sface|insightface]
                                        [--shards 200] [--dir DIR]
 
 Writes `--shards` shards of `--identities` identities whose rows hold two faces each (the target and
-one other, `--faces` in all: random unit vectors of the backend's size, ArcFace's 512-d by default, or
-SFace's 128-d), each row with a small real JPEG crop and PNG mask. Planted for one requester: their own
-identity's photos (target cosine 0.55-0.9 to the request), a re-encoded copy under another identity
-(0.97, as target) and group photos in other identities where they stand beside the target (0.5-0.8).
+one other, `--faces` in all: random unit vectors of the backend's size: SFace's 128-d by default, as the
+CPU profiles store them, or ArcFace's 512-d), each row with a small real JPEG crop and PNG mask.
+Planted for one requester: their own identity's photos (target cosine 0.55-0.9 to the request), a
+re-encoded copy under another identity (0.97, as target) and group photos in other identities where
+they stand beside the target (0.5-0.8).
 The cut is the backend's verify threshold less the 0.05 margin (insightface 0.35, sface 0.45); random
 512-d vectors are at most ~0.25 alike and 128-d ones ~0.45 at 2M (a stranger may pass: reported), so the
 matches should be exactly the planted ones.
@@ -130,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=100_000)
     parser.add_argument("--faces", type=int, default=2_000_000)
-    parser.add_argument("--backend", choices=["insightface", "sface"], default="insightface")
+    parser.add_argument("--backend", choices=["sface", "insightface"], default="sface")
     parser.add_argument("--shards", type=int, default=200)
     parser.add_argument("--dir", type=Path, help="where to write the shards (default: a temporary folder, removed)")
     args = parser.parse_args()
