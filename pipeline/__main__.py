@@ -85,11 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     _release_arguments(release)
     _console_options(release)
 
-    release = commands.add_parser("release", help="a copy of the dataset safe to publish (docs/release.md)")
-    _config_options(release)
-    _release_arguments(release)
-    _console_options(release)
-
     remove = commands.add_parser("remove", help="take an identity, photo, URL, domain or face out of a run for good (takedown)")
     _config_options(remove)
     from pipeline.remove import add_arguments as remove_arguments
