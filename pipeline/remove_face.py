@@ -1,6 +1,6 @@
 """`python -m pipeline remove --face PHOTO ...`: take a person out of a run wherever their face is.
 
-The photos are embedded with the run's face backend (stages/faces/photos.py) and matched against
+The photos are embedded with the run's face backend (stages/face_photos.py) and matched against
 every face verify judged (pipeline/dataset/face_match.py): rows where the requester is the target
 are taken down; where they stand beside someone else's target, `governance.bystander` blurs their
 face in the crop and mask, or drops the row. The ledger entry names the rows and faces and keeps
@@ -23,7 +23,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.dataset.face_match import FaceMatches, match_cut, match_tables, verified_tables
 from pipeline.dataset.takedown_parts import crawled
 from stages.faces import open_backend
-from stages.faces.photos import embed_photos
+from stages.face_photos import embed_photos
 
 if TYPE_CHECKING:
     from pipeline.core.config import PipelineConfig

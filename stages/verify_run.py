@@ -85,8 +85,10 @@ def census(run: RunDir, upstream: str, slugs: list[str], config: PipelineConfig)
 
 def by_identity(table: pa.Table) -> list[tuple[str, pa.Table]]:
     """One table per identity, each sorted by image_id as verify sorts a folder."""
+    if not table.num_rows:
+        return []
     ordered = table.sort_by([("identity", "ascending"), ("image_id", "ascending")])
     names = ordered["identity"].to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(names) else np.zeros(0, int)
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
     ends = np.r_[starts[1:], len(names)]
     return [(str(names[a]), ordered.slice(a, b - a)) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]

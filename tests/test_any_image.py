@@ -35,7 +35,7 @@ from stages.crop import CropStage
 from stages.filter import FilterStage
 from stages.imaging import PILLOW_MAX_PIXELS, decode_upright, probe
 from stages.safety import SafetyScoresStage
-from stages.segment import SegmentStage
+from stages.segment import CheckedCrop, SegmentStage
 from tests.conftest import FACES
 from tests.local_tree import png_declaring
 
@@ -213,8 +213,9 @@ def decoded_crops(pipe: Pipeline, crops: list[bytes]) -> None:
     table = pa.table({"crop_image": pa.array(crops, pa.binary())})
     for stage in (pipe.segment, pipe.caption):
         for item in stage.prepare(table):
-            if isinstance(item, np.ndarray):
-                assert item.ndim == 3 and item.shape[2] == 3 and item.dtype == np.uint8
+            pixels = item.pixels() if isinstance(item, CheckedCrop) else item  # segment's travel encoded
+            if isinstance(pixels, np.ndarray):
+                assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8
             else:
                 assert_outcome(item)
 

@@ -61,7 +61,7 @@ def test_mistakes_name_the_full_key(override: str, message: str) -> None:
         ("crawl.source=altavista", "unknown crawl.source 'altavista' (choose one of: baidu, bing, "),
         ("face.backend=facenet", "unknown face.backend 'facenet' (choose one of: dlib, insightface"),
         ("segment.backend=rembg", "unknown segment.backend 'rembg'"),
-        ("caption.backend=llava", "unknown caption.backend 'llava' (choose one of: blip, template)"),
+        ("caption.backend=llava", "unknown caption.backend 'llava' (choose one of: blip, smolvlm, template)"),
         ("caption.gender_model=deepface", "unknown caption.gender_model 'deepface'"),
     ],
 )

@@ -31,7 +31,7 @@ from pipeline.engine.registry import STAGES
 from pipeline.remove_face import _removal
 from pipeline.report.state import load_state
 from stages.faces import open_backend
-from stages.faces.photos import embed_photos
+from stages.face_photos import embed_photos
 from tests.conftest import FACES, run_cli
 
 CONFIG = load_config(resolve_profile("cpu"))

@@ -25,7 +25,7 @@ from pipeline.core.rundir import RunDir
 from pipeline.dataset.blur import blur_table
 from pipeline.dataset.face_match import COLUMNS, match_cut, match_table
 from stages.faces import FACES
-from stages.faces.photos import listed_faces
+from stages.face_photos import listed_faces
 
 
 @dataclass(frozen=True)

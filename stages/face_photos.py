@@ -13,7 +13,7 @@ from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import UserError
 from stages.imaging import ImageRejected, decode_for_detection
 
-from .base import FaceBackend
+from stages.faces.base import FaceBackend
 
 
 def embed_photos(backend: FaceBackend, config: PipelineConfig, paths: Sequence[Path]) -> np.ndarray:
