@@ -146,6 +146,7 @@ def test_each_item_is_its_target_with_references_of_other_photos_of_its_identity
     assert sorted(seen) == sorted(rows)  # every row is a target once
 
 
+@pytest.mark.slow  # reads the session's shared run, which takes a minute to build
 def test_pair_difficulty_reads_pose_and_scene_from_the_stored_rows(rows: dict) -> None:
     target, reference = sorted(rows.values(), key=lambda row: row["image_id"])[:2]
     found = pair_difficulty(target, reference)
