@@ -74,13 +74,13 @@ Content-Usage: nopath train-ai=n
 )  # fmt: skip
 def test_robots_rules_pick_the_group_and_the_longest_path(token: str, path: str, outcome: str) -> None:
     evidence: dict[str, str] = {}
-    refusal = RobotsUsage.parse(ROBOTS).refusal(f"http://site.example{path}", token, evidence)
+    refusal = RobotsUsage.parse(ROBOTS).refusal(f"http://site.example.com{path}", token, evidence)
     assert evidence["content_usage_robots"] == outcome and (refusal is not None) == (outcome == "refused")
 
 
 def test_a_robots_txt_without_rules_says_nothing() -> None:
     evidence: dict[str, str] = {}
-    assert RobotsUsage.parse("User-agent: *\nDisallow: /x\n").refusal("http://a.example/p", TOKEN, evidence) is None
+    assert RobotsUsage.parse("User-agent: *\nDisallow: /x\n").refusal("http://a.example.com/p", TOKEN, evidence) is None
     assert evidence == {"content_usage_robots": "absent"}
 
 

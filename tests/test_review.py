@@ -218,7 +218,7 @@ def test_the_command_listens_on_loopback_with_a_fresh_token(review_run: RunDir) 
             line = app.stdout.readline()
             while line and " open " not in line:  # first it says it reads the run
                 line = app.stdout.readline()
-            url = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=)([\w-]{32})$", line.strip())
+            url = re.search(r"open (" + re.escape("http://127.0.0.1:") + r"\d+/\?token=)([\w-]{32})$", line.strip())
             assert url, line
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(url.group(1) + "x" * 32, timeout=30)

@@ -52,6 +52,13 @@ def resolve_model(name: str, kind: str = "BLIP", key: str = "caption.model") -> 
                             [str(folder.resolve()), constants.HF_HUB_CACHE], fix) from exc
 
 
+def require_transformers() -> None:
+    """The captioners built on transformers need it and torch installed (not every profile does)."""
+    for package in ("torch", "transformers"):
+        if importlib.util.find_spec(package) is None:
+            raise ModelNotFound(f"python package {package!r}", ["this environment"], "pip install torch transformers")
+
+
 @CAPTIONERS.register
 class BlipCaptioner(Captioner, Backend):
     name = "blip"
@@ -63,9 +70,7 @@ class BlipCaptioner(Captioner, Backend):
 
     @classmethod
     def check(cls, config: PipelineConfig) -> None:
-        for package in ("torch", "transformers"):
-            if importlib.util.find_spec(package) is None:
-                raise ModelNotFound(f"python package {package!r}", ["this environment"], "pip install torch transformers")
+        require_transformers()
         resolve_model(config.caption.model)
 
     @classmethod

@@ -10,18 +10,16 @@ the Auto classes, so a SmolVLM2 or another image-text-to-text model with a chat 
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 from collections.abc import Sequence
 
 import numpy as np
 
 from pipeline.core.config import PipelineConfig
-from pipeline.core.errors import ModelNotFound
 from stages.backends import Backend
 from stages.devices import checked_module, fast_matmuls, torch_device
 
 from .base import CAPTIONERS, Captioner
-from .blip import resolve_model
+from .blip import require_transformers, resolve_model
 
 OFFICIAL = "HuggingFaceTB/SmolVLM-256M-Instruct"  # the manifest's `smolvlm_256m`
 KEY = "caption.vlm_model"
@@ -38,9 +36,7 @@ class SmolVlmCaptioner(Captioner, Backend):
 
     @classmethod
     def check(cls, config: PipelineConfig) -> None:
-        for package in ("torch", "transformers"):
-            if importlib.util.find_spec(package) is None:
-                raise ModelNotFound(f"python package {package!r}", ["this environment"], "pip install torch transformers")
+        require_transformers()
         resolve_model(config.caption.vlm_model, "SmolVLM", KEY)
 
     @classmethod
