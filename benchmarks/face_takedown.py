@@ -127,6 +127,9 @@ def build(run: RunDir, args: argparse.Namespace, query: np.ndarray, rng: np.rand
     return plan
 
 
+DIMENSIONS = {"sface": 128, "insightface": 512}  # insightface's size comes from its loaded model: ArcFace's 512
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=100_000)
@@ -136,7 +139,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, help="where to write the shards (default: a temporary folder, removed)")
     args = parser.parse_args()
     backend = FACES.get(args.backend)
-    args.dim, cut = backend.embedding_dim, backend.calibration.threshold - MARGIN
+    args.dim, cut = DIMENSIONS[args.backend], backend.calibration.threshold - MARGIN
     rng = np.random.default_rng(0)
     root = args.dir or Path(tempfile.mkdtemp(prefix="face-takedown-"))
     (root / SHARDS).mkdir(parents=True, exist_ok=True)
