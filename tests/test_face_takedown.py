@@ -23,7 +23,8 @@ from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.errors import UserError
 from pipeline.core.optout import OptOutList
 from pipeline.core.rundir import RunDir
-from pipeline.dataset.blur import blur_image, clear_mask
+from pipeline.core.schema import CAPTION, CROP, FACE, MASK
+from pipeline.dataset.blur import blur_image, blur_table, clear_mask
 from pipeline.dataset.face_match import FaceMatches, match_cut, match_table
 from pipeline.dataset.face_optout import face_refusals
 from pipeline.dataset.shards import write_shard
@@ -109,6 +110,38 @@ def test_the_blur_changes_the_face_region_only_and_clears_it_from_the_mask() -> 
     mask.save(out, "PNG")
     cleared = np.asarray(Image.open(io.BytesIO(clear_mask(out.getvalue(), [box]))))
     assert not cleared[120:260, 100:220].any() and cleared[:80].all() and cleared[300:].all()
+
+
+SHARD_SCHEMA_PARTS = [  # the columns a blur reads and rewrites, as the shards type them
+    pa.field("identity", pa.string()), pa.field("image_id", pa.string()), pa.field("faces", pa.list_(FACE)),
+    pa.field("identities", pa.list_(pa.string())), pa.field("num_identities", pa.int32()),
+    *(CROP.field(name) for name in ("crop_image", "crop_format", "crop_faces")),
+    *(MASK.field(name) for name in ("mask", "person_masks")), CAPTION.field("caption_people"),
+]
+
+
+def test_a_blurred_bystander_is_no_longer_named_anywhere_in_the_row() -> None:
+    """A requester who is an identity of the run, beside someone else's target: their label goes with their face."""
+    crop, mask = io.BytesIO(), io.BytesIO()
+    Image.open(FACES / "images" / "couple.jpg").convert("RGB").resize((256, 256)).save(crop, "JPEG")
+    Image.new("1", (256, 256), 1).save(mask, "PNG")
+    faces = [{"box": [10.0, 10.0, 60.0, 60.0], "identity": "jolie", "identity_score": 0.9},
+             {"box": [150.0, 20.0, 200.0, 70.0], "identity": "pitt", "identity_score": 0.8}]
+    row = {"identity": "jolie", "image_id": "a" * 64, "crop_image": crop.getvalue(), "crop_format": "JPEG",
+           "crop_faces": [{"box": face["box"]} for face in faces], "mask": mask.getvalue(), "faces": faces,
+           "identities": ["jolie", "pitt"], "num_identities": 2,
+           "person_masks": [{"identity": "jolie", "mask": b"j"}, {"identity": "pitt", "mask": b"p"}],
+           "caption_people": [{"identity": "jolie", "face": 0}, {"identity": "pitt", "face": 1}]}
+    schema = pa.schema([*SHARD_SCHEMA_PARTS, CROP.field("blurred_faces")])
+    out, changed = blur_table(pa.Table.from_pylist([row], schema=schema), {("jolie", "a" * 64): {1}})
+    (after,) = out.to_pylist()
+    assert changed == 1 and after["blurred_faces"] == [1] and after["crop_image"] != row["crop_image"]
+    assert [face["identity"] for face in after["faces"]] == ["jolie", None] and after["faces"][1]["identity_score"] is None
+    assert (after["identities"], after["num_identities"]) == (["jolie"], 1)
+    assert [entry["identity"] for entry in after["person_masks"]] == ["jolie"]
+    assert [entry["face"] for entry in after["caption_people"]] == [0]
+    assert "pitt" not in json.dumps({key: value for key, value in after.items() if isinstance(value, (str, list, int))},
+                                    default=str)
 
 
 def test_the_ledger_keeps_a_salted_hash_the_embedding_only_in_its_file(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ pixelated to 6x6 blocks and then smoothed: pixelation throws the detail away (a 
 partly undone), the smoothing hides the blocks. The same region is cleared in the mask, since the
 mask is the target person's and the bystander is not part of the ID region. Each blurred face's
 index (into `faces`) is added to the row's `blurred_faces`, so blurring is done once per face
-however often the ledger is applied, and readers can see which faces were touched.
+however often the ledger is applied, and readers can see which faces were touched. A blurred face also
+loses its identity label (`faces[i].identity`, the photo's `identities`, its `person_masks` entry and its
+`caption_people` entry): a requester found beside someone else is neither shown nor named there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFilter
 
+LABELS = ("faces", "identities", "num_identities", "person_masks", "caption_people")  # what names a face's person
 BLOCKS = 6
 WIDEN = 0.25
 Blurs = dict[tuple[str, str], set[int]]  # (identity, image_id) -> indices into the row's faces
@@ -35,7 +38,7 @@ def blur_table(table: pa.Table, blurs: Blurs) -> tuple[pa.Table, int]:
     todo = {i: faces for i, row in enumerate(table.select(keys).to_pylist()) if (faces := pending(row, blurs))}
     if not todo:
         return table, 0
-    columns = {name: table[name].to_pylist() for name in ("crop_image", "crop_format", "crop_faces", "mask")
+    columns = {name: table[name].to_pylist() for name in ("crop_image", "crop_format", "crop_faces", "mask", *LABELS)
                if name in table.column_names}
     done = table["blurred_faces"].to_pylist() if "blurred_faces" in table.column_names else [None] * table.num_rows
     for i, faces in todo.items():
@@ -43,10 +46,27 @@ def blur_table(table: pa.Table, blurs: Blurs) -> tuple[pa.Table, int]:
         columns["crop_image"][i] = blur_image(columns["crop_image"][i], columns["crop_format"][i], boxes)
         if columns.get("mask") and columns["mask"][i]:
             columns["mask"][i] = clear_mask(columns["mask"][i], boxes)
+        unlabel(columns, i, faces)
         done[i] = sorted(set(done[i] or ()) | faces)
     for name, values in {**columns, "blurred_faces": done}.items():
         table = _set_column(table, name, values)
     return table, len(todo)
+
+
+def unlabel(columns: dict[str, list], row: int, faces: set[int]) -> None:
+    """Row `row`'s labels of these faces gone, from every column that names a face's person."""
+    labels = (columns["faces"][row] or []) if "faces" in columns else []
+    gone = {labels[k].get("identity") for k in faces if k < len(labels)} - {None}
+    for k in faces & set(range(len(labels))):
+        labels[k] = {**labels[k], "identity": None, "identity_score": None}
+    if columns.get("identities") and columns["identities"][row] is not None:
+        columns["identities"][row] = [name for name in columns["identities"][row] if name not in gone]
+        if "num_identities" in columns:
+            columns["num_identities"][row] = len(columns["identities"][row])
+    if columns.get("person_masks") and columns["person_masks"][row] is not None:
+        columns["person_masks"][row] = [entry for entry in columns["person_masks"][row] if entry["identity"] not in gone]
+    if columns.get("caption_people") and columns["caption_people"][row] is not None:
+        columns["caption_people"][row] = [entry for entry in columns["caption_people"][row] if entry["face"] not in faces]
 
 
 def _set_column(table: pa.Table, name: str, values: list) -> pa.Table:
