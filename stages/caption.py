@@ -5,7 +5,8 @@ captions use (captions of several people do not vote), or, where they name none 
 template backend), of a gender/age model's estimates; `person` when nothing decides. A caption that
 lacks the word is sampled again up to `caption.resample_attempts` times, then rewritten to hold it.
 Nothing is dropped for its caption: several people and a gender model's disagreement are flags.
-Crops are decoded once, in `prepare` (CPU workers); the models run in `infer` (their actors).
+Crops are decoded and fitted to the captioner's input size in `prepare` (CPU workers, `CaptionCrop`); the models run
+in `infer` (their actors).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipeline.core.schema import CAPTION, OK
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
 from stages.caption_people import Person, left_to_right, person_spans, target_mention
-from stages.captioners import Estimate, check_models, open_captioner, open_estimator
+from stages.captioners import Estimate, check_models, open_captioner, open_estimator, open_fitter
 from stages.captioners.template import TemplateCaptioner
 from stages.curation import CURATOR, class_words, digests
 from stages.clip_tokens import clip_tokenizer, token_positions
@@ -42,11 +43,36 @@ def stored_estimate(row: Row) -> Estimate | None:
 
 
 @dataclass
+class CaptionCrop:
+    """A crop on its way to the caption actors. What travels through Ray's object store is its checked JPEG (~0.3 MB
+    at 1024 px, for the gender/age estimator, which needs the whole crop) and, for a captioner with a fixed input
+    size, the crop as its processor resizes it (BLIP-large: 384 px, 0.44 MB), not the 3.1 MB of the decoded crop,
+    which stays with the worker that decoded it (pickling leaves it out)."""
+
+    data: bytes
+    fitted: np.ndarray | None  # the captioner's `fitter` output; None: the captioner takes the decoded crop
+    decoded: np.ndarray | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "decoded": None}
+
+    def pixels(self) -> np.ndarray:
+        """The decoded crop: the one `prepare` made in this worker, else decoded here (once)."""
+        if self.decoded is None:
+            self.decoded = decode_crop(self.data)
+        return self.decoded
+
+    def shown(self) -> np.ndarray:
+        """What the captioner gets."""
+        return self.fitted if self.fitted is not None else self.pixels()
+
+
+@dataclass
 class Draft:
     """One row on its way: the captioner's text, the estimate, and once found, the final caption."""
 
     row: Row
-    image: np.ndarray | None = None  # the decoded crop
+    crop: CaptionCrop | None = None
     raw: str | None = None
     estimate: Estimate | None = None
     caption: str | None = None
@@ -83,18 +109,20 @@ class CaptionStage(ModelStage):
         self.models = json.dumps(versions, sort_keys=True)
         clip_tokenizer()  # built once per worker
 
-    def prepare(self, rows: pa.Table) -> list[np.ndarray | Row]:
-        """Each crop decoded, or the drop of an unreadable one."""
-        out: list[np.ndarray | Row] = []
+    def prepare(self, rows: pa.Table) -> list[CaptionCrop | Row]:
+        """Each crop decoded and fitted to the captioner's input, or the drop of an unreadable one."""
+        fit, out = open_fitter(self.config), []
         for data in rows["crop_image"].to_pylist():
             try:
-                out.append(decode_crop(data))
+                pixels = decode_crop(data)
             except ImageRejected as rejected:
                 out.append(drop(rejected.reason, rejected.detail))
+                continue
+            out.append(CaptionCrop(data, fit(pixels) if fit else None, decoded=pixels))
         return out
 
-    def infer(self, rows: pa.Table, prepared: list[np.ndarray | Row]) -> pa.Table:
-        drafts = [Draft(row, image=item) if isinstance(item, np.ndarray) else Draft(row, verdict=item)
+    def infer(self, rows: pa.Table, prepared: list[CaptionCrop | Row]) -> pa.Table:
+        drafts = [Draft(row, crop=item) if isinstance(item, CaptionCrop) else Draft(row, verdict=item)
                   for row, item in zip(rows.to_pylist(), prepared, strict=True)]
         live = [d for d in drafts if d.verdict is None]
         self._describe(live)
@@ -131,19 +159,19 @@ class CaptionStage(ModelStage):
     def curated_words(self) -> dict[str, str]:
         return class_words(self.run)
 
-    def _batches(self, drafts: list[Draft]) -> Iterator[tuple[list[Draft], list[np.ndarray]]]:
-        """(drafts, their decoded crops), a model batch at a time; every draft here has its crop."""
+    def _batches(self, drafts: list[Draft]) -> Iterator[list[Draft]]:
+        """The drafts a model batch at a time; every draft here has its crop."""
         size = self.resources(self.config).batch_size
         for start in range(0, len(drafts), size):
-            batch = drafts[start : start + size]
-            yield batch, [d.image for d in batch if d.image is not None]
+            yield drafts[start : start + size]
 
     def _describe(self, drafts: list[Draft]) -> None:
-        for batch, images in self._batches(drafts):
+        for batch in self._batches(drafts):
             if self.captioner.describes:
-                for draft, text in zip(batch, self.captioner.caption(images), strict=True):
+                for draft, text in zip(batch, self.captioner.caption([d.crop.shown() for d in batch]), strict=True):
                     draft.raw = text
             if self.estimator:
+                images = [d.crop.pixels() for d in batch]
                 found = self.estimator.estimate(images, [target_crop_box(d.row) for d in batch])
                 for draft, estimate in zip(batch, found, strict=True):
                     draft.estimate = estimate
@@ -156,7 +184,7 @@ class CaptionStage(ModelStage):
             others = [p for p in left_to_right(draft.row) if p.face != draft.row["target_face"]]
             if others:
                 boxes = [draft.row["crop_faces"][person.face]["box"] for person in others]
-                estimates = self.estimator.estimate([draft.image] * len(others), boxes)
+                estimates = self.estimator.estimate([draft.crop.pixels()] * len(others), boxes)
                 draft.others = {person.face: self._word(one) for person, one in zip(others, estimates, strict=True)}
 
     def _word(self, estimate: Estimate) -> str:
@@ -188,8 +216,8 @@ class CaptionStage(ModelStage):
         settings = self.config.caption
         for attempt in range(settings.resample_attempts if self.captioner.describes else 0):
             missing = [d for d in drafts if d.caption is None]
-            for batch, images in self._batches(missing):
-                texts = self.captioner.caption(images, seed=settings.seed + attempt)
+            for batch in self._batches(missing):
+                texts = self.captioner.caption([d.crop.shown() for d in batch], seed=settings.seed + attempt)
                 for draft, text in zip(batch, texts, strict=True):
                     self._place(draft, word, text, "resampled")
 

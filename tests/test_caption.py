@@ -4,6 +4,7 @@ scripted captions, the template backend with a real gender model on real photos,
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,30 @@ def test_blip_batches_like_one_at_a_time_and_samples_reproducibly(tiny_blip: Pat
     assert captioner.caption(batch, seed=5) == captioner.caption(batch, seed=5)
     unprompted = BlipCaptioner(str(tiny_blip), device="cpu", prompt="", max_new_tokens=8)
     assert len(unprompted.caption(batch[:2])) == 2
+
+
+def test_blip_crops_resized_in_prepare_give_the_captions_whole_crops_give(tiny_blip: Path, tmp_path: Path) -> None:
+    """The resize moved to the CPU workers is the processor's own: on real crops, the same pixel values and the same
+    output ids as the processor resizing the whole crop in the actor. What travels is that small crop and the JPEG."""
+    import torch
+
+    config = PipelineConfig.model_validate({"caption": {"model": str(tiny_blip), "gender_model": "none"}})
+    table = crop_table([PHOTOS / f"img{k}.jpg" for k in (26, 27, 28, 13)], "katy_perry")
+    shipped = pickle.loads(pickle.dumps(CaptionStage(config, RunDir(str(tmp_path))).prepare(table)))
+    assert all(crop.decoded is None and crop.fitted.shape == (32, 32, 3) and crop.fitted.dtype == np.uint8
+               for crop in shipped)  # the decoded 256-px crop stays behind; the actor decodes the JPEG if it must
+    whole, fitted = [crop.pixels() for crop in shipped], [crop.fitted for crop in shipped]
+    assert whole[0].shape == (256, 256, 3)
+
+    captioner = BlipCaptioner(str(tiny_blip), device="cpu", prompt="a picture of", max_new_tokens=8)
+    pixels = [captioner.processor(images=images, return_tensors="pt")["pixel_values"] for images in (whole, fitted)]
+    assert torch.equal(*pixels)
+    with torch.inference_mode():
+        ids = [captioner.model.generate(pixel_values=p, max_new_tokens=8, num_beams=3) for p in pixels]
+    assert torch.equal(*ids)
+    assert captioner.caption(whole) == captioner.caption(fitted)
+    assert captioner.caption(whole, seed=3) == captioner.caption(fitted, seed=3)
+    assert pixels[0].abs().sum() > 0 and ids[0].shape[0] == 4
 
 
 def test_missing_blip_model_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

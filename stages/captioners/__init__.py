@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
 
-from .base import CAPTIONERS, ESTIMATORS, Captioner, Estimate, Estimator
+from .base import CAPTIONERS, ESTIMATORS, Captioner, Estimate, Estimator, Fit
 
 AUTO, NONE = "auto", "none"
 
@@ -42,10 +42,15 @@ def open_captioner(config: PipelineConfig) -> Captioner:
     return CAPTIONERS.selected(config).load(config)
 
 
+def open_fitter(config: PipelineConfig) -> Fit | None:
+    """The resize the selected captioner's crops get on CPU workers, before they travel to its actors."""
+    return CAPTIONERS.selected(config).fitter(config)
+
+
 def open_estimator(config: PipelineConfig) -> Estimator | None:
     name = pick_estimator(config)
     return ESTIMATORS.get(name).load(config) if name is not None else None
 
 
-__all__ = ["CAPTIONERS", "ESTIMATORS", "Captioner", "Estimate", "Estimator", "check_models", "open_captioner",
-           "open_estimator", "pick_estimator"]
+__all__ = ["CAPTIONERS", "ESTIMATORS", "Captioner", "Estimate", "Estimator", "Fit", "check_models", "open_captioner",
+           "open_estimator", "open_fitter", "pick_estimator"]

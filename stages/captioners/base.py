@@ -7,14 +7,16 @@ constructors, so importing this package stays cheap.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.core.config import PipelineConfig
 from stages.backends import Registry
 
 Box = Sequence[float]  # x0, y0, x1, y1 in pixels of the crop
+Fit = Callable[[np.ndarray], np.ndarray]  # a decoded crop to what a captioner's processor would resize it to
 
 CAPTIONERS = Registry("caption.backend", "stages.captioners")
 ESTIMATORS = Registry("caption.gender_model", "stages.captioners")
@@ -31,6 +33,13 @@ class Captioner(ABC):
     @abstractmethod
     def versions(self) -> dict[str, str]:
         """Package versions and the model that produced the captions."""
+
+    @classmethod
+    def fitter(cls, config: PipelineConfig) -> Fit | None:
+        """The resize CPU workers give each crop before it travels to the actors (the stage's `prepare`): exactly
+        the one the model's processor makes, so `caption` of the result is `caption` of the crop, and the actor's
+        processor has nothing left to resize. None: the crop travels as it is (no model, or no fixed input size)."""
+        return None
 
     def write_people(self, words: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
         """A caption from the class words alone, one a person left to right, and each word's character span

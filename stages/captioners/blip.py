@@ -3,11 +3,13 @@
 The model is a local directory or a hub id; a hub id is looked up in the Hugging Face cache and
 downloaded there only where the hub can be reached (never with HF_HUB_OFFLINE=1). The prompt
 prefix conditions the decoder ("a picture of" is the prefix BLIP was fine-tuned for captioning
-with) and starts every caption.
+with) and starts every caption. Crops reach the actor already resized to the model's input size by the processor's
+own resize, on the CPU workers that prepare them (`fitter`): the actor's processor only rescales and normalises.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 from collections.abc import Sequence
@@ -20,7 +22,7 @@ from pipeline.core.errors import ModelNotFound
 from stages.backends import Backend
 from stages.devices import checked_module, fast_matmuls, torch_device
 
-from .base import CAPTIONERS, Captioner
+from .base import CAPTIONERS, Captioner, Fit
 
 OFFICIAL = "Salesforce/blip-image-captioning-large"  # the manifest's `blip_large`
 HUB_FILES = ["*.json", "*.txt", "*.jinja", "*.safetensors"]  # config, processor, tokenizer, chat template, weights
@@ -74,6 +76,10 @@ class BlipCaptioner(Captioner, Backend):
         resolve_model(config.caption.model)
 
     @classmethod
+    def fitter(cls, config: PipelineConfig) -> Fit:
+        return processor_resize(config.caption.model)
+
+    @classmethod
     def load(cls, config: PipelineConfig) -> BlipCaptioner:
         settings = config.caption
         return cls(settings.model, device=settings.device, prompt=settings.prompt, num_beams=settings.num_beams,
@@ -100,6 +106,7 @@ class BlipCaptioner(Captioner, Backend):
         if not images:
             return []
         text = [self.prompt] * len(images) if self.prompt else None
+        # a crop `processor_resize` fitted is at the processor's size already: its resize returns it as it is
         inputs = self.processor(images=list(images), text=text, return_tensors="pt").to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         if seed is None:
@@ -116,3 +123,20 @@ class BlipCaptioner(Captioner, Backend):
         return {"captioner": "blip", "model": self.model_name, "revision": revision,
                 "transformers": importlib.metadata.version("transformers"), "torch": self._torch.__version__,
                 "device": self.device}
+
+
+@functools.cache  # once per worker process: the runner makes a stage object for every task it prepares
+def processor_resize(model: str) -> Fit:
+    """BLIP's image processor (the model's own, from its folder) resizing only, no rescale and no normalise: a crop
+    comes out as the processor would resize it, HxWx3 uint8 at the model's input size. That is the smallest form to
+    ship: at BLIP-large's 384 px, 0.44 MB, where its float32 pixel_values are 1.8 MB and the 1024-px crop 3.1 MB
+    (benchmarks/object_store_bytes.py)."""
+    from transformers import BlipProcessor
+
+    images = BlipProcessor.from_pretrained(resolve_model(model)).image_processor
+
+    def fit(image: np.ndarray) -> np.ndarray:
+        resized = images(images=[image], do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
+        return np.ascontiguousarray(resized[0].transpose(1, 2, 0))  # channels last again, as captioners take images
+
+    return fit

@@ -5,6 +5,9 @@ ConsisID and OpenS2V): it is asked for one sentence per person, from left to rig
 matches class words to the labelled faces in (stages/caption_people.py). The model is a local directory or a hub
 id, found as BLIP's is (stages/captioners/blip.py: `resolve_model`); `caption.vlm_model` names it. Loaded through
 the Auto classes, so a SmolVLM2 or another image-text-to-text model with a chat template loads the same way.
+Its processor keeps its resize (no `fitter`, unlike BLIP's): it enlarges a crop to `size.longest_edge` (1,456 px by
+default) and cuts it into tiles of `max_image_size` plus a global image, so every form it makes is bigger than the
+crop's JPEG that travels instead.
 """
 
 from __future__ import annotations
