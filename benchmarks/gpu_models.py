@@ -130,13 +130,17 @@ def segmenter(sizes: Sizes, device: str, sam_model: str | None = None):  # -> Yo
     return YoloSamSegmenter(YOLO(sizes.yolo, task="detect"), sam, device, person_conf=0.0, source=f"random:{name}")
 
 
+def segment_inputs(sizes: Sizes) -> tuple[list[np.ndarray], list[np.ndarray], list[list[tuple]]]:
+    """A batch of crops at the profile's size, each with a person box and a face behind it (a negative point)."""
+    images, side = crops(sizes.sam_batch, sizes.crop_side), sizes.crop_side
+    boxes = [np.array([side * 0.2, side * 0.1, side * 0.8, side], np.float32)] * len(images)
+    return images, boxes, [[(side * 0.7, side * 0.1, side * 0.8, side * 0.2)]] * len(images)
+
+
 def time_segment(sizes: Sizes, device: str) -> dict[str, dict]:
     """YOLO's person boxes, and SAM's masks in fp32 and under bf16 autocast, at the profile's batch size."""
     model = segmenter(sizes, device)
-    images = crops(sizes.sam_batch, sizes.crop_side)
-    side = sizes.crop_side
-    boxes = [np.array([side * 0.2, side * 0.1, side * 0.8, side], np.float32)] * len(images)
-    others = [[(side * 0.7, side * 0.1, side * 0.8, side * 0.2)]] * len(images)  # a face behind: a negative point
+    images, boxes, others = segment_inputs(sizes)
     out = {}
     with Memory(device) as memory:
         seconds = timed(lambda: model.person_boxes(images), sizes.repeats, device)
@@ -146,15 +150,31 @@ def time_segment(sizes: Sizes, device: str) -> dict[str, dict]:
         with Memory(device) as memory:
             seconds = timed(lambda: model.sam_masks(images, boxes, others), sizes.repeats, device)
         out[name] = rate(len(images), seconds, memory, sizes.sam)
-    with Memory(device) as memory:  # two actors sharing the GPU, as two threads (torch lets go of the GIL)
-        seconds = timed(lambda: both_at_once(lambda: model.sam_masks(images, boxes, others)), sizes.repeats, device)
-    out["sam_bf16_two_at_once"] = rate(2 * len(images), seconds, memory, f"{sizes.sam}, two batches at once")
     other = segmenter(sizes, device, sizes.sam_other)
     other.autocast = True
     with Memory(device) as memory:
         seconds = timed(lambda: other.sam_masks(images, boxes, others), sizes.repeats, device)
     out["sam_other_bf16"] = rate(len(images), seconds, memory, sizes.sam_other)
-    return out
+    return {**out, **time_segment_choice(model, other, sizes, device)}
+
+
+def time_segment_choice(model: Any, other: Any, sizes: Sizes, device: str) -> dict[str, dict]:
+    """The two ways the gpu profile may run segment on one GPU, each a whole actor's model step (YOLO's boxes, then
+    SAM's masks in bf16) at the profile's batch size: two `sam` actors at once (as two threads: torch lets go of the
+    GIL), or one actor of the smaller `sam_other`."""
+    images, boxes, others = segment_inputs(sizes)
+
+    def step(segmenter: Any) -> None:
+        segmenter.person_boxes(images)
+        segmenter.sam_masks(images, boxes, others)
+
+    with Memory(device) as memory:
+        seconds = timed(lambda: both_at_once(lambda: step(model)), sizes.repeats, device)
+    two = rate(2 * len(images), seconds, memory, f"yolo + {sizes.sam} bf16, two actors at once")
+    with Memory(device) as memory:
+        seconds = timed(lambda: step(other), sizes.repeats, device)
+    return {"segment_two_actors": two,
+            "segment_other_one_actor": rate(len(images), seconds, memory, f"yolo + {sizes.sam_other} bf16, one actor")}
 
 
 def both_at_once(run: Callable[[], Any]) -> None:
@@ -165,16 +185,30 @@ def both_at_once(run: Callable[[], Any]) -> None:
 
 def time_blip(sizes: Sizes, device: str, folder: Path) -> dict[str, dict]:
     """BLIP saved from a random config of the profile's sizes, loaded and run by the blip backend (fp16 on CUDA,
-    3 beams, 30 new tokens: the caption section's defaults)."""
-    from stages.captioners.blip import BlipCaptioner
+    3 beams, 30 new tokens: the caption section's defaults) on crops as the caption stage's CPU workers resize them
+    (`processor_resize`): what its actor does. That resize is timed apart, on one CPU thread (`blip_resize_cpu`):
+    the work the actor did before issue 27, once a caption and again on every resample pass."""
+    import torch
+
+    from stages.captioners.blip import BlipCaptioner, processor_resize
 
     save_random_blip(sizes.blip, folder, device)
+    whole, fit = crops(sizes.blip_batch, sizes.crop_side), processor_resize(str(folder))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resize_seconds = timed(lambda: [fit(crop) for crop in whole], sizes.repeats, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    images = [fit(crop) for crop in whole]
     with Memory(device) as memory:
         captioner = BlipCaptioner(str(folder), device=device, prompt="", num_beams=3, max_new_tokens=30)
         captioner.model.generation_config.min_new_tokens = 30  # random weights may stop at once: time whole captions
-        images = crops(sizes.blip_batch, sizes.crop_side)
         seconds = timed(lambda: captioner.caption(images), sizes.repeats, device)
-    return {"blip": rate(len(images), seconds, memory, f"blip ({str(captioner.dtype).removeprefix('torch.')})")}
+    side = images[0].shape[0]
+    return {"blip": rate(len(images), seconds, memory, f"blip ({str(captioner.dtype).removeprefix('torch.')})"),
+            "blip_resize_cpu": rate(len(whole), resize_seconds, None,
+                                    f"BLIP's resize, {sizes.crop_side} to {side} px, one CPU thread")}
 
 
 def save_random_blip(shape: dict, folder: Path, device: str) -> None:

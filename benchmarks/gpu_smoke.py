@@ -4,8 +4,11 @@ Under 10 minutes on one GPU, with no network and no real weights (speed does not
 values). It prints and saves as JSON:
 - onnxruntime's build and providers, torch's CUDA;
 - per model, images/s and peak memory at the gpu profile's batch sizes (benchmarks/gpu_models.py): SAM vit_h in
-  fp32 and under bf16 autocast, two vit_h batches at once (two actors a GPU) and vit_l (the other choice),
-  YOLOv8x, BLIP-large (fp16 on CUDA), a ResNet in ONNX at the padded batch sizes;
+  fp32 and under bf16 autocast, vit_l in bf16, YOLOv8x, BLIP-large (fp16 on CUDA) on crops resized as the caption
+  stage's CPU workers resize them, and that resize on one CPU thread, a ResNet in ONNX at the padded batch sizes;
+- segment's choice: YOLO + SAM as two vit_h actors at once (the profile's two actors a GPU) against one vit_l actor,
+  and which is faster (`segment_choice`; on the CPU's tiny sizes it decides nothing, and equal mask quality needs
+  the real checkpoints);
 - the device each stage's workers held in a 2-identity run of the shipped example (on a GPU machine its
   onnxruntime stages get the gpu profile's GPU shares, so the device checks run for real);
 - images crawled per second per GPU, estimated as the CPU cost model does (benchmarks/cost.py): each stage's
@@ -97,6 +100,14 @@ def run_funnel(run_dir: Path) -> dict[str, float]:
     return {stage: round(rows / crawled, 3) for stage, rows in reached.items()}
 
 
+def segment_choice(models: dict[str, dict], decides: bool) -> dict[str, Any]:
+    """Which way of running segment on one GPU gave more crops a second: two vit_h actors, or one vit_l actor."""
+    two, other = models["segment_two_actors"]["images_per_s"], models["segment_other_one_actor"]["images_per_s"]
+    return {"two_vit_h_actors_images_per_s": two, "one_vit_l_actor_images_per_s": other,
+            "faster": "two vit_h actors" if two >= other else "one vit_l actor", "decides": decides,
+            "pending": "equal mask quality: vit_h against vit_l with the real checkpoints on the labelled photos"}
+
+
 def rates_used(measured: dict[str, dict], on_gpu: bool) -> dict[str, dict]:
     """Each rate the estimate rests on: measured on this GPU, or published (and not yet confirmed)."""
     mine = {"sam_bf16": "sam_bf16", "sam_fp32": "sam_fp32", "yolo": "yolo", "blip": "blip",
@@ -133,7 +144,8 @@ def smoke(sizes: Sizes, device: str, root: Path, run_dir: Path | None = None) ->
     measured = time_models(sizes, device, root)
     rates = rates_used(measured, on_gpu)
     return {"environment": environment(), "sizes": "gpu profile" if sizes is PROFILE else "tiny (CPU run)",
-            "models": measured, "run": {"devices": stage_devices(run_dir), "error": error},
+            "models": measured, "segment_choice": segment_choice(measured, on_gpu and sizes is PROFILE),
+            "run": {"devices": stage_devices(run_dir), "error": error},
             "estimate_web_funnel": estimate(rates, WEB_FUNNEL),
             "estimate_this_run_funnel": estimate(rates, run_funnel(run_dir)), "rates": rates}
 
@@ -151,6 +163,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    choice = result["segment_choice"]
+    print(f"segment: {choice['faster']} is faster ({choice['two_vit_h_actors_images_per_s']} crops/s for two vit_h "
+          f"actors, {choice['one_vit_l_actor_images_per_s']} for one vit_l)"
+          + ("" if choice["decides"] else " at tiny sizes on the CPU: this decides nothing"))
     print(f"saved {args.out}")
 
 

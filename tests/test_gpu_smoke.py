@@ -21,10 +21,15 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
 
     environment, models = result["environment"], result["models"]
     assert environment["onnxruntime_build"] in ("cpu", "gpu") and environment["onnxruntime_providers"]
-    for name in ("yolo", "sam_fp32", "sam_bf16", "sam_other_bf16", "blip"):
+    for name in ("yolo", "sam_fp32", "sam_bf16", "sam_other_bf16", "segment_other_one_actor", "blip",
+                 "blip_resize_cpu"):
         assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch)
-    both = models["sam_bf16_two_at_once"]
+    both = models["segment_two_actors"]
     assert both["batch"] == 2 * TINY.sam_batch and both["images_per_s"] > 0
+    choice = result["segment_choice"]  # the faster of the two, named; only the profile's sizes on a GPU decide
+    faster = max(("two vit_h actors", both), ("one vit_l actor", models["segment_other_one_actor"]),
+                 key=lambda named: named[1]["images_per_s"])[0]
+    assert choice["faster"] == faster and choice["decides"] is False
     if device == "cpu" or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         expected = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
         assert models["resnet_onnx_b8"]["images_per_s"] > 0 and models["resnet_onnx_b8"]["providers"][0] == expected
