@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from pipeline.core.config import TrainingSection
 from pipeline.core.pairs import pair_difficulty, pose_weights, too_similar, weighted_sample
 from pipeline.core.rundir import RunDir
+from pipeline.dataset.pair_index import PAIRS
 from stages.imaging import PILLOW_MAX_PIXELS, decode_upright
 
 INDEX_FILE = "_index.parquet"
@@ -54,6 +55,8 @@ ITEM_COLUMNS = ["identity", "image_id", "crop_image", "mask", "caption", "class_
 TOKEN_PAD = -1  # never a valid token position
 
 Item = dict[str, Any]
+# (similarity, pose_difference with NaN where unmeasured, same_scene) of stored pairs -> their draw weights (> 0)
+PairWeights = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 class IdentityDataset(Dataset):
@@ -81,6 +84,11 @@ class IdentityDataset(Dataset):
     groups left under these rules cannot be served and is skipped: such rows are counted in
     `skipped_rows`, identities none of whose rows can be served are listed in `skipped_identities`.
     `transform`, when given, maps each finished item (a dict) to the item returned.
+
+    With `pair_weights` (e.g. `pipeline.core.pairs.hard_pair_weights`), references come from the stored pair index
+    (shards/pairs/, written by the shard step under the same rules, at most `shard.pairs_per_target` per target)
+    instead, drawn with the weights it gives each pair's difficulty, one photo per group: hard pairs more often.
+    The index's pairs are kept in memory: 8 bytes each.
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class IdentityDataset(Dataset):
         *,
         copy_paste_max: float | None = None,
         cached_row_groups: int = 4,
+        pair_weights: PairWeights | None = None,
     ) -> None:
         low, high = num_refs
         if not 1 <= low <= high:
@@ -102,9 +111,12 @@ class IdentityDataset(Dataset):
         self._root = RunDir(str(shards_dir))  # local path or any pyarrow URI (s3://...); pickles by URI
         self._cached_row_groups = cached_row_groups
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
-        self._plan(pq.read_table(self._root.path(INDEX_FILE), filesystem=self._root.fs))
+        self._pair_starts: np.ndarray | None = None  # with pair_weights: row -> its first pair (CSR)
+        self._pair_refs, self._pair_draw = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        # pair_weights is used here and not kept: a lambda would not pickle into spawned DataLoader workers
+        self._plan(pq.read_table(self._root.path(INDEX_FILE), filesystem=self._root.fs), pair_weights)
 
-    def _plan(self, index: pa.Table) -> None:
+    def _plan(self, index: pa.Table, pair_weights: PairWeights | None) -> None:
         """Per row: shard, row in shard, duplicate-group code, identity; then the servable targets."""
         entries = sorted(index.to_pylist(), key=lambda entry: (entry["shard"], entry["row_start"]))
         by_shard: dict[str, list[dict]] = {}
@@ -132,6 +144,8 @@ class IdentityDataset(Dataset):
         self._yaw = np.concatenate(yaws) if yaws else np.zeros(0, np.float32)
         self._image_ids = pa.chunked_array(image_ids, pa.string()).combine_chunks()
         self._spans = [(offsets[e["shard"]] + e["row_start"], e["num_rows"], e["identity"]) for e in entries]
+        if pair_weights is not None:
+            self._read_pairs(pair_weights)
         self._select_targets()
 
     def _read_plan_columns(self, shard: str, entries: list[dict]) -> tuple[pa.Table, list[int]]:
@@ -160,6 +174,36 @@ class IdentityDataset(Dataset):
                     self._blocked[offset + int(target)] = offset + rows[mask]
         return yaws
 
+    def _read_pairs(self, pair_weights: PairWeights) -> None:
+        """The stored pair index of every shard: per target row (sorted), its references and their draw weights."""
+        identities = np.repeat([identity for _, _, identity in self._spans], [count for _, count, _ in self._spans])
+        keys = pc.binary_join_element_wise(pa.array(identities, pa.string()), self._image_ids, "/")
+        found = [self._read_shard_pairs(shard, keys, pair_weights) for shard in self._shards]
+        target, references, weights = (np.concatenate(column) for column in zip(*found)) if found else ([],) * 3
+        order = np.argsort(target, kind="stable")
+        self._pair_refs = np.asarray(references, dtype=np.int32)[order]
+        self._pair_draw = np.asarray(weights, dtype=np.float32)[order]
+        self._pair_starts = np.searchsorted(np.asarray(target)[order], np.arange(len(self._row_of) + 1))
+
+    def _read_shard_pairs(self, shard: str, keys: pa.Array, pair_weights: PairWeights) -> tuple[np.ndarray, ...]:
+        """One shard's pairs as global (target, reference) rows and draw weights, less those above our own cut."""
+        if not self._root.exists(f"{PAIRS}/{shard}"):
+            raise ValueError(f"{shard} has no pair index ({PAIRS}/{shard}); re-run `pipeline run --stage shard` "
+                             "with shard.pairs_per_target above 0")
+        pairs = pq.read_table(self._root.path(PAIRS, shard), filesystem=self._root.fs)
+        rows = [pc.index_in(pc.binary_join_element_wise(pairs["identity"], pairs[column], "/"), value_set=keys)
+                for column in ("image_id", "reference_id")]
+        if any(found.null_count for found in rows):
+            raise ValueError(f"{PAIRS}/{shard} names rows {shard} does not hold; re-run `pipeline run --stage shard`")
+        similarity = pairs["similarity"].to_numpy()
+        pose = pairs["pose_difference"].to_numpy(zero_copy_only=False)  # null -> NaN
+        weights = np.asarray(pair_weights(similarity, pose, pairs["same_scene"].to_numpy(zero_copy_only=False)))
+        if not (np.isfinite(weights) & (weights > 0)).all():
+            raise ValueError("pair_weights must give every pair a finite weight above 0")
+        limit = self._rules.copy_paste_max  # the index applied the run's cut; a stricter one of ours applies too
+        keep = similarity <= limit if limit is not None else np.ones(len(similarity), dtype=bool)
+        return rows[0].to_numpy()[keep], rows[1].to_numpy()[keep], weights[keep]
+
     def _select_targets(self) -> None:
         """Keep the rows with at least num_refs[0] duplicate groups the reference rules allow them."""
         targets, self.skipped_identities, self.skipped_rows = [], [], 0
@@ -175,7 +219,10 @@ class IdentityDataset(Dataset):
         self._targets = np.concatenate(targets) if targets else np.zeros(0, np.int64)
 
     def _candidates(self, target: int) -> np.ndarray:
-        """Global rows that may serve `target` as references: its identity's, another group, not too alike."""
+        """Global rows that may serve `target` as references: its identity's, another group, not too alike (with
+        pair_weights: its pairs in the stored index)."""
+        if self._pair_starts is not None:
+            return self._pair_refs[self._pair_starts[target] : self._pair_starts[target + 1]].astype(np.int64)
         start, count, _ = self._spans[self._span_of[target]]
         rows = np.arange(start, start + count)
         usable = self._group_of[rows] != self._group_of[target]
@@ -208,16 +255,29 @@ class IdentityDataset(Dataset):
 
     def reference_rows(self, index: int) -> list[int]:
         """Global rows of item `index`'s references: one photo from each of some allowed groups, seeded,
-        groups whose photo turns away from the target's pose drawn more often."""
+        groups whose photo turns away from the target's pose drawn more often (with pair_weights: photos
+        drawn by their pair's weight, skipping a group already drawn)."""
         index = range(len(self))[index]
         target = int(self._targets[index])
+        rng = random.Random(f"{self.seed}:{index}")  # str seeds hash the same in every process
+        if self._pair_starts is not None:
+            return self._draw_pairs(target, rng)
         candidates = self._candidates(target)
         groups = self._group_of[candidates]
-        rng = random.Random(f"{self.seed}:{index}")  # str seeds hash the same in every process
         photos = [int(rng.choice(candidates[groups == group])) for group in np.unique(groups)]
         count = rng.randint(self.num_refs[0], min(self.num_refs[1], len(photos)))
         weights = pose_weights(self._yaw[photos], float(self._yaw[target]))
         return [photos[i] for i in weighted_sample(rng, weights.tolist(), count)]
+
+    def _draw_pairs(self, target: int, rng: random.Random) -> list[int]:
+        """The stored pairs of `target` in a weighted draw order, the first photo of each group, seeded."""
+        span = slice(self._pair_starts[target], self._pair_starts[target + 1])
+        references, weights = self._pair_refs[span], self._pair_draw[span].tolist()
+        photos: dict[int, int] = {}  # group -> its photo drawn first
+        for position in weighted_sample(rng, weights, len(weights)):
+            photos.setdefault(int(self._group_of[references[position]]), int(references[position]))
+        count = rng.randint(self.num_refs[0], min(self.num_refs[1], len(photos)))
+        return list(photos.values())[:count]
 
     def _read_row(self, row: int) -> dict[str, Any]:
         shard, local = int(self._shard_of[row]), int(self._row_of[row])

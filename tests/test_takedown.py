@@ -257,6 +257,7 @@ def removed(finished) -> dict:
     out = finished["out"]
     index = {row["identity"]: row["shard"] for row in pq.read_table(out / "shards" / "_index.parquet").to_pylist()}
     before = shard_bytes(out)
+    before_pairs = {path.name: path.read_bytes() for path in (out / "shards" / "pairs").glob("train-*.parquet")}
     thumbs = {path.name.split("-")[0] for path in (out / "report" / "thumbs").iterdir()}
     calls = [("--identity", "angelina_jolie", "subject request"), ("--image", sha(REMOVED_PHOTO), "copyright"),
              ("--domain", "agency.example", "copyright")]
@@ -265,7 +266,7 @@ def removed(finished) -> dict:
         result = run_cli("remove", "--out", str(out), flag, value, "--reason", reason, "--by", "legal team")
         assert result.returncode == 0, result.stderr
         said.append(result.stdout)
-    return {**finished, "index": index, "before": before, "thumbs": thumbs, "said": said}
+    return {**finished, "index": index, "before": before, "before_pairs": before_pairs, "thumbs": thumbs, "said": said}
 
 
 @pytest.mark.slow
@@ -283,6 +284,19 @@ def test_the_shards_no_longer_hold_what_was_removed_and_the_others_are_untouched
     assert pq.read_table(out / "shards" / index["angelina_jolie"]).num_rows == 0
     done = json.loads((out / "shards" / "_done.json").read_text())
     assert done["rows"] == len(rows) and done["shards"] == len(before)
+
+
+@pytest.mark.slow
+def test_the_pair_index_loses_the_removed_photos_and_untouched_shards_keep_theirs(removed) -> None:
+    out, index = removed["out"], removed["index"]
+    gone = {sha(REMOVED_PHOTO), *(sha(photo) for photo in ON_AGENCY)}
+    held = {(row["identity"], row["image_id"]) for row in shard_rows(out)}
+    pairs = pq.read_table(sorted((out / "shards" / "pairs").glob("train-*.parquet"))).to_pylist()
+    named = {(pair["identity"], pair[column]) for pair in pairs for column in ("image_id", "reference_id")}
+    assert pairs and named <= held
+    assert not [p for p in pairs if {p["image_id"], p["reference_id"]} & gone or p["identity"] == "angelina_jolie"]
+    clooney = removed["before_pairs"][index["george_clooney"]]
+    assert clooney and (out / "shards" / "pairs" / index["george_clooney"]).read_bytes() == clooney
 
 
 @pytest.mark.slow

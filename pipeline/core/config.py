@@ -288,6 +288,10 @@ class ShardSection(Section):
 
     max_rows: int = Field(2000, ge=1, description="rows per shard; an identity larger than this gets its own")
     row_group_rows: int = Field(64, ge=1, description="rows per Parquet row group (a reader's unit of streaming)")
+    pairs_per_target: int = Field(
+        64, ge=0, description="references per target kept in the pair index (shards/pairs/, each pair's difficulty), "
+        "a stable subset where the rules allow more; 0: no pair index"
+    )
     resources: Resources = Resources()
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 # Degrees of yaw difference that add the weight of a same-pose photo: a photo 45 degrees apart is drawn 4x as often.
 POSE_SCALE = 15.0
+ALL = slice(None)  # every row as a target
 
 
 def target_evidence(row: dict[str, Any]) -> tuple[np.ndarray, float]:
@@ -30,15 +31,20 @@ def target_evidence(row: dict[str, Any]) -> tuple[np.ndarray, float]:
     return vector / max(float(np.linalg.norm(vector)), 1e-12), np.nan if yaw is None else float(yaw)
 
 
-def too_similar(vectors: np.ndarray, groups: np.ndarray, copy_paste_max: float) -> np.ndarray:
-    """(n, n) bool: pairs of different near-duplicate groups whose target faces exceed copy_paste_max."""
-    sims = np.asarray(vectors, dtype=np.float64) @ np.asarray(vectors, dtype=np.float64).T
-    return (sims > copy_paste_max) & (groups[:, None] != groups[None, :])
+def similarities(vectors: np.ndarray, targets: slice = ALL) -> np.ndarray:
+    """(targets, n): cosines of the `targets` rows' faces with every row's (`vectors` L2-normalised), in float64."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors[targets] @ vectors.T
 
 
-def allowed(groups: np.ndarray, blocked: np.ndarray) -> np.ndarray:
-    """(n, n) bool: allowed[t, r] when photo r may be a reference of target t."""
-    return (groups[:, None] != groups[None, :]) & ~blocked
+def too_similar(vectors: np.ndarray, groups: np.ndarray, copy_paste_max: float, targets: slice = ALL) -> np.ndarray:
+    """(targets, n) bool: pairs of different near-duplicate groups whose target faces exceed copy_paste_max."""
+    return (similarities(vectors, targets) > copy_paste_max) & (groups[targets, None] != groups[None, :])
+
+
+def allowed(groups: np.ndarray, blocked: np.ndarray, targets: slice = ALL) -> np.ndarray:
+    """(targets, n) bool: allowed[t, r] when photo r may be a reference of target t."""
+    return (groups[targets, None] != groups[None, :]) & ~blocked
 
 
 def pose_weights(yaws: np.ndarray, target_yaw: float) -> np.ndarray:
@@ -100,17 +106,57 @@ def head_angles(face: dict[str, Any]) -> np.ndarray:
     return np.array([np.nan if face.get(angle) is None else float(face[angle]) for angle in ("yaw", "pitch")])
 
 
-def same_scene(target: dict[str, Any], reference: dict[str, Any]) -> bool:
-    """One source page, or whole images whose perceptual hashes differ in at most SCENE_HAMMING bits."""
-    if target.get("page_url") and target.get("page_url") == reference.get("page_url"):
-        return True
-    hashes = target.get("phash"), reference.get("phash")
-    return None not in hashes and bin(int(hashes[0], 16) ^ int(hashes[1], 16)).count("1") <= SCENE_HAMMING
+@dataclass(frozen=True)
+class PairEvidence:
+    """What the difficulty of every pair of n rows (one identity's) is computed from: the per-item difficulty
+    (`pair_difficulty`) and the stored pair index (pipeline/dataset/pair_index.py) both read it."""
+
+    vectors: np.ndarray  # (n, dim) target faces, L2-normalised
+    angles: np.ndarray  # (n, 2) yaw and pitch of the target faces, NaN where unmeasured
+    pages: list[str | None]  # source pages
+    phashes: np.ndarray  # (n,) uint64 whole-image perceptual hashes (0 where absent)
+    has_phash: np.ndarray  # (n,) bool
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[dict[str, Any]]) -> PairEvidence:
+        """From rows with `faces`, `target_face`, `page_url` and `phash` (the last two may be absent)."""
+        vectors = np.stack([target_evidence(row)[0] for row in rows])
+        angles = np.stack([head_angles(row["faces"][row["target_face"]]) for row in rows])
+        phashes = [row.get("phash") for row in rows]
+        return cls(vectors, angles, [row.get("page_url") or None for row in rows],
+                   np.array([int(value[:16], 16) if value else 0 for value in phashes], dtype=np.uint64),
+                   np.array([bool(value) for value in phashes]))
+
+    def pose_difference(self, targets: slice = ALL) -> np.ndarray:
+        """(targets, n) degrees between the heads (yaw and pitch), NaN where either is unmeasured."""
+        return np.linalg.norm(self.angles[targets, None, :] - self.angles[None, :, :], axis=-1)
+
+    def same_scene(self, targets: slice = ALL) -> np.ndarray:
+        """(targets, n) bool: one source page, or whole-image phashes within SCENE_HAMMING bits."""
+        pages = np.array(self.pages, dtype=object)
+        same_page = (pages[targets, None] == pages[None, :]) & (pages != None)[targets, None]  # noqa: E711
+        bits = np.bitwise_count(self.phashes[targets, None] ^ self.phashes[None, :])
+        near = (bits <= SCENE_HAMMING) & self.has_phash[targets, None] & self.has_phash[None, :]
+        return same_page | near
 
 
 def pair_difficulty(target: dict[str, Any], reference: dict[str, Any]) -> Difficulty:
     """The difficulty of serving `target` with `reference`, from the rows' stored faces, page_url and phash."""
-    (vector, _), (other, _) = target_evidence(target), target_evidence(reference)
-    angles = [head_angles(row["faces"][row["target_face"]]) for row in (target, reference)]
-    turned = float(np.linalg.norm(angles[0] - angles[1]))
-    return Difficulty(float(vector @ other), turned, same_scene(target, reference))
+    evidence = PairEvidence.of_rows([target, reference])
+    similarity = similarities(evidence.vectors, slice(0, 1))[0, 1]
+    return Difficulty(float(similarity), float(evidence.pose_difference(slice(0, 1))[0, 1]),
+                      bool(evidence.same_scene(slice(0, 1))[0, 1]))
+
+
+# How much harder each measure makes a pair in `hard_pair_weights`: a pair 0.25 less alike, or 15 degrees more
+# turned, weighs one unit more; another scene doubles the weight.
+SIMILARITY_SCALE = 0.25
+OTHER_SCENE = 2.0
+
+
+def hard_pair_weights(similarity: np.ndarray, pose_difference: np.ndarray, same_scene: np.ndarray) -> np.ndarray:
+    """Draw weights that favour hard pairs (for `IdentityDataset(pair_weights=...)`): less alike faces, turned
+    heads (an unmeasured pose counts as none) and another scene; always > 0."""
+    unlike = 1.0 + np.clip(1.0 - np.asarray(similarity, dtype=np.float64), 0.0, 2.0) / SIMILARITY_SCALE
+    turned = 1.0 + np.nan_to_num(np.asarray(pose_difference, dtype=np.float64), nan=0.0) / POSE_SCALE
+    return unlike * turned * np.where(np.asarray(same_scene, dtype=bool), 1.0, OTHER_SCENE)

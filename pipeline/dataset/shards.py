@@ -30,6 +30,7 @@ from pipeline.core.schema import OK
 from pipeline.core.markers import Marker, part_path
 from pipeline.dataset.blur import blur_table
 from pipeline.dataset.face_optout import FaceRefusals
+from pipeline.dataset.pair_index import PAIRS, PairIndexWriter, PairRules, pair_index
 from pipeline.engine.stats import StageCounts
 
 SHARDS = "shards"
@@ -37,7 +38,7 @@ INDEX = f"{SHARDS}/_index.parquet"
 DONE = f"{SHARDS}/_done.json"
 ROW_STATUS = ["status", "reason", "detail"]  # every shard row is `ok`: these say nothing there
 PROVENANCE_COUNTS = ("source", "license")
-VERSION = 1  # raised when a shard's content changes for the same inputs and settings
+VERSION = 2  # raised when a shard's content changes for the same inputs and settings (2: the pair index)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ShardPlan:
     shards: list[list[str]]
     fingerprint: str
     optout: OptOutList = field(default_factory=OptOutList)
+    pairs: PairRules | None = None  # the pair index's rules; None: no pair index
 
     def file(self, index: int) -> str:
         return f"{SHARDS}/train-{index:05d}-of-{len(self.shards):05d}.parquet"
@@ -55,7 +57,9 @@ class ShardPlan:
 def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dict[str, Marker],
                 sizes: dict[str, int] | None = None) -> ShardPlan:
     """Greedy packing in names-list order: a shard closes before the identity that would overflow it. `sizes`: an
-    identity's size for packing (at least its kept rows), default its kept rows."""
+    identity's size for packing, default its kept rows; one a curator's decisions never change (write.py:
+    packing_sizes), so a shard holds more than max_rows rows by the photos a split or a merge moved in, rather
+    than move every identity after it to another shard."""
     shards: list[list[str]] = []
     rows_in_last = 0
     digests = []
@@ -63,7 +67,7 @@ def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dic
         marker = markers.get(identity.slug)
         if marker is None or not marker.kept:
             continue
-        size = max(marker.kept, (sizes or {}).get(identity.slug, 0))
+        size = (sizes or {}).get(identity.slug, marker.kept)
         if not shards or rows_in_last + size > config.shard.max_rows:
             shards.append([])
             rows_in_last = 0
@@ -71,9 +75,10 @@ def plan_shards(config: PipelineConfig, identities: list[Identity], markers: dic
         rows_in_last += size
         digests.append((identity.slug, marker.output_digest))
     optout = OptOutList.read(config.governance.optout, config.governance.optout_phash_bits)
-    # the stages' fingerprint: the shard settings less scheduling, and what the shards are made of
-    fingerprint = config.fingerprint(("shard",), VERSION, {"inputs": digests, "optout": optout.digest})
-    return ShardPlan(shards, fingerprint, optout)
+    # the stages' fingerprint: the shard settings less scheduling (the training rules: the pair index), and what
+    # the shards are made of
+    fingerprint = config.fingerprint(("shard", "training"), VERSION, {"inputs": digests, "optout": optout.digest})
+    return ShardPlan(shards, fingerprint, optout, PairRules.of(config))
 
 
 def is_current(run: RunDir, plan: ShardPlan) -> bool:
@@ -105,10 +110,12 @@ class ShardResult:
 
 class ShardWriter:
     """One shard file streamed identity by identity (row groups of `row_group_rows`), keeping its index rows
-    and provenance counts: the shard step and a takedown's rewrite write shards the same way."""
+    and provenance counts, and its pair index where given: the shard step and a takedown's rewrite write shards
+    the same way."""
 
-    def __init__(self, stream: pa.NativeFile, name: str, row_group_rows: int, schema: pa.Schema | None = None):
-        self.stream, self.name, self.row_group_rows = stream, name, row_group_rows
+    def __init__(self, stream: pa.NativeFile, name: str, row_group_rows: int, schema: pa.Schema | None = None,
+                 pairs: PairIndexWriter | None = None):
+        self.stream, self.name, self.row_group_rows, self.pairs = stream, name, row_group_rows, pairs
         self.writer = pq.ParquetWriter(stream, schema, compression="zstd") if schema is not None else None
         self.result, self.rows = ShardResult(), 0
 
@@ -119,6 +126,8 @@ class ShardWriter:
         if table.num_rows:  # an identity left with no row (opted out, taken down) is not in the index
             self.result.index.append({"identity": identity, "shard": self.name, "row_start": self.rows,
                                       "num_rows": table.num_rows})
+            if self.pairs is not None:
+                self.pairs.add(identity, table)
         self.rows += table.num_rows
         for key in PROVENANCE_COUNTS:
             self.result.counts[key].update(str(value) for value in table[key].to_pylist())
@@ -131,12 +140,13 @@ class ShardWriter:
 
 def write_shard(
     run: RunDir, upstream: str, target: str, identities: list[str], row_group_rows: int,
-    optout: OptOutList | None = None, faces: FaceRefusals | None = None,
+    optout: OptOutList | None = None, faces: FaceRefusals | None = None, pairs: PairRules | None = None,
 ) -> dict:
-    """One shard from the upstream parts; returns its `ShardResult` as a dict."""
+    """One shard from the upstream parts, and its pair index under `pairs`; returns its `ShardResult` as a dict."""
     removals = load_ledger(run)  # a takedown made after these rows were written still keeps them out
-    with run.open_atomic(target) as stream:
-        shard = ShardWriter(stream, target.rsplit("/", 1)[1], row_group_rows)
+    name = target.rsplit("/", 1)[1]
+    with run.open_atomic(target) as stream, pair_index(run, name, pairs) as pair_writer:
+        shard = ShardWriter(stream, name, row_group_rows, pairs=pair_writer)
         for identity in identities:
             table = run.read_table(part_path(upstream, identity))
             table, taken_down = removals.withhold(table.filter(pc.equal(table["status"], OK)))
@@ -160,6 +170,9 @@ def finish(run: RunDir, plan: ShardPlan, results: list[dict], card: str) -> None
     for name in run.list_files(SHARDS, ".parquet"):
         if name.startswith("train-") and name not in current:
             run.delete(f"{SHARDS}/{name}")
+    for name in run.list_files(f"{SHARDS}/{PAIRS}", ".parquet"):  # an older plan's, or `pairs_per_target: 0`
+        if name not in current or not plan.pairs:
+            run.delete(f"{SHARDS}/{PAIRS}/{name}")
 
 
 INDEX_SCHEMA = pa.schema(

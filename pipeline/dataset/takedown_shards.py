@@ -1,7 +1,7 @@
 """Takedowns in the dataset: rewrite the shards that hold removed rows, then the index, card and marker.
 
-Only shards holding a covered row are rewritten, so every other shard stays byte for byte as it
-was. A rewritten shard is streamed from itself, identity by identity, into the row groups the
+Only shards holding a covered row are rewritten (with their pair index), so every other shard stays byte for
+byte as it was. A rewritten shard is streamed from itself, identity by identity, into the row groups the
 shard step writes, under its own name and atomically; an emptied shard stays, empty with its
 schema, so the `-of-N` names still hold. Then `_index.parquet`, the card and `_done.json`, which
 stays current if the shards were (a later run does not rewrite them).
@@ -24,6 +24,7 @@ from pipeline.core.markers import read_markers
 from pipeline.engine.registry import STAGES
 from pipeline.dataset import blur
 from pipeline.dataset.takedown_parts import BLUR_KEYS
+from pipeline.dataset.pair_index import PairRules, pair_index, pairs_file
 from pipeline.dataset.shards import DONE, INDEX, INDEX_SCHEMA, PROVENANCE_COUNTS, SHARDS, ShardWriter, plan_shards
 
 KEYS = ["identity", "image_id", "url", "page_url"]  # what the ledger matches on
@@ -66,17 +67,21 @@ def by_identity(shard: pq.ParquetFile) -> Iterator[pa.Table]:
         yield pa.concat_tables(pieces)
 
 
-def rewrite_shard(run: RunDir, name: str, ledger: Ledger, row_group_rows: int) -> dict:
-    """The shard without the rows the ledger covers; its `ShardResult` as a dict, as `write_shard` returns it."""
+def rewrite_shard(run: RunDir, name: str, ledger: Ledger, row_group_rows: int, pairs: PairRules | None = None) -> dict:
+    """The shard without the rows the ledger covers, and its pair index under `pairs` (a removed photo leaves its
+    pairs); its `ShardResult` as a dict, as `write_shard` returns it."""
     with run.fs.open_input_file(run.path(f"{SHARDS}/{name}")) as source:
         shard = pq.ParquetFile(source)
-        with run.open_atomic(f"{SHARDS}/{name}") as stream:
-            writer = ShardWriter(stream, name, row_group_rows, shard.schema_arrow)
+        with run.open_atomic(f"{SHARDS}/{name}") as stream, pair_index(run, name, pairs) as pair_writer:
+            writer = ShardWriter(stream, name, row_group_rows, shard.schema_arrow, pair_writer)
             for table in by_identity(shard):
                 table, _ = blur.blur_table(ledger.admitted(table), ledger.blurs)
                 if table.num_rows:  # a removed identity leaves the shard and its index
                     writer.add(table["identity"][0].as_py(), table)
-            return writer.close().as_dict()
+            result = writer.close().as_dict()
+    if pairs is None:  # no pair index now: one written before must not keep a removed photo
+        run.delete(pairs_file(name))
+    return result
 
 
 def untouched(run: RunDir, name: str, index: list[dict]) -> dict:
@@ -89,7 +94,9 @@ def untouched(run: RunDir, name: str, index: list[dict]) -> dict:
 def rewrite_dataset(run: RunDir, config: PipelineConfig, identities: list[Identity], ledger: Ledger,
                     was_current: bool) -> list[str]:
     """Apply the ledger to the shards; returns the shard files rewritten."""
-    rewritten = {name: rewrite_shard(run, name, ledger, config.shard.row_group_rows) for name in holding(run, ledger)}
+    rules = PairRules.of(config)
+    rewritten = {name: rewrite_shard(run, name, ledger, config.shard.row_group_rows, rules)
+                 for name in holding(run, ledger)}
     if not run.exists(INDEX):
         return sorted(rewritten)
     old = run.read_table(INDEX).to_pylist()

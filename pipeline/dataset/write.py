@@ -18,6 +18,7 @@ from pipeline.core.schema import DROPPED, OK
 from pipeline.dataset import governance
 from pipeline.dataset.face_optout import FaceRefusals, face_refusals
 from pipeline.dataset.governance_card import card_section
+from pipeline.dataset.pair_index import PairRules
 from pipeline.dataset.shards import dataset_card, finish, is_current, opted_out_counts, plan_shards, write_shard
 from pipeline.engine.driver import map_tasks
 from pipeline.engine.progress import plain_text
@@ -39,7 +40,7 @@ def write_dataset(config: PipelineConfig, run: RunDir, identities: list[Identity
     specs = [{"target": plan.file(i), "identities": ids} for i, ids in enumerate(plan.shards)]
     results = map_tasks(_write_one, specs, config.run.address, config.shard.resources.num_cpus, run_uri=run.uri,
                         upstream=last.name, row_group_rows=config.shard.row_group_rows, optout=plan.optout,
-                        faces=face_refusals(run, config, plan.optout))  # faces embedded once, here
+                        faces=face_refusals(run, config, plan.optout), pairs=plan.pairs)  # faces embedded once, here
     finish(run, plan, results, card(config, run, identities, results))
     written = sum(row["num_rows"] for result in results for row in result["index"])
     opted_out = opted_out_counts(results)  # rows the opt-out list covers now: counted as dropped here
@@ -66,5 +67,6 @@ def card(config: PipelineConfig, run: RunDir, identities: list[Identity], result
 
 
 def _write_one(spec: dict, run_uri: str, upstream: str, row_group_rows: int, optout: OptOutList,
-               faces: FaceRefusals) -> dict:
-    return write_shard(RunDir(run_uri), upstream, spec["target"], spec["identities"], row_group_rows, optout, faces)
+               faces: FaceRefusals, pairs: PairRules | None) -> dict:
+    return write_shard(RunDir(run_uri), upstream, spec["target"], spec["identities"], row_group_rows, optout, faces,
+                       pairs)
