@@ -235,6 +235,7 @@ def command_run(args: argparse.Namespace) -> int:
     with run_lock(run, "run"), _logged(run, args) as log:  # refused: no log left behind
         for stage in chosen:  # inside the log: a preflight's warnings (names without folders) show as such
             stage.preflight(config)
+            stage.check_identities(config, identities)
         _save_run_info(run, config, profile, identities)
         summaries = run_stages(chosen, config, run, identities, args.force, args.retry_failed)
         if args.stage in ("all", SHARD):
@@ -400,6 +401,7 @@ def _apply_decisions(args: argparse.Namespace) -> int:
     with run_lock(run, "decide"), _logged(run, args) as log:
         for stage in chosen:
             stage.preflight(config)
+            stage.check_identities(config, identities)  # the run's identities: the names file may have moved
         summaries = run_stages(chosen, config, run, identities, force=False, retry_failed=False)
         summaries.append(write_dataset(config, run, identities, False))
         failed = sum(summary.tasks_failed for summary in summaries)

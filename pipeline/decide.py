@@ -16,6 +16,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.names import IdentityIndex, run_identities
 from pipeline.core.rundir import RunDir
 from stages.class_words import CANONICAL
+from stages.curation import split_targets
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     action.add_argument("--target-face", type=int, metavar="N",
                         help="in a group photo, the person is face N (0, 1, ...)")
     action.add_argument("--split", nargs="?", const="", metavar="NAME",
-                        help="the photo is another person, NAME or unnamed: it leaves this identity")
+                        help="the photo is another person: it leaves this identity, and joins NAME (an identity of the run) "
+                             "if given")
     action.add_argument("--merge-into", metavar="NAME",
                         help="the identity is the same person as NAME (hygiene merges it)")
     action.add_argument("--class-word", metavar="WORD", help="the identity's class word (man, woman, ...)")
@@ -63,7 +65,7 @@ def _kind(args: argparse.Namespace, index: IdentityIndex) -> tuple[str, str | in
     if args.target_face is not None:
         return TARGET_FACE, args.target_face
     if args.split is not None:
-        return SPLIT, args.split.strip() or None
+        return SPLIT, _split_target(index, args.split.strip()) if args.split.strip() else None
     if args.merge_into is not None:
         return MERGE, index.resolve(args.merge_into, "--merge-into identity").slug
     word = args.class_word.strip().lower()
@@ -72,10 +74,33 @@ def _kind(args: argparse.Namespace, index: IdentityIndex) -> tuple[str, str | in
     return CLASS_WORD, word
 
 
+def _split_target(index: IdentityIndex, name: str) -> str:
+    """The slug of the identity a split photo joins: one of the run's. A person the run does not know has no
+    crawl, filter or task of their own to join (docs/curation.md: split into another person)."""
+    try:
+        return index.resolve(name, "--split identity").slug
+    except UserError as unknown:
+        raise UserError(f"--split {name!r} is not an identity of this run",
+                        "add the name to the names file and run, then split into it; or --split without a name "
+                        "to leave the photo out") from unknown
+
+
+def _check_split_target(run: RunDir, source: str, target: str) -> None:
+    """A split into the photo's own identity, or into one with no verify task (the filter kept none of its
+    photos, so nothing would take the photo in), cannot be applied."""
+    if target == source:
+        raise UserError("a photo cannot be split into its own identity", "use --accept to keep it there")
+    if target not in split_targets(run):
+        raise UserError(f"--split {target!r}: the run kept no photo of that identity to join",
+                        "run it with its own photos first, or --split without a name to leave the photo out")
+
+
 def record(run: RunDir, decision: Decision) -> int:
     """Append a decision to the run's log; its row id. The review app calls this too."""
     if decision.kind == MERGE and decision.value == decision.identity:
         raise UserError("an identity cannot be merged into itself")
+    if decision.kind == SPLIT and decision.value is not None:
+        _check_split_target(run, decision.identity, str(decision.value))
     return append(run, decision)
 
 

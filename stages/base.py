@@ -93,6 +93,11 @@ class Stage(ABC):
         """Checks on the driver before any task is scheduled; raise UserError for a user mistake."""
 
     @classmethod
+    def check_identities(cls, config: PipelineConfig, identities: list[Identity]) -> None:
+        """Checks of the config against the run's identities (as given: `run` reads the names file, `decide
+        --apply` the run's record of them), before any task; raise UserError for a user mistake."""
+
+    @classmethod
     def before_tasks(cls, upstream: str, config: PipelineConfig, run: RunDir, identities: list[Identity],
                      force: bool) -> None:
         """A whole-run step on the driver before the per-identity tasks are planned (hygiene's decisions across

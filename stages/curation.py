@@ -8,7 +8,9 @@ them runs no model. A row a decision changed says so: `decided_by` is `curator`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +18,7 @@ import numpy as np
 from pipeline.core.decisions import (
     ACCEPT, CLASS_WORD, MERGE, REJECT, SPLIT, TARGET_FACE, Decision, by_identity, digest, in_force, read_log,
 )
+from pipeline.core.markers import read_markers, read_pinned_part
 from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, MERGED_INTO_OTHER_IDENTITY, NO_FACE, TOO_FEW_IMAGES
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
@@ -24,6 +27,7 @@ from stages.face_gates import large_faces
 
 CURATOR = "curator"  # the `decided_by` of a row a decision changed
 VERIFY_KINDS = (REJECT, ACCEPT, SPLIT, TARGET_FACE)
+SPLIT_SOURCE = "filter"  # verify's upstream: where a photo split into another identity is read from
 
 
 def decisions_by_identity(run: RunDir) -> dict[str, list[Decision]]:
@@ -36,6 +40,56 @@ def digests(run: RunDir, kinds: tuple[str, ...]) -> dict[str, str]:
     found = {slug: digest(d for d in decisions if d.kind in kinds)
              for slug, decisions in decisions_by_identity(run).items()}
     return {slug: text for slug, text in found.items() if text}
+
+
+def split_targets(run: RunDir) -> set[str]:
+    """The identities a split photo can join: those with a verify task, i.e. whose filter kept a photo."""
+    return {slug for slug, marker in read_markers(run, SPLIT_SOURCE).items() if marker.kept}
+
+
+def splits_into(decisions: dict[str, list[Decision]]) -> dict[str, list[Decision]]:
+    """A curator's named splits by the identity they move photos into (its slug, as `decide` resolved it)."""
+    found: dict[str, list[Decision]] = defaultdict(list)
+    for slug, own in decisions.items():
+        for d in own:
+            if d.kind == SPLIT and d.image and d.value and d.value != slug:
+                found[str(d.value)].append(d)
+    return dict(found)
+
+
+def verify_inputs(run: RunDir) -> dict[str, str]:
+    """Per identity, what besides its filter part decides its verify task: its own photo decisions, and the
+    photos split into it with the filter output they come from (a new embedding there re-runs it too)."""
+    found = digests(run, VERIFY_KINDS)
+    incoming = splits_into(decisions_by_identity(run))
+    sources = read_markers(run, SPLIT_SOURCE, {d.identity for splits in incoming.values() for d in splits})
+    for target, splits in incoming.items():
+        upstream = sorted(sources[d.identity].output_digest for d in splits if d.identity in sources)
+        joined = json.dumps([found.get(target, ""), digest(splits), upstream])
+        found[target] = hashlib.sha256(joined.encode()).hexdigest()[:16]
+    return found
+
+
+def split_in(run: RunDir, splits: list[Decision], identity: str, name: str) -> list[Row]:
+    """The filter rows of the photos split into this identity, now its own (their source's part as pinned by
+    its marker). A photo the source's filter no longer keeps is not taken in."""
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for d in splits:
+        wanted[d.identity].add(str(d.image))
+    markers = read_markers(run, SPLIT_SOURCE, set(wanted))
+    rows = []
+    for source in sorted(set(wanted) & set(markers)):
+        table = read_pinned_part(run, SPLIT_SOURCE, source, markers[source].pin)
+        rows += [{**row, "identity": identity, "name": name} for row in table.to_pylist()
+                 if row["image_id"] in wanted[source] and row["status"] == OK]
+    return rows
+
+
+def taken_in(rows: list[Row], splits: list[Decision]) -> list[Decision]:
+    """The photos split into an identity, as accepts of its own (its own later decisions about them win)."""
+    held = {row["image_id"] for row in rows}
+    return [Decision(d.identity, ACCEPT, d.image, note=f"split from {d.identity}" + (f": {d.note}" if d.note else ""),
+                     by=d.by, time=d.time) for d in splits if d.image in held]
 
 
 @dataclass(frozen=True)
@@ -77,7 +131,7 @@ class Curation:
         if verdict is not None and verdict.kind == REJECT:
             return {**row, **drop(CURATOR_REJECTED, _detail("not this person", verdict)), "decided_by": CURATOR}
         if verdict is not None and verdict.kind == SPLIT:
-            other = f"another person ({verdict.value})" if verdict.value else "another person"
+            other = f"another person: moved to {verdict.value}" if verdict.value else "another person"
             return {**row, **drop(CURATOR_SPLIT, _detail(other, verdict)), "decided_by": CURATOR}
         chosen = target is not None and 0 <= target < len(row["faces"] or [])
         if (chosen or verdict is not None) and row["status"] == DROPPED and row["reason"] != NO_FACE:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.config import PipelineConfig
-from pipeline.core.names import Identity, read_names
+from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import HYGIENE, OK
 from pipeline.core.reasons import CLAIMED_BY_OTHER_IDENTITY, DUPLICATE, MERGED_INTO_OTHER_IDENTITY, TOO_FEW_IMAGES
@@ -48,9 +48,9 @@ class HygieneStage(Stage):
     tasks_per_call = 32  # a read, a filter and a write: milliseconds a task
 
     @classmethod
-    def preflight(cls, config: PipelineConfig) -> None:
+    def check_identities(cls, config: PipelineConfig, identities: list[Identity]) -> None:
         """A merge naming no listed identity is a user mistake: said before any work."""
-        merge_groups(read_names(config.run.names), config.hygiene.merge)
+        merge_groups(identities, config.hygiene.merge)
 
     @classmethod
     def before_tasks(cls, upstream: str, config: PipelineConfig, run: RunDir, identities: list[Identity],

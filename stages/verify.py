@@ -31,6 +31,8 @@ The rule, and why:
    farthest-point selection over pose and embedding); the others drop as `not_selected_for_diversity`.
 A curator's decisions come last (stages/curation.py): photos rejected or split off stay out of the clustering
 and drop (`curator_rejected`, `curator_split`), accepted ones and chosen target faces are kept, `decided_by` curator.
+A photo split into another identity of the run joins that identity's task (its filter row, read from the source's
+part) as if accepted there.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from pipeline.core.reasons import (IDENTITY_IS_OTHER_NAME, NOT_SELECTED_FOR_DIVE
                                     TOO_FEW_IMAGES)
 from pipeline.core.rundir import RunDir
 from stages.base import Row, Stage, drop, keep
-from stages.curation import VERIFY_KINDS, Curation, decisions_by_identity, digests
+from stages.curation import CURATOR, Curation, decisions_by_identity, split_in, splits_into, taken_in, verify_inputs
 from stages.diversity import not_selected
 from stages.face_clusters import Decision, Folder, Settings, decide, dup_groups
 from stages.face_gates import LARGE_FACE_RATIO, Gates, failures, large_faces
@@ -90,6 +92,7 @@ class VerifyStage(Stage):
     requires = ("faces", "phash", "face_backend")
     produces = VERIFICATION
     version = 3  # 2: rows record the calibration they were decided with; 3: and whether a curator decided them
+    one_to_one = False  # photos a curator split into the identity join its rows; `process` keeps every own row
     tasks_per_call = 32  # numbers only, milliseconds a task: Ray's per-call cost would dominate
 
     @classmethod
@@ -98,7 +101,7 @@ class VerifyStage(Stage):
 
     @classmethod
     def task_inputs(cls, run: RunDir) -> dict[str, str]:
-        return digests(run, VERIFY_KINDS)  # an identity with new photo decisions is verified again
+        return verify_inputs(run)  # an identity with new photo decisions, or photos split into it, is verified again
 
     @classmethod
     def preflight(cls, config: PipelineConfig) -> None:
@@ -129,16 +132,26 @@ class VerifyStage(Stage):
     def decisions(self) -> dict[str, list[Curated]]:
         return decisions_by_identity(self.run)  # a curator's, read at the first task
 
+    @functools.cached_property
+    def splits(self) -> dict[str, list[Curated]]:
+        return splits_into(self.decisions)  # per identity, the photos a curator split into it
+
     def process(self, rows: pa.Table) -> pa.Table:
-        records = rows.to_pylist()
-        curation = Curation.of(self.decisions.get(records[0]["identity"], []) if records else [])
+        own = rows.to_pylist()
+        slug = own[0]["identity"] if own else None
+        incoming = split_in(self.run, self.splits.get(slug, []), slug, own[0]["name"]) if own else []
+        records = own + [row for row in incoming if row["image_id"] not in {r["image_id"] for r in own}]
+        decisions = taken_in(records[len(own):], self.splits.get(slug, [])) + self.decisions.get(slug, [])
+        curation = Curation.of(decisions)
         clustered = (r for r in records if r["faces"] and not curation.left_out(r["image_id"]))
         with_faces = sorted(clustered, key=lambda r: r["image_id"])
         choice = self.choice(records[0]["identity"]) if records else None
         verdicts = self.verify(with_faces, choice) if with_faces else {}
         no_face = drop(NO_FACE, "no face reached verify")  # the filter drops these; never lose a row
         out = [{**r, **verdicts.get(r["image_id"], no_face)} for r in records]
-        return self.to_table(curation.applied(out, self.config.verify.min_images), rows.schema)
+        out = curation.applied(out, self.config.verify.min_images)
+        out[len(own):] = [{**row, "decided_by": CURATOR} for row in out[len(own):]]  # taken in by a split
+        return self.to_table(out, rows.schema)
 
     def choice(self, identity: str) -> Row | None:
         """The run's choice for this identity where it differs from the folder's own dominant person."""

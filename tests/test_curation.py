@@ -186,7 +186,7 @@ def test_a_curators_class_word_is_the_captions_and_marks_the_rows(tmp_path) -> N
     assert CaptionStage.task_inputs(run).keys() == {"angelina_jolie"}
 
 
-def test_shards_are_packed_by_what_filter_kept_so_a_reject_moves_no_identity_to_another_shard() -> None:
+def test_shards_are_packed_by_what_filter_kept_so_a_reject_or_a_split_moves_no_identity_to_another_shard() -> None:
     config = load_config(resolve_profile("cpu"), ["shard.max_rows=10"])
     people = [Identity(slug, slug) for slug in "abc"]
     filtered_sizes = {"a": 6, "b": 4, "c": 5}
@@ -197,6 +197,8 @@ def test_shards_are_packed_by_what_filter_kept_so_a_reject_moves_no_identity_to_
     before = plan_shards(config, people, kept({"a": 6, "b": 4, "c": 5}), filtered_sizes).shards
     after = plan_shards(config, people, kept({"a": 5, "b": 4, "c": 5}), filtered_sizes).shards  # a reject in a
     assert before == after == [["a", "b"], ["c"]]
+    split = plan_shards(config, people, kept({"a": 6, "b": 5, "c": 4}), filtered_sizes).shards  # c's photo now b's
+    assert split == before  # b's shard holds 11 rows rather than c move: the other shards stay as they are
     assert plan_shards(config, people, kept({"a": 5, "b": 4, "c": 5})).shards == [["a", "b"], ["c"]]
     assert plan_shards(config, people, kept({"a": 1, "b": 4, "c": 5})).shards == [["a", "b", "c"]]  # by kept rows
 

@@ -13,7 +13,7 @@ from pipeline.core.decisions import ACCEPT, REJECT, SPLIT, TARGET_FACE, Decision
 from pipeline.core.markers import read_markers, read_part
 from pipeline.core.rundir import RunDir
 from pipeline.report.html import esc, table
-from stages.curation import CURATOR, VERIFY_KINDS, digests
+from stages.curation import CURATOR, verify_inputs
 
 POSITIVE, NEGATIVE = (ACCEPT, TARGET_FACE), (REJECT, SPLIT)  # this person / not this person
 VERIFY = "verify"
@@ -69,7 +69,7 @@ def labelled_photos(run: RunDir, decisions: list[Decision]) -> tuple[list[Labell
 
 def pending(run: RunDir) -> list[str]:
     """Identities whose photo decisions verify has not applied yet (its marker consumed other ones)."""
-    wanted = digests(run, VERIFY_KINDS)
+    wanted = verify_inputs(run)  # an identity's photo decisions, and the photos split into it
     markers = read_markers(run, VERIFY, list(wanted))
     return sorted(slug for slug, text in wanted.items()
                   if slug not in markers or markers[slug].input_digest.partition("+")[2] != text)
