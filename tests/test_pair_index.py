@@ -13,10 +13,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.config import PipelineConfig
+from pipeline.core.markers import Marker
+from pipeline.core.names import Identity
 from pipeline.core.pairs import hard_pair_weights, pair_difficulty
 from pipeline.core.removals import Ledger, new_removal
 from pipeline.core.rundir import RunDir
-from pipeline.dataset.pair_index import PAIR_SCHEMA, PairRules, identity_pairs
+from pipeline.dataset.pair_index import PAIR_SCHEMA, PairRules, identity_pairs, pairs_file
+from pipeline.dataset.shards import finish, plan_shards
 from pipeline.dataset.takedown_shards import rewrite_shard
 from pipeline.training import IdentityDataset
 from tests.shared_run import ROW_GROUP_ROWS, SharedRun
@@ -106,6 +110,9 @@ def test_a_rewritten_shard_drops_a_removed_photos_pairs_and_keeps_the_rest(shard
     identity = table["identity"][0].as_py()
     rules = PairRules(None, per_target=2)  # fewer than the rules allow: the cap's stable subset decides
     own = table.filter(pc.equal(table["identity"], identity))
+    assert not identity_pairs(identity, own.drop_columns(["calibration"]), rules)  # no cut known: no pairs
+    cut = identity_pairs(identity, own.drop_columns(["calibration"]), PairRules(0.75, 64))  # training.copy_paste_max
+    assert cut and max(cut["similarity"].to_pylist()) <= 0.75
     before = pairs_of(identity_pairs(identity, own, rules))
     assert all(len(refs) <= 2 for refs in before.values()) and len(before) == own.num_rows
     gone = before[table["image_id"][0].as_py()][0]
@@ -124,3 +131,19 @@ def pairs_of(table) -> dict[str, list[str]]:
     for target, reference in zip(table["image_id"].to_pylist(), table["reference_id"].to_pylist(), strict=True):
         found[target].append(reference)
     return dict(found)
+
+
+def test_the_shard_step_settings_decide_the_pair_index_and_its_fingerprint(tmp_path: Path) -> None:
+    people, markers = [Identity("a", "A")], {"a": Marker("caption", "a", "h", "i", "d-a", 2, 2, {"ok": 2}, {})}
+    plans = {key: plan_shards(PipelineConfig.model_validate(settings), people, markers) for key, settings in {
+        "default": {}, "off": {"shard": {"pairs_per_target": 0}}, "cut": {"training": {"copy_paste_max": 0.7}}}.items()}
+    assert plans["default"].pairs == PairRules(None, 64) and plans["off"].pairs is None
+    assert plans["cut"].pairs == PairRules(0.7, 64)
+    assert len({plan.fingerprint for plan in plans.values()}) == 3  # each changes what the shard step writes
+    run = RunDir(str(tmp_path))
+    for name in ("train-00000-of-00001.parquet", "train-00000-of-00002.parquet"):  # this plan's, an older plan's
+        run.write_table(pairs_file(name), PAIR_SCHEMA.empty_table())
+    finish(run, plans["default"], [], "card")
+    assert sorted(path.name for path in (tmp_path / "shards" / "pairs").iterdir()) == ["train-00000-of-00001.parquet"]
+    finish(run, plans["off"], [], "card")  # no pair index now: none stays behind
+    assert not list((tmp_path / "shards" / "pairs").iterdir())
