@@ -3,9 +3,10 @@
 Shards are planned from the done-markers alone (in names-list order, each identity sized by the photos
 filter kept, which a curator's decisions and new thresholds do not change: they never move an identity to
 another shard), so planning reads no data; each shard is then written by a Ray task, streamed one identity at a time
-into row groups, to a temporary name. `_index.parquet` (identity -> shard, first row, rows) is
-written after every shard, then shards of an older plan are removed: a reader that follows the
-index never sees a half-written or stale shard. A plan whose inputs are unchanged is not redone.
+into row groups, to a temporary name, with its pair index beside it (`pairs/<shard>`, pair_index.py).
+`_index.parquet` (identity -> shard, first row, rows) is written after every shard, then shards (and pair
+indexes) of an older plan are removed: a reader that follows the index never sees a half-written or stale shard.
+A plan whose inputs are unchanged is not redone.
 
 The opt-out list (`governance.optout`) is applied again here, as it reads now: rows it covers are
 left out and counted (`opted_out` in the results and the card), and a changed list changes the
