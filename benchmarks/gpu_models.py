@@ -9,6 +9,7 @@ random `BlipConfig` of blip-image-captioning-large's sizes and loaded by `BlipCa
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import FACES
 from benchmarks.fixtures.resnet_onnx import RESNET34, resnet
 from pipeline.core.errors import UserError
 from stages.devices import PADDED_BATCHES, onnx_session, torch_device
@@ -186,29 +188,63 @@ def both_at_once(run: Callable[[], Any]) -> None:
 def time_blip(sizes: Sizes, device: str, folder: Path) -> dict[str, dict]:
     """BLIP saved from a random config of the profile's sizes, loaded and run by the blip backend (fp16 on CUDA,
     3 beams, 30 new tokens: the caption section's defaults) on crops as the caption stage's CPU workers resize them
-    (`processor_resize`): what its actor does. That resize is timed apart, on one CPU thread (`blip_resize_cpu`):
-    the work the actor did before issue 27, once a caption and again on every resample pass."""
-    import torch
-
+    (`processor_resize`): what its actor does. Then the CPU side (`time_caption_cpu`)."""
     from stages.captioners.blip import BlipCaptioner, processor_resize
+    from stages.crop import decode_crop
 
     save_random_blip(sizes.blip, folder, device)
-    whole, fit = crops(sizes.blip_batch, sizes.crop_side), processor_resize(str(folder))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        resize_seconds = timed(lambda: [fit(crop) for crop in whole], sizes.repeats, "cpu")
-    finally:
-        torch.set_num_threads(threads)
-    images = [fit(crop) for crop in whole]
+    fit = processor_resize(str(folder))
+    images = [fit(decode_crop(data)) for data in photo_crops(sizes.blip_batch, sizes.crop_side)]
     with Memory(device) as memory:
         captioner = BlipCaptioner(str(folder), device=device, prompt="", num_beams=3, max_new_tokens=30)
         captioner.model.generation_config.min_new_tokens = 30  # random weights may stop at once: time whole captions
         seconds = timed(lambda: captioner.caption(images), sizes.repeats, device)
-    side = images[0].shape[0]
-    return {"blip": rate(len(images), seconds, memory, f"blip ({str(captioner.dtype).removeprefix('torch.')})"),
-            "blip_resize_cpu": rate(len(whole), resize_seconds, None,
-                                    f"BLIP's resize, {sizes.crop_side} to {side} px, one CPU thread")}
+    blip = rate(len(images), seconds, memory, f"blip ({str(captioner.dtype).removeprefix('torch.')})")
+    return {"blip": blip, **time_caption_cpu(sizes, folder)}
+
+
+def time_caption_cpu(sizes: Sizes, folder: Path) -> dict[str, dict]:
+    """Per crop, on one CPU thread: BLIP's resize, which the CPU workers make now (`blip_resize_cpu`), and the caption
+    actor's own CPU work before issue 27 (BLIP's processor resizing and normalising a decoded crop, on every pass) and
+    now (normalising the resized crop on every pass; decoding the crop's JPEG for the gender/age model, once)."""
+    import torch
+    from transformers import BlipProcessor
+
+    from stages.captioners.blip import processor_resize
+    from stages.crop import decode_crop
+
+    jpegs = photo_crops(sizes.blip_batch, sizes.crop_side)
+    whole, fit = [decode_crop(data) for data in jpegs], processor_resize(str(folder))
+    fitted, processor = [fit(crop) for crop in whole], BlipProcessor.from_pretrained(folder).image_processor
+    steps = {
+        "blip_resize_cpu": (lambda: [fit(crop) for crop in whole], "BLIP's resize (CPU workers)"),
+        "caption_actor_cpu_before": (lambda: processor(images=whole, return_tensors="pt"), "resize + normalise"),
+        "caption_actor_cpu_normalise": (lambda: processor(images=fitted, return_tensors="pt"), "normalise"),
+        "caption_actor_cpu_decode": (lambda: [decode_crop(data) for data in jpegs], "decode the JPEG"),
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {name: rate(len(jpegs), timed(step, sizes.repeats, "cpu"), None,
+                           f"{what}, {sizes.crop_side}-px crops, one CPU thread")
+                for name, (step, what) in steps.items()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def photo_crops(count: int, side: int) -> list[bytes]:
+    """`count` JPEG crops (quality 95, the crop stage's) of labelled photos at `side` px: real image content, which
+    decodes as a crawl's crops do (random pixels compress and decode far worse)."""
+    from PIL import Image
+
+    photos = sorted(FACES.glob("images/img*.jpg"))[:count]
+    out = []
+    for k in range(count):
+        buffer = io.BytesIO()
+        with Image.open(photos[k % len(photos)]) as photo:
+            photo.convert("RGB").resize((side, side)).save(buffer, "JPEG", quality=95)
+        out.append(buffer.getvalue())
+    return out
 
 
 def save_random_blip(shape: dict, folder: Path, device: str) -> None:

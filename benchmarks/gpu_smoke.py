@@ -127,7 +127,10 @@ def estimate(rates: dict[str, dict], funnel: dict[str, float]) -> dict[str, Any]
     add up (decoding runs on CPU workers, outside this sum)."""
     per = {name: 1 / rate["images_per_s"] for name, rate in rates.items()}
     seconds = {"filter": per["scrfd"] + FACES_PER_IMAGE * per["resnet_onnx"], "safety_scores": 2 * per["resnet_onnx"],
-               "segment": per["yolo"] + per["sam_bf16"], "caption": per["blip"]}
+               "segment": per["yolo"] + per["sam_bf16"],
+               # BLIP, and the gender/age model (insightface's genderage, a small CNN at 96 px) on each crop, charged
+               # as a ResNet-50-class image: an upper bound
+               "caption": per["blip"] + per["resnet_onnx"]}
     weighted = {stage: funnel[stage] * seconds[stage] for stage in seconds}
     total = sum(weighted.values())
     return {"funnel": funnel, "gpu_seconds_per_crawled_image": {k: round(v, 5) for k, v in weighted.items()},

@@ -22,7 +22,7 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
     environment, models = result["environment"], result["models"]
     assert environment["onnxruntime_build"] in ("cpu", "gpu") and environment["onnxruntime_providers"]
     for name in ("yolo", "sam_fp32", "sam_bf16", "sam_other_bf16", "segment_other_one_actor", "blip",
-                 "blip_resize_cpu"):
+                 "blip_resize_cpu", "caption_actor_cpu_before", "caption_actor_cpu_normalise", "caption_actor_cpu_decode"):
         assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch)
     both = models["segment_two_actors"]
     assert both["batch"] == 2 * TINY.sam_batch and both["images_per_s"] > 0
