@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from PySide6.QtGui import QPixmap
     from PySide6.QtWebEngineCore import QWebEnginePage, QWebEngineUrlRequestInterceptor
     from PySide6.QtWebEngineWidgets import QWebEngineView
     from PySide6.QtWidgets import QApplication
@@ -38,6 +39,7 @@ ENV = {"QT_QPA_PLATFORM": "offscreen", "QT_QUICK_BACKEND": "software", "QTWEBENG
 LOCAL_SCHEMES = {"file", "data", "blob", "about", "qrc"}
 LOADED = "document.readyState === 'complete'"
 LOOPBACK = "127.0.0.1"
+PAINT_WAIT = 30  # seconds a screenshot waits for Chromium's first painted frame
 
 
 def _installed(module: str) -> bool:
@@ -137,8 +139,27 @@ def _show(app: QApplication, view: QWebEngineView, args: argparse.Namespace) -> 
         _evaluate(app, page, "requestAnimationFrame(() => requestAnimationFrame(() => window.painted = true))",
                   args.timeout)
         _wait(app, lambda: _evaluate(app, page, "window.painted === true", args.timeout), args.timeout, "paint")
-        assert view.grab().save(args.screenshot, "PNG"), f"cannot write {args.screenshot}"
+        assert _grab_painted(app, view, PAINT_WAIT).save(args.screenshot, "PNG"), f"cannot write {args.screenshot}"
     assert not crashed, f"the page's renderer ended: {crashed}"
+
+
+def _grab_painted(app: QApplication, view: QWebEngineView, patience: float) -> QPixmap:
+    """The view as painted: on a loaded machine Chromium's compositor can hand Qt its first frame after the
+    page's animation frames have run, and a grab before that is the background colour alone. So grab again
+    until the picture holds more than one colour, for `patience` seconds; a page that stays blank is then
+    saved as it is, for the test to judge."""
+    import numpy as np
+    from PySide6.QtGui import QImage
+
+    deadline = time.monotonic() + patience
+    while True:
+        picture = view.grab()
+        image = picture.toImage().convertToFormat(QImage.Format.Format_RGB32)  # a pixel is one uint32
+        pixels = np.frombuffer(image.constBits(), dtype=np.uint8, count=image.sizeInBytes()).view(np.uint32)
+        if (pixels != pixels[0]).any() or time.monotonic() > deadline:
+            return picture
+        pause_end = time.monotonic() + 0.2  # Qt's events run meanwhile: the compositor's frame can arrive
+        _wait(app, lambda: time.monotonic() >= pause_end, 1, "a pause")
 
 
 def _server(page: str) -> str | None:
