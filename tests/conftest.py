@@ -6,13 +6,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -39,6 +42,24 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                                 "run `python -m pipeline models fetch` first (see README)")
 
 
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name` that `build(folder)` filled, built once a test session: the suite runs in several
+    pytest-xdist workers (pyproject's addopts), and a whole run built by each would cost them its minute
+    again. The folder lies in the session's temporary directory, which the workers share; the first to ask
+    builds it under a lock, the others wait for it. A build that failed is tried again by the next."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the worker's own is popen-gwN inside the session's
+    folder, built = base / name, base / f"{name}.built"
+    with FileLock(base / f"{name}.lock"):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def faces() -> dict:
     """identities.json of the shared face corpus, with `images` pointing at the photo folder."""
@@ -59,17 +80,18 @@ def corpus(faces: dict) -> Corpus:
 @pytest.fixture(scope="session")
 def shared_tree(tmp_path_factory: pytest.TempPathFactory, faces: dict) -> SharedTree:
     """The photos and names of the shared run (tests/shared_run.py), without running anything."""
-    from tests.shared_run import build_shared_tree
+    from tests.shared_run import build_shared_tree, read_shared_tree
 
-    return build_shared_tree(tmp_path_factory.mktemp("shared"), faces)
+    return read_shared_tree(built_once(tmp_path_factory, "shared", lambda root: build_shared_tree(root, faces)))
 
 
 @pytest.fixture(scope="session")
 def shared_run(shared_tree: SharedTree, tmp_path_factory: pytest.TempPathFactory) -> SharedRun:
     """The finished run of the shared tree, read-only: a test that changes a run works on `.copy(...)`."""
-    from tests.shared_run import finish_shared_run
+    from tests.shared_run import finish_shared_run, read_shared_run
 
-    return finish_shared_run(shared_tree, tmp_path_factory.mktemp("shared-run") / "run")
+    built = built_once(tmp_path_factory, "shared-run", lambda folder: finish_shared_run(shared_tree, folder / "run"))
+    return read_shared_run(shared_tree, built / "run")
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +99,7 @@ def resharded(shared_run: SharedRun, tmp_path_factory: pytest.TempPathFactory) -
     """A copy of the shared run whose shard step ran again with shard.max_rows=1000 (one shard), read-only."""
     from tests.shared_run import reshard
 
-    return reshard(shared_run, tmp_path_factory.mktemp("resharded") / "run")
+    return built_once(tmp_path_factory, "resharded", lambda folder: reshard(shared_run, folder / "run")) / "run"
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

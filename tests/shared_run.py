@@ -12,6 +12,7 @@ a takedown) work on a copy, never on the shared run.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ KEPT = [slug for slug in SLUGS if slug != "katy_perry"]
 IMPOSTOR = "img17.jpg"  # jack_dorsey, not in the run: in greys among Angelina Jolie's photos
 MAX_ROWS = 10  # splits the identities into several shards, some holding two identities
 ROW_GROUP_ROWS = 3  # small, so identities span row groups and readers' row-group arithmetic is exercised
+EXPECTED, CONSOLE = "expected.json", "console.txt"  # beside the photos and the run: what a reader rebuilds from
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class SharedRun:
         return dest
 
 
-def build_shared_tree(root: Path, faces: dict) -> SharedTree:
+def build_shared_tree(root: Path, faces: dict) -> None:
     photos = root / "photos"
     expected = build_tree(photos, faces, IDENTITIES)
     write_odd_photos(photos / "angelina_jolie", faces, "angelina_jolie", IMPOSTOR)
@@ -82,13 +84,21 @@ def build_shared_tree(root: Path, faces: dict) -> SharedTree:
         added = [path for path in (photos / slug).iterdir() if path.name not in outcomes]
         outcomes.update({path.name: "ok" if min(upright_size(path)) >= 512 else "low_resolution" for path in added})
     (root / "names.txt").write_text("# test names\n" + "\n".join(NAMES) + "\n")
-    return SharedTree(root, expected)
+    (root / EXPECTED).write_text(json.dumps(expected))
 
 
-def finish_shared_run(tree: SharedTree, out: Path) -> SharedRun:
+def read_shared_tree(root: Path) -> SharedTree:
+    return SharedTree(root, json.loads((root / EXPECTED).read_text()))
+
+
+def finish_shared_run(tree: SharedTree, out: Path) -> None:
     result = run_cli("run", "--stage", "all", *tree.args(out), timeout=900)
     assert result.returncode == 0, result.stderr
-    return SharedRun(tree, out, result.stdout + result.stderr)  # what the user saw (not a terminal)
+    (out.parent / CONSOLE).write_text(result.stdout + result.stderr)  # what the user saw (not a terminal)
+
+
+def read_shared_run(tree: SharedTree, out: Path) -> SharedRun:
+    return SharedRun(tree, out, (out.parent / CONSOLE).read_text())
 
 
 def reshard(run: SharedRun, out: Path) -> Path:

@@ -15,10 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,29 +24,20 @@ import pytest
 from pipeline.core.markers import read_markers
 from pipeline.core.rundir import TMP_MARK, RunDir
 from pipeline.engine.registry import SHARD, STAGE_NAMES
-from tests.conftest import REPO, cpu_run_args, run_cli, stage_rows
+from tests.conftest import REPO, built_once, cpu_run_args, run_cli, stage_rows
 
 IDENTITIES = 8  # tasks per stage: enough that a kill after the first finished task lands mid-stage
 # Where a killed stage's writers leave temporaries besides stages/<stage>/ (crawl: its tasks' folders).
 WRITTEN_BESIDES = {"crawl": ("raw/",), SHARD: ("shards/",)}
 
-T = TypeVar("T")
-_built: dict[str, Any] = {}  # what the fixtures below built this session
-
-
-def once(name: str, build: Callable[[], T]) -> T:
-    """`build()` once a session: test_worker_crash imports the fixtures below, and pytest would run an
-    imported fixture again for each module that holds it (the uninterrupted run takes minutes)."""
-    if name not in _built:
-        _built[name] = build()
-    return _built[name]
-
-
+# The fixtures below are built once a session (`built_once`): test_worker_crash and test_two_hosts import them,
+# and pytest would run an imported fixture again for each module that holds it (the uninterrupted run takes
+# minutes).
 @pytest.fixture(scope="session")
 def tree(tmp_path_factory, faces) -> dict:
     """Identities, each a folder of copies of one labelled person's real photos (the local source follows
     no link out of its root)."""
-    return once("tree", lambda: {"root": photo_tree(tmp_path_factory.mktemp("many"), faces)})
+    return {"root": built_once(tmp_path_factory, "many", lambda root: photo_tree(root, faces))}
 
 
 def photo_tree(root: Path, faces: dict) -> Path:
@@ -181,7 +170,7 @@ def assert_visible_files_whole(out: Path) -> None:
 
 @pytest.fixture(scope="session")
 def reference(tree, tmp_path_factory) -> Path:
-    return once("reference", lambda: uninterrupted_run(tree, tmp_path_factory.mktemp("reference") / "run"))
+    return built_once(tmp_path_factory, "reference", lambda folder: uninterrupted_run(tree, folder / "run")) / "run"
 
 
 def uninterrupted_run(tree: dict, out: Path) -> Path:
