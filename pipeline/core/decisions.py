@@ -4,10 +4,12 @@ API (the `decide` command and the review app write through it; verify, hygiene a
 
 - `Decision(identity, kind, image=None, value=None, note="", by=<OS user>, time=<now, UTC ISO>)`: one row.
   `identity` is the identity's slug; `image` the photo's sha256 (the rows' `image_id`), None for decisions
-  about the whole identity (merge, class_word); `kind` one of KINDS; `value` by kind:
-  REJECT, ACCEPT: None. TARGET_FACE: the face's index in the image's `faces` (int). SPLIT: the other
-  person's name, or None (left out). MERGE: the identity (slug) to merge into. CLASS_WORD: the word.
-  UNDO: the row id (int) of the row it undoes.
+  about the whole identity (merge, class_word, confirm); `kind` one of KINDS; `value` by kind:
+  REJECT, ACCEPT: None. TARGET_FACE: the face's index in the image's `faces` (int). SPLIT: the slug of
+  the identity of the run the photo joins, or None (left out). MERGE: the identity (slug) to merge into.
+  CLASS_WORD: the word. UNDO: the row id (int) of the row it undoes. CONFIRM: what the curator confirms the
+  pipeline got right about the identity (a review queue item: the competing cluster, "different from <slug>");
+  it changes no row.
 - `append(run, decision) -> int`: validates it, appends it as one JSON line, returns its row id.
 - `read_log(run) -> Log`: every row with its id (`Log.rows`: list of `Logged(row, decision)`), and
   `Log.torn`: ids of lines that could not be read (a writer killed mid-line); they are skipped, never fatal.
@@ -35,9 +37,9 @@ from pipeline.core.rundir import RunDir
 
 LOG = "curation/decisions.jsonl"
 
-REJECT, ACCEPT, TARGET_FACE, SPLIT, MERGE, CLASS_WORD, UNDO = (
-    "reject", "accept", "target_face", "split", "merge", "class_word", "undo")
-KINDS = (REJECT, ACCEPT, TARGET_FACE, SPLIT, MERGE, CLASS_WORD, UNDO)
+REJECT, ACCEPT, TARGET_FACE, SPLIT, MERGE, CLASS_WORD, CONFIRM, UNDO = (
+    "reject", "accept", "target_face", "split", "merge", "class_word", "confirm", "undo")
+KINDS = (REJECT, ACCEPT, TARGET_FACE, SPLIT, MERGE, CLASS_WORD, CONFIRM, UNDO)
 IMAGE_KINDS = (REJECT, ACCEPT, TARGET_FACE, SPLIT)  # these name a photo; the others the identity
 # The slot a decision fills: a later row for the same slot replaces it (accept and reject answer one question).
 SLOT = {REJECT: "verdict", ACCEPT: "verdict", SPLIT: "verdict", TARGET_FACE: "target_face", MERGE: "merge",
@@ -67,7 +69,8 @@ class Decision:
 
     @property
     def key(self) -> tuple[str, str | None, str]:
-        return self.identity, self.image, SLOT.get(self.kind, self.kind)
+        slot = f"{CONFIRM} {self.value}" if self.kind == CONFIRM else SLOT.get(self.kind, self.kind)  # one per item
+        return self.identity, self.image, slot
 
     def check(self) -> None:
         """A decision that cannot be applied is a user mistake, refused before it is written."""
@@ -81,7 +84,7 @@ class Decision:
             raise UserError("a target_face decision needs a face index (0, 1, ...)")
         if self.kind == UNDO and not (isinstance(self.value, int) and self.value >= 1):
             raise UserError("an undo decision needs a row id (1, 2, ...)")
-        if self.kind in (MERGE, CLASS_WORD) and not (isinstance(self.value, str) and self.value.strip()):
+        if self.kind in (MERGE, CLASS_WORD, CONFIRM) and not (isinstance(self.value, str) and self.value.strip()):
             raise UserError(f"a {self.kind} decision needs a value")
 
     @classmethod

@@ -20,10 +20,12 @@ from pipeline.core.names import Identity, IdentityIndex, run_identities
 from pipeline.core.rundir import RunDir
 from pipeline.decide import record
 from pipeline.report.thumbs import THUMBS, Thumbs
+from pipeline.review.answers import answers
 from pipeline.review.apply import ApplyJob
 from pipeline.review.pending import pending
+from pipeline.review.queue import CLASS_WORD as CLASS_WORD_ITEM
 from pipeline.review.queue import Queue, load_queue
-from pipeline.review.tables import VERIFY, identity_photos, read_columns, verify_photos
+from pipeline.review.tables import VERIFY, class_word_of, identity_photos, read_columns, verify_photos
 from stages.class_words import CANONICAL
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -190,13 +192,23 @@ def _with_faces(review: Review, items: list[dict]) -> list[dict]:
     photos: dict[str, dict[str, dict]] = {}
     for slug in {item["identity"] for item in items if item["image_id"]}:
         photos[slug] = verify_photos(review.run, slug, {item["image_id"] for item in items if item["identity"] == slug})
-    return [{**photos.get(item["identity"], {}).get(item["image_id"], {}), **item,
-             "decided": decided.get((item["identity"], item["image_id"]), [])} for item in items]
+    words = {slug: class_word_of(review.run, slug) for slug in {item["identity"] for item in items
+                                                                if item["kind"] == CLASS_WORD_ITEM}}
+    shown = [{**photos.get(item["identity"], {}).get(item["image_id"], {}), **item,
+              "class_word": words.get(item["identity"]), "decided": _item_decisions(decided, item)} for item in items]
+    return [{**item, "answers": answers(item, review.names)} for item in shown]
+
+
+def _item_decisions(decided: dict[tuple[str, str | None], list[str]], item: dict) -> list[str]:
+    """A photo item shows its photo's decisions; an identity item (and a class word's) the identity's."""
+    photo = item["image_id"] if item["kind"] != CLASS_WORD_ITEM else None
+    return decided.get((item["identity"], photo), [])
 
 
 def _decided(review: Review, slug: str, photos: list[dict]) -> list[dict]:
     decided = _decisions_of(review, {slug})
-    return [{**photo, "identity": slug, "decided": decided.get((slug, photo["image_id"]), [])} for photo in photos]
+    return [{**photo, "identity": slug, "decided": decided.get((slug, photo["image_id"]), []),
+             "answers": answers(photo, review.names)} for photo in photos]
 
 
 def _search(review: Review, query: str) -> list[dict]:

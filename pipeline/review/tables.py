@@ -94,6 +94,14 @@ def identity_photos(run: RunDir, slug: str) -> list[dict]:
     return sorted(photos.values(), key=_photo_order)
 
 
+def class_word_of(run: RunDir, slug: str) -> str | None:
+    """The identity's class word, as caption wrote it on its kept rows (one word an identity)."""
+    table = read_columns(run, CAPTION, slug, ["status", "class_word"])
+    words = [row["class_word"] for row in (table.to_pylist() if table is not None else [])
+             if row["status"] == OK and row["class_word"]]
+    return words[0] if words else None
+
+
 def _add_caption(run: RunDir, slug: str, photos: dict[str, dict]) -> None:
     table = read_columns(run, CAPTION, slug, ["image_id", "class_word", "estimated_gender", "class_word_disagrees"])
     for row in table.to_pylist() if table is not None else []:

@@ -22,15 +22,27 @@ async function post(path, body) {
 
 async function decide(kind, value) {
   const item = items[at];
-  if (!item || !item.dataset.image) return;
+  // a photo's item answers about the photo; an identity's (a pair, a cluster, a class word) about the identity
+  const image = (item && (item.dataset.aKind || "accept") === "accept" && item.dataset.image) || null;
+  if (!item || (kind === "target_face" && !image)) return;
   const [status, answer] = await post("/api/decide",
-    {identity: item.dataset.identity, image: item.dataset.image, kind: kind, value: value});
+    {identity: item.dataset.identity, image: image, kind: kind, value: value});
   const shown = item.querySelector(".decided");
   if (status !== 200) { shown.textContent = answer.error; return; }
   shown.textContent = kind === "undo" ? "" : (value === undefined ? kind : `${kind} ${value}`);
   document.getElementById("pending").textContent = answer.pending;
   document.body.dataset.answered = String(Number(document.body.dataset.answered || 0) + 1);
   if (kind !== "undo") next();
+}
+
+// What `a` and `r` mean is the item's (pipeline/review/answers.py): accept and reject for a photo, a class word,
+// a merge or a confirmation for an identity's item, or opening the identity's page.
+function answer(key) {
+  const item = items[at];
+  if (!item) return;
+  const kind = item.dataset[`${key}Kind`] || (key === "a" ? "accept" : "reject");
+  if (kind === "open") { location.href = item.querySelector("a.who").href; return; }
+  decide(kind, item.dataset[`${key}Value`] || undefined);
 }
 
 function next() {
@@ -50,8 +62,7 @@ document.addEventListener("keydown", (event) => {
   const key = event.key;
   if (key === "j") next();
   else if (key === "k") previous();
-  else if (key === "a") decide("accept");
-  else if (key === "r") decide("reject");
+  else if (key === "a" || key === "r") answer(key);
   else if (key === "u") decide("undo");
   else if (key === "o" && items[at]) location.href = items[at].querySelector("a.who").href;
   else if (/^[1-9]$/.test(key) && items[at] && Number(key) <= Number(items[at].dataset.faces)) {
