@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     action.add_argument("--target-face", type=int, metavar="N",
                         help="in a group photo, the person is face N (0, 1, ...)")
     action.add_argument("--split", nargs="?", const="", metavar="NAME",
-                        help="the photo is another person: it leaves this identity, and joins NAME (an identity of the run) "
-                             "if given")
+                        help="the photo is another person: it leaves this identity, and joins NAME (an identity of "
+                             "the run) if given")
     action.add_argument("--merge-into", metavar="NAME",
                         help="the identity is the same person as NAME (hygiene merges it)")
     action.add_argument("--class-word", metavar="WORD", help="the identity's class word (man, woman, ...)")

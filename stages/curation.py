@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.core.decisions import (
     ACCEPT, CLASS_WORD, MERGE, REJECT, SPLIT, TARGET_FACE, Decision, by_identity, digest, in_force, read_log,
 )
-from pipeline.core.markers import read_markers, read_pinned_part
+from pipeline.core.markers import PartChanged, read_markers, read_pinned_part
 from pipeline.core.reasons import CURATOR_REJECTED, CURATOR_SPLIT, MERGED_INTO_OTHER_IDENTITY, NO_FACE, TOO_FEW_IMAGES
 from pipeline.core.rundir import RunDir
 from pipeline.core.schema import DROPPED, OK
@@ -79,7 +79,10 @@ def split_in(run: RunDir, splits: list[Decision], identity: str, name: str) -> l
     markers = read_markers(run, SPLIT_SOURCE, set(wanted))
     rows = []
     for source in sorted(set(wanted) & set(markers)):
-        table = read_pinned_part(run, SPLIT_SOURCE, source, markers[source].pin)
+        try:
+            table = read_pinned_part(run, SPLIT_SOURCE, source, markers[source].pin)
+        except PartChanged as exc:  # not this task's input: the runner must not forget this identity's filter part
+            raise RuntimeError(f"the photos split in from {source}: {exc}") from exc
         rows += [{**row, "identity": identity, "name": name} for row in table.to_pylist()
                  if row["image_id"] in wanted[source] and row["status"] == OK]
     return rows
