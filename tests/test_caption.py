@@ -18,6 +18,7 @@ from stages.caption import CaptionStage
 from stages.captioners import Captioner, Estimate, Estimator, pick_estimator
 from stages.captioners.blip import BlipCaptioner, resolve_model
 from stages.clip_tokens import clip_tokenizer
+from stages.crop import decode_crop
 from tests.caption_rows import crop_table
 from tests.conftest import FACES
 from tests.tiny_blip import build_tiny_blip
@@ -78,9 +79,9 @@ def test_blip_crops_resized_in_prepare_give_the_captions_whole_crops_give(tiny_b
     config = PipelineConfig.model_validate({"caption": {"model": str(tiny_blip), "gender_model": "none"}})
     table = crop_table([PHOTOS / f"img{k}.jpg" for k in (26, 27, 28, 13)], "katy_perry")
     shipped = pickle.loads(pickle.dumps(CaptionStage(config, RunDir(str(tmp_path))).prepare(table)))
-    assert all(crop.decoded is None and crop.fitted.shape == (32, 32, 3) and crop.fitted.dtype == np.uint8
-               for crop in shipped)  # the decoded 256-px crop stays behind; the actor decodes the JPEG if it must
-    whole, fitted = [crop.pixels() for crop in shipped], [crop.fitted for crop in shipped]
+    assert all(crop.decoded is None and crop.data is None and not crop.chips for crop in shipped)  # only the fitted
+    assert all(crop.fitted.shape == (32, 32, 3) and crop.fitted.dtype == np.uint8 for crop in shipped)
+    whole, fitted = [decode_crop(data) for data in table["crop_image"].to_pylist()], [c.fitted for c in shipped]
     assert whole[0].shape == (256, 256, 3)
 
     captioner = BlipCaptioner(str(tiny_blip), device="cpu", prompt="a picture of", max_new_tokens=8)
@@ -239,6 +240,36 @@ def test_blip_stage_end_to_end_on_real_crops(tiny_blip: Path, tmp_path: Path) ->
         assert row["class_word_source"] in ("caption", "resampled", "rewritten")
         assert row["caption_raw"].startswith("a picture of")
         check_marked(row)
+
+
+def test_the_gender_models_face_chips_are_cut_in_prepare_as_insightface_cuts_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On real crops: the 96-px chip prepare cuts (CPU workers) is the one insightface's own `Attribute.get` cuts,
+    and it is all that travels for the gender/age model (27 KB a face, not the crop)."""
+    from insightface.app.common import Face
+    from insightface.model_zoo import attribute, get_model
+
+    pack = write_genderage(tmp_path / "pack", male=True, age=41)
+    config = PipelineConfig.model_validate({"face": {"backend": "insightface", "model": str(pack)},
+                                            "caption": {"backend": "template"}})
+    table = crop_table([PHOTOS / f"img{k}.jpg" for k in (26, 27, 13)])
+    shipped = pickle.loads(pickle.dumps(CaptionStage(config, RunDir(str(tmp_path))).prepare(table)))
+    assert all(crop.data is None and crop.fitted is None and crop.decoded is None for crop in shipped)
+    assert all(set(crop.chips) == {0} and crop.chips[0].shape == (96, 96, 3) for crop in shipped)
+
+    cuts, transform = [], attribute.face_align.transform  # insightface's own path, its cut recorded
+    monkeypatch.setattr(attribute.face_align, "transform", lambda *args: cuts.append(transform(*args)) or cuts[-1])
+    model = get_model(str(pack / "genderage.onnx"), providers=["CPUExecutionProvider"])
+    for row in table.to_pylist():
+        box = np.asarray(row["crop_faces"][0]["box"], dtype=np.float32)
+        model.get(np.ascontiguousarray(decode_crop(row["crop_image"])[:, :, ::-1]), Face(bbox=box))
+    assert len(cuts) == 3 and all(np.array_equal(chip, crop.chips[0]) for (chip, _), crop in zip(cuts, shipped))
+    assert all(crop.chips[0].std() > 0 for crop in shipped)  # real faces, not blank chips
+
+    stage = CaptionStage(config, RunDir(str(tmp_path)))
+    stage.setup()
+    rows = stage.infer(table, shipped).to_pylist()
+    assert [row["caption"] for row in rows] == ["a photo of a man"] * 3 and rows[0]["estimated_age"] == 41
 
 
 def test_insightface_genderage_is_picked_for_an_insightface_pack(tmp_path: Path) -> None:

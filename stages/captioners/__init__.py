@@ -6,7 +6,7 @@ from __future__ import annotations
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound
 
-from .base import CAPTIONERS, ESTIMATORS, Captioner, Estimate, Estimator, Fit
+from .base import CAPTIONERS, ESTIMATORS, Captioner, Cut, Estimate, Estimator, Fit
 
 AUTO, NONE = "auto", "none"
 
@@ -47,10 +47,17 @@ def open_fitter(config: PipelineConfig) -> Fit | None:
     return CAPTIONERS.selected(config).fitter(config)
 
 
+def open_cutter(config: PipelineConfig) -> Cut | None:
+    """The face chip the selected estimator's faces get on CPU workers; None: the estimator takes whole crops (or
+    there is none)."""
+    name = pick_estimator(config)
+    return ESTIMATORS.get(name).cutter(config) if name is not None else None
+
+
 def open_estimator(config: PipelineConfig) -> Estimator | None:
     name = pick_estimator(config)
     return ESTIMATORS.get(name).load(config) if name is not None else None
 
 
-__all__ = ["CAPTIONERS", "ESTIMATORS", "Captioner", "Estimate", "Estimator", "Fit", "check_models", "open_captioner",
-           "open_estimator", "open_fitter", "pick_estimator"]
+__all__ = ["CAPTIONERS", "ESTIMATORS", "Captioner", "Cut", "Estimate", "Estimator", "Fit", "check_models",
+           "open_captioner", "open_cutter", "open_estimator", "open_fitter", "pick_estimator"]

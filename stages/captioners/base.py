@@ -17,6 +17,7 @@ from stages.backends import Registry
 
 Box = Sequence[float]  # x0, y0, x1, y1 in pixels of the crop
 Fit = Callable[[np.ndarray], np.ndarray]  # a decoded crop to what a captioner's processor would resize it to
+Cut = Callable[[np.ndarray, Box], np.ndarray]  # a decoded crop and a face box in it to an estimator's face chip
 
 CAPTIONERS = Registry("caption.backend", "stages.captioners")
 ESTIMATORS = Registry("caption.gender_model", "stages.captioners")
@@ -67,6 +68,16 @@ class Estimator(ABC):
     @abstractmethod
     def estimate(self, images: Sequence[np.ndarray], faces: Sequence[Box]) -> list[Estimate]:
         """For each HxWx3 uint8 RGB crop, the estimate for the face in the given box."""
+
+    @classmethod
+    def cutter(cls, config: PipelineConfig) -> Cut | None:
+        """The face chip CPU workers cut for each face (the caption stage's `prepare`), exactly as `estimate` cuts it,
+        so the actor gets the model's input (`estimate_chips`) instead of the whole crop. None: it gets the crop."""
+        return None
+
+    def estimate_chips(self, chips: Sequence[np.ndarray]) -> list[Estimate]:
+        """The estimates from chips `cutter` cut (estimators that have one)."""
+        raise NotImplementedError(f"{type(self).__name__} estimates from whole crops")
 
     @abstractmethod
     def versions(self) -> dict[str, str]:
