@@ -30,7 +30,7 @@ from pipeline.core.schema import NAMES, OK, PROVENANCE, extend
 from pipeline.export import rows as export_rows
 from pipeline.generator.references import Reference
 from pipeline.report.thumbs import Thumbs
-from stages.caption import CaptionStage
+from stages.caption import CaptionCrop, CaptionStage
 from stages.crop import CropStage
 from stages.filter import FilterStage
 from stages.imaging import PILLOW_MAX_PIXELS, decode_upright, probe
@@ -213,7 +213,7 @@ def decoded_crops(pipe: Pipeline, crops: list[bytes]) -> None:
     table = pa.table({"crop_image": pa.array(crops, pa.binary())})
     for stage in (pipe.segment, pipe.caption):
         for item in stage.prepare(table):
-            pixels = item.pixels() if isinstance(item, CheckedCrop) else item  # segment's travel encoded
+            pixels = item.pixels() if isinstance(item, CheckedCrop | CaptionCrop) else item  # what travels
             if isinstance(pixels, np.ndarray):
                 assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8
             else:
