@@ -61,7 +61,7 @@ def caption_mb(crops_table: pa.Table, run: RunDir, root: Path) -> dict[str, floa
 
     from benchmarks.gpu_models import BLIP_LARGE, BLIP_TINY, save_random_blip
     from stages.caption import CaptionStage
-    from tests.tiny_genderage import write_genderage
+    from benchmarks.fixtures.tiny_genderage import write_genderage
 
     folder, pack = root / "blip-384", write_genderage(root / "pack")
     side = BLIP_LARGE["vision"]["image_size"]

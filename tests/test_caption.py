@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from benchmarks.fixtures.tiny_genderage import write_genderage
 from pipeline.core.config import PipelineConfig
 from pipeline.core.errors import ModelNotFound, UserError
 from pipeline.core.rundir import RunDir
@@ -22,7 +23,6 @@ from stages.crop import decode_crop
 from tests.caption_rows import crop_table
 from tests.conftest import FACES
 from tests.tiny_blip import build_tiny_blip
-from tests.tiny_genderage import write_genderage
 
 PHOTOS = FACES / "images"
 
