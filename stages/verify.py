@@ -139,9 +139,10 @@ class VerifyStage(Stage):
     def process(self, rows: pa.Table) -> pa.Table:
         own = rows.to_pylist()
         slug = own[0]["identity"] if own else None
-        incoming = split_in(self.run, self.splits.get(slug, []), slug, own[0]["name"]) if own else []
+        splits = self.splits.get(slug, []) if own else []
+        incoming = split_in(self.run, splits, slug, own[0]["name"]) if splits else []
         records = own + [row for row in incoming if row["image_id"] not in {r["image_id"] for r in own}]
-        decisions = taken_in(records[len(own):], self.splits.get(slug, [])) + self.decisions.get(slug, [])
+        decisions = taken_in(records[len(own):], splits) + self.decisions.get(slug, [])
         curation = Curation.of(decisions)
         clustered = (r for r in records if r["faces"] and not curation.left_out(r["image_id"]))
         with_faces = sorted(clustered, key=lambda r: r["image_id"])
