@@ -265,12 +265,11 @@ def test_merge_members_are_found_by_any_spelling_of_their_name() -> None:
     assert merge_groups(people, [["ZOE\u0308 TEST", "angelina_jolie"]]) == [(zoe.slug, jolie.slug), ("cy",)]
 
 
-def test_a_merge_naming_nobody_stops_before_any_work(tmp_path: Path) -> None:
-    (tmp_path / "names.txt").write_text("ann\nbob\n")
-    config = PipelineConfig.model_validate({"run": {"names": str(tmp_path / "names.txt")},
-                                            "hygiene": {"merge": [["ann", "nobody"]]}})
+def test_a_merge_naming_nobody_stops_before_any_work() -> None:
+    """`run` and `decide --apply` check the run's identities before any task (pipeline/__main__.py)."""
+    config = PipelineConfig.model_validate({"hygiene": {"merge": [["ann", "nobody"]]}})
     with pytest.raises(UserError, match="nobody"):
-        HygieneStage.preflight(config)
+        HygieneStage.check_identities(config, [Identity("ann", "ann"), Identity("bob", "bob")])
 
 
 def test_the_fingerprint_follows_the_hygiene_and_verify_sections() -> None:
