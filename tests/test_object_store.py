@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.request
+
 import pyarrow.fs as pafs
 import pytest
 from moto.server import ThreadedMotoServer
@@ -21,6 +23,9 @@ def bucket(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     _, port = server.get_host_and_port()
+    # moto keeps its buckets per process, not per server: start empty whatever an earlier test of this
+    # process (a pytest-xdist worker runs several files) left in run-bucket
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"))
     options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     filesystem, _ = pafs.FileSystem.from_uri(f"s3://run-bucket?{options}&allow_bucket_creation=true")
     filesystem.create_dir("run-bucket")
