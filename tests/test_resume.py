@@ -55,8 +55,10 @@ def photo_tree(root: Path, faces: dict) -> Path:
 
 
 def args(tree: dict, out: Path) -> list[str]:
-    # a shard per identity: the shard step then has a task per kept identity, and a kill can land between them
-    return cpu_run_args(tree["root"] / "names.txt", out, tree["root"] / "photos", "--set=shard.max_rows=1")
+    # a shard per identity: the shard step then has a task per kept identity, and a kill can land between them;
+    # a name at a time per crawl worker: 8 names crawled side by side end together, and no kill lands between
+    return cpu_run_args(tree["root"] / "names.txt", out, tree["root"] / "photos", "--set=shard.max_rows=1",
+                        "--set=crawl.download.names_per_worker=1")
 
 
 def image_ids(out: Path, stage: str) -> list[tuple[str, str, str]]:
