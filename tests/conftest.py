@@ -43,8 +43,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
-    """The folder `name` that `build(folder)` filled, built once a test session: the suite runs in several
-    pytest-xdist workers (pyproject's addopts), and a whole run built by each would cost them its minute
+    """The folder `name` that `build(folder)` filled, built once a test session, also when the suite runs
+    in pytest-xdist workers (`-n 2`, see pyproject's addopts): a whole run built by each would cost its minute
     again. The folder lies in the session's temporary directory, which the workers share; the first to ask
     builds it under a lock, the others wait for it. A build that failed is tried again by the next."""
     base = factory.getbasetemp()
