@@ -56,9 +56,10 @@ def photo_tree(root: Path, faces: dict) -> Path:
 
 def args(tree: dict, out: Path) -> list[str]:
     # a shard per identity: the shard step then has a task per kept identity, and a kill can land between them;
-    # a name at a time per crawl worker: 8 names crawled side by side end together, and no kill lands between
+    # a name at a time per crawl worker, a task per Ray call in every stage: tasks done together (8 names crawled side
+    # by side, verify's 8 tasks in one call) end within milliseconds, and no kill lands between them
     return cpu_run_args(tree["root"] / "names.txt", out, tree["root"] / "photos", "--set=shard.max_rows=1",
-                        "--set=crawl.download.names_per_worker=1")
+                        "--set=crawl.download.names_per_worker=1", "--set=run.max_tasks_per_call=1")
 
 
 def image_ids(out: Path, stage: str) -> list[tuple[str, str, str]]:
@@ -112,7 +113,7 @@ def kill_mid_stage(tree: dict, out: Path, stage: str) -> tuple[int, int]:
     """Start (or resume) the whole run and SIGKILL all of it as soon as `stage` finished a task;
     returns the run's pid and the stage's finished tasks."""
     # niced: on a busy machine (the suite's other worker) this watcher must see the first marker and kill
-    # before the stage's other tasks in the same Ray call finish (verify runs all 8 in one)
+    # before the stage's other tasks finish
     process = subprocess.Popen(
         ["nice", "-n", "10", sys.executable, "-m", "pipeline", "run", "--stage", "all", *args(tree, out)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

@@ -132,3 +132,4 @@ def test_a_stage_never_makes_more_than_max_calls_ray_calls(tasks: int) -> None:
         assert -(-tasks // tasks_per_call(stage, tasks)) <= MAX_CALLS
     assert tasks_per_call(FilterStage, tasks) == (1 if tasks <= MAX_CALLS else -(-tasks // MAX_CALLS))
     assert tasks_per_call(VerifyStage, tasks) >= VerifyStage.tasks_per_call
+    assert tasks_per_call(VerifyStage, tasks, cap=1) == tasks_per_call(FilterStage, tasks)  # run.max_tasks_per_call

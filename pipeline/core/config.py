@@ -44,6 +44,10 @@ class RunSection(Section):
     names: Path = Path("manifests/names/example.txt")
     out: str | None = Field(None, description="run directory; default runs/<config name>")
     address: str | None = Field(None, description="Ray cluster to join; default a local instance")
+    max_tasks_per_call: int | None = Field(
+        None, ge=1, description="at most this many identities' tasks in one Ray call, in every stage; None = each "
+        "stage's own (up to 32 where a task costs less than a call). Lower: finer progress, at a call's cost each"
+    )
 
 
 class DownloadSettings(Tuning):

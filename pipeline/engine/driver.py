@@ -49,9 +49,9 @@ log = logging.getLogger(__name__)
 MAX_CALLS = 4096
 
 
-def tasks_per_call(stage: type[Stage], tasks: int) -> int:
-    """The stage's own tasks per call, raised so that `tasks` make at most MAX_CALLS calls."""
-    return max(stage.tasks_per_call, -(-tasks // MAX_CALLS))
+def tasks_per_call(stage: type[Stage], tasks: int, cap: int | None = None) -> int:
+    """The stage's own tasks per call, at most `cap`, raised so that `tasks` make at most MAX_CALLS calls."""
+    return max(min(stage.tasks_per_call, cap or stage.tasks_per_call), -(-tasks // MAX_CALLS))
 
 
 def connect(address: str | None) -> None:
@@ -250,7 +250,7 @@ def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: Pipe
     at_once = stage.tasks_per_actor(config)
     pool = ray.data.ActorPoolStrategy(size=pool_size(stage, config, len(todo)),
                                       max_concurrent_calls_per_actor=at_once, enable_true_multi_threading=at_once > 1)
-    per_call = tasks_per_call(stage, len(todo))
+    per_call = tasks_per_call(stage, len(todo), config.run.max_tasks_per_call)
     tasks = ray.data.from_items(todo, override_num_blocks=-(-len(todo) // per_call))
     if issubclass(stage, ModelStage) and resources.num_gpus and upstream:
         # Decoding on CPU workers keeps the GPU actors inferring; on CPUs alone it would only add
