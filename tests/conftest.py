@@ -42,6 +42,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                                 "run `python -m pipeline models fetch` first (see README)")
 
 
+# The files of a minute or more, longest first (`--durations=0` under `-n 2`). xdist's loadfile hands files out in
+# collection order (pyproject: --no-loadscope-reorder), so these start first and no worker is left alone with one of
+# them at the end. test_resume builds the session's `tree` and `reference`, which test_worker_crash and
+# test_two_hosts reuse, so those two come after other files. A stale list costs minutes, never a result.
+LONGEST_FIRST = ("test_resume.py", "test_takedown.py", "test_cli.py", "test_hygiene.py", "test_worker_crash.py",
+                 "test_report.py", "test_two_hosts.py", "test_segment_yolo_sam.py", "test_export.py",
+                 "test_crawl_sources.py", "test_curation_cli.py", "test_ray_cluster.py", "test_object_store.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, then the others as collected (the sort is stable)."""
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
     """The folder `name` that `build(folder)` filled, built once a test session, also when the suite runs
     in pytest-xdist workers (`-n 2`, see pyproject's addopts): a whole run built by each would cost its minute
