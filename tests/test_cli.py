@@ -81,22 +81,32 @@ def test_a_whole_run_writes_the_qa_report(shared_run: SharedRun) -> None:
     assert (shared_run.out / "report" / "index.html").is_file()
 
 
+def crawl_files(out: Path) -> dict[Path, int]:
+    """Each file of the crawl stage -> its modification time."""
+    return {path: path.stat().st_mtime_ns for path in (out / "stages" / "crawl").rglob("*") if path.is_file()}
+
+
 @pytest.mark.slow
-def test_a_run_that_keeps_nothing_says_so(shared_tree: SharedTree, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = run_cli("run", "--stage", "all", *shared_tree.args(out, "--set", "filter.min_short_side=100000"))
+def test_a_run_that_keeps_nothing_says_so(shared_run: SharedRun, tmp_path: Path) -> None:
+    """A whole run again with a filter threshold no photo meets: filter and what follows run again, crawl
+    does not (its files stay as they were), and the empty dataset says so."""
+    out = shared_run.copy(tmp_path / "run")
+    crawled = crawl_files(out)
+    result = run_cli("run", "--stage", "all", *shared_run.tree.args(out, "--set", "filter.min_short_side=100000"))
     assert result.returncode == 0, result.stderr
+    assert crawl_files(out) == crawled
+    assert {row["status"] for row in stage_rows(out, "filter")} == {"dropped"}
     assert "warning: the dataset is empty" in result.stderr
     assert "This dataset is empty" in (out / "shards" / "README.md").read_text()
 
 
 @pytest.mark.slow
 def test_a_new_filter_threshold_reruns_filter_only(shared_run: SharedRun, tmp_path: Path) -> None:
+    """Only the filter stage: that a whole run with a new filter threshold leaves crawl's files as they were
+    is test_a_run_that_keeps_nothing_says_so's."""
     out = shared_run.copy(tmp_path / "run")
-    crawl_files = {path: path.stat().st_mtime_ns for path in (out / "stages" / "crawl").rglob("*") if path.is_file()}
-    result = run_cli("run", "--stage", "all", *shared_run.tree.args(out, "--set", "filter.min_short_side=256"))
+    result = run_cli("run", "--stage", "filter", *shared_run.tree.args(out, "--set", "filter.min_short_side=256"))
     assert result.returncode == 0, result.stderr
-    assert {path: path.stat().st_mtime_ns for path in crawl_files} == crawl_files
     before = outcomes(stage_rows(shared_run.out, "filter"))
     after = outcomes(stage_rows(out, "filter"))
     was_low = {key for key, reason in before.items() if reason == "low_resolution"}
