@@ -34,17 +34,16 @@ from tests.conftest import FACES, run_cli, stage_rows
 from benchmarks.fixtures.http_server import LocalServer, serving
 
 PHOTOS = {  # identity -> (photo, page host): every photo at least 512 px on its short side
-    "angelina_jolie": [("img1.jpg", "fans.example"), ("img2.jpg", "fans.example"), ("img4.jpg", "fans.example"),
-                       ("img6.jpg", "fans.example")],
+    "angelina_jolie": [("img1.jpg", "fans.example"), ("img2.jpg", "fans.example"), ("img4.jpg", "fans.example")],
     "matt_damon": [("img29.jpg", "news.agency.example"), ("img30.jpg", "news.agency.example"),
                    ("img31.jpg", "fans.example"), ("img32.jpg", "fans.example"), ("img33.jpg", "fans.example")],
     "leonardo_dicaprio": [("img34.jpg", "fans.example"), ("img35.jpg", "fans.example"),
                           ("img36.jpg", "fans.example"), ("img37.jpg", "fans.example")],
-    "george_clooney": [("img38.jpg", "fans.example"), ("img39.jpg", "fans.example"), ("img40.jpg", "fans.example"),
-                       ("img41.jpg", "fans.example")],
+    "george_clooney": [("img38.jpg", "fans.example"), ("img39.jpg", "fans.example"), ("img40.jpg", "fans.example")],
 }
 # Each identity keeps verify.min_images (3) photos, so no decision made over a whole identity or the whole run
-# (hygiene's) changes with the takedowns, and a resume has nothing to do.
+# (hygiene's) changes with the takedowns, and a resume has nothing to do. No more than that where nothing is
+# taken down (george_clooney) or everything is (angelina_jolie): each photo costs every stage's work.
 REMOVED_PHOTO = "img35.jpg"  # leonardo_dicaprio's, taken down by its sha256
 ON_AGENCY = {"img29.jpg", "img30.jpg"}  # pages on a subdomain of agency.example
 
