@@ -8,7 +8,7 @@ import pytest
 from pipeline.core.config import load_config, resolve_profile
 from pipeline.core.names import Identity
 from pipeline.core.rundir import RunDir
-from pipeline.engine.driver import MAX_CALLS, tasks_per_call
+from pipeline.engine.driver import MAX_CALLS, pool_size, tasks_per_call
 from pipeline.core.markers import Marker, part_path, read_markers, write_marker
 from pipeline.engine.runner import RETRY, RUN, TaskExecutor, plan_stage
 from stages.crawl import CrawlStage
@@ -133,3 +133,14 @@ def test_a_stage_never_makes_more_than_max_calls_ray_calls(tasks: int) -> None:
     assert tasks_per_call(FilterStage, tasks) == (1 if tasks <= MAX_CALLS else -(-tasks // MAX_CALLS))
     assert tasks_per_call(VerifyStage, tasks) >= VerifyStage.tasks_per_call
     assert tasks_per_call(VerifyStage, tasks, cap=1) == tasks_per_call(FilterStage, tasks)  # run.max_tasks_per_call
+
+
+def test_a_stage_gets_no_more_actors_than_ray_calls(monkeypatch) -> None:
+    """An actor beyond the stage's calls would load its models and get no work (verify's 8 tasks make one call)."""
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    config = load_config(resolve_profile("cpu"))
+    assert pool_size(FilterStage, config, calls=8) == 2  # the CPUs bound it
+    assert pool_size(VerifyStage, config, calls=-(-8 // tasks_per_call(VerifyStage, 8))) == 1
+    assert pool_size(FilterStage, load_config(resolve_profile("cpu"), ["filter.resources.concurrency=4"]), calls=3) == 3

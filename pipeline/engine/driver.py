@@ -90,19 +90,21 @@ def _check_reachable(address: str) -> None:
         raise UserError(f"cannot join the Ray cluster at {address}: {exc}", "check --address and `ray status`") from exc
 
 
-def pool_size(stage: type[Stage], config: PipelineConfig, tasks: int) -> int:
+def pool_size(stage: type[Stage], config: PipelineConfig, calls: int) -> int:
+    """Actors for the stage: what its resources and the cluster allow, and no more than its Ray calls (an actor
+    more would load the stage's models and get no work)."""
     import ray
 
     resources, cluster = stage.resources(config), ray.cluster_resources()
     if resources.num_gpus > cluster.get("GPU", 0):
         _no_gpu(stage, resources.num_gpus, config)
     if resources.concurrency:
-        return min(resources.concurrency, tasks)
+        return min(resources.concurrency, calls)
     if resources.num_gpus:
         fit = cluster.get("GPU", 0) // resources.num_gpus
     else:
         fit = cluster.get("CPU", 1) // resources.num_cpus
-    return max(1, min(int(fit), tasks))
+    return max(1, min(int(fit), calls))
 
 
 def _no_gpu(stage: type[Stage], wanted: float, config: PipelineConfig) -> None:
@@ -248,10 +250,11 @@ def _task_results(stage: type[Stage], upstream: type[Stage] | None, config: Pipe
 
     resources = stage.resources(config)
     at_once = stage.tasks_per_actor(config)
-    pool = ray.data.ActorPoolStrategy(size=pool_size(stage, config, len(todo)),
-                                      max_concurrent_calls_per_actor=at_once, enable_true_multi_threading=at_once > 1)
     per_call = tasks_per_call(stage, len(todo), config.run.max_tasks_per_call)
-    tasks = ray.data.from_items(todo, override_num_blocks=-(-len(todo) // per_call))
+    calls = -(-len(todo) // per_call)
+    pool = ray.data.ActorPoolStrategy(size=pool_size(stage, config, calls),
+                                      max_concurrent_calls_per_actor=at_once, enable_true_multi_threading=at_once > 1)
+    tasks = ray.data.from_items(todo, override_num_blocks=calls)
     if issubclass(stage, ModelStage) and resources.num_gpus and upstream:
         # Decoding on CPU workers keeps the GPU actors inferring; on CPUs alone it would only add
         # a hop, so there the actors do both.
