@@ -204,11 +204,17 @@ def server() -> Iterator[LocalServer]:
         yield running
 
 
+# One actor per stage (scheduling only, in no fingerprint): four identities fit one, and a second actor would
+# only load the stage's models again.
+ONE_ACTOR = [arg for section in ("crawl", "filter", "verify", "hygiene", "crop", "segment", "caption", "governance")
+             for arg in ("--set", f"{section}.resources.concurrency=1")]
+
+
 def run_args(root: Path, out: Path) -> list[str]:
     return ["--config", "cpu", "--names", str(root / "names.txt"), "--out", str(out),
             "--set", "crawl.source=urls", "--set", f"crawl.urls_file={root / 'urls.tsv'}",
             "--set", "crawl.allowed_networks=[127.0.0.1/32]", "--set", "crawl.download.retries=0",
-            "--set", "filter.min_face_size=80", "--set", "shard.max_rows=1"]
+            "--set", "filter.min_face_size=80", "--set", "shard.max_rows=1", *ONE_ACTOR]
 
 
 def fake_generation(out: Path, run_id: str, identity: str, photo: str) -> None:
