@@ -1,8 +1,8 @@
-"""Some of test_resume's identities, for the tests that lose a Ray worker (test_worker_crash) or a host
-(test_two_hosts) mid-run: a run over them must give their rows of the session's uninterrupted run of all
-of them (`reference`), which test_resume builds anyway. Fewer photos go through the model stages; the
-loss still lands mid-filter, and the subset keeps each case of the whole tree: photos filter drops, an
-identity verify drops (the later stages' tasks without input rows), identities kept into the shards."""
+"""Some of test_resume's identities, for test_worker_crash, which loses a Ray worker mid-run: a run over
+them must give their rows of the session's uninterrupted run of all of them (`reference`), which
+test_resume builds anyway. Fewer photos go through the model stages; the loss still lands mid-filter,
+and the subset keeps each case of the whole tree: photos filter drops, an identity verify drops (the
+later stages' tasks without input rows), identities kept into the shards."""
 
 from __future__ import annotations
 
@@ -13,10 +13,6 @@ from tests.test_resume import image_ids, shard_rows
 
 # a task per identity; jeff_bezos_04 is dropped by verify, jack_dorsey_03 keeps 3 of its 5 photos past filter
 FEW = ("jack_dorsey_03", "leonardo_dicaprio_07", "elon_musk_01", "jeff_bezos_04")
-# all but the two of most photos, in the names file's order, which is the order Ray hands out tasks:
-# test_two_hosts's kill waits for a filter task done on the worker host, whose actor starts last, so the
-# larger tasks come first and keep the head host's actor busy until the worker host's has tasks too
-SOME = ("jennifer_aniston_05", "george_clooney_02", *FEW)
 
 
 def subset_tree(tree: dict, root: Path, identities: tuple[str, ...]) -> dict:
