@@ -27,6 +27,12 @@ from tests.test_resume import (  # noqa: F401  (reference and tree: session fixt
 from tests.worker_crash_tree import FEW, reference_ids, reference_shard_rows, subset_tree
 
 
+# One actor per stage (scheduling only, in no fingerprint): a few identities fit one, a second would only load each
+# stage's models again; the killed filter actor is then the stage's only one, and must be replaced for the run to end.
+ONE_ACTOR = [arg for section in ("crawl", "filter", "verify", "hygiene", "crop", "segment", "caption", "governance")
+             for arg in ("--set", f"{section}.resources.concurrency=1")]  # fmt: skip
+
+
 def stage_workers() -> list[int]:
     """Pids of Ray actor processes running our task executor."""
     pids = []
@@ -45,7 +51,7 @@ def stage_workers() -> list[int]:
 def test_killed_worker_is_replaced_and_its_task_retried(tree, reference, tmp_path) -> None:  # noqa: F811
     out, few = tmp_path / "run", subset_tree(tree, tmp_path / "few", FEW)
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--stage", "all", *args(few, out)],
+        [sys.executable, "-m", "pipeline", "run", "--stage", "all", *args(few, out), *ONE_ACTOR],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
