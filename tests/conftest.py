@@ -157,6 +157,12 @@ def labelled_tree(root: Path, faces: dict, identities: list[str]) -> Path:
     return root / "names.txt"
 
 
+# One actor per stage (scheduling only, in no fingerprint): a test run's few identities fit one, and a second actor
+# would only load the stage's models again, a fifth of a small run's CPU time.
+ONE_ACTOR = [arg for section in ("crawl", "filter", "verify", "hygiene", "crop", "segment", "caption", "governance")
+             for arg in ("--set", f"{section}.resources.concurrency=1")]
+
+
 def cpu_run_args(names: Path, out: Path | str, photos: Path, *extra: str) -> list[str]:
     """CLI options for a cpu-profile run over local folders; the face limit is below every
     labelled face (each labelled photo shows one clear face of at least ~90 px)."""

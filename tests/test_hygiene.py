@@ -34,7 +34,7 @@ from stages.run_step import ByIdentity
 from stages.segmenters import face_coverage
 from stages.verify import VerifyStage
 from benchmarks.fixtures.group_photos import side_by_side
-from tests.conftest import FACES, cpu_run_args, run_cli, stage_rows
+from tests.conftest import FACES, ONE_ACTOR, cpu_run_args, run_cli, stage_rows
 
 SHARED = "img6.jpg"  # in both Jolie folders
 FOLDERS = {
@@ -59,12 +59,6 @@ def tree(tmp_path_factory) -> Path:
         (root / "photos" / folder / GROUP).write_bytes(group)
     (root / "names.txt").write_text("\n".join(FOLDERS) + "\n")
     return root
-
-
-# One actor per stage (scheduling only, in no fingerprint): these few tasks fit one, and a second actor would
-# only load the stage's models again (a fifth of the run's CPU time).
-ONE_ACTOR = [arg for section in ("crawl", "filter", "verify", "hygiene", "crop", "segment", "caption", "governance")
-             for arg in ("--set", f"{section}.resources.concurrency=1")]
 
 
 def run(tree: Path, *extra: str) -> str:

@@ -30,7 +30,7 @@ from pipeline.dataset.takedown_shards import rewrite_shard
 from pipeline.remove import requested
 from pipeline.report.state import RunState
 from stages.crawl import CrawlStage
-from tests.conftest import FACES, run_cli, stage_rows
+from tests.conftest import FACES, ONE_ACTOR, run_cli, stage_rows
 from benchmarks.fixtures.http_server import LocalServer, serving
 
 PHOTOS = {  # identity -> (photo, page host): every photo at least 512 px on its short side
@@ -202,12 +202,6 @@ def test_the_governance_section_says_what_it_cannot_tell_and_lights_up_with_the_
 def server() -> Iterator[LocalServer]:
     with serving() as running:
         yield running
-
-
-# One actor per stage (scheduling only, in no fingerprint): four identities fit one, and a second actor would
-# only load the stage's models again.
-ONE_ACTOR = [arg for section in ("crawl", "filter", "verify", "hygiene", "crop", "segment", "caption", "governance")
-             for arg in ("--set", f"{section}.resources.concurrency=1")]
 
 
 def run_args(root: Path, out: Path) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.engine.registry import STAGE_NAMES
-from tests.conftest import REPO, stage_rows
+from tests.conftest import ONE_ACTOR, REPO, stage_rows
 from tests.test_resume import (  # noqa: F401  (reference and tree: session fixtures, built once)
     args,
     image_ids,
@@ -25,12 +25,6 @@ from tests.test_resume import (  # noqa: F401  (reference and tree: session fixt
     tree,
 )
 from tests.worker_crash_tree import FEW, reference_ids, reference_shard_rows, subset_tree
-
-
-# One actor per stage (scheduling only, in no fingerprint): a few identities fit one, a second would only load each
-# stage's models again; the killed filter actor is then the stage's only one, and must be replaced for the run to end.
-ONE_ACTOR = [arg for section in ("crawl", "filter", "verify", "hygiene", "crop", "segment", "caption", "governance")
-             for arg in ("--set", f"{section}.resources.concurrency=1")]  # fmt: skip
 
 
 def stage_workers() -> list[int]:
