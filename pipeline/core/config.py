@@ -33,7 +33,10 @@ class Resources(Tuning):
 
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
-    concurrency: int | None = Field(None, ge=1, description="actors; None = what the cluster's CPUs allow (either way no more than the stage's Ray calls)")
+    concurrency: int | None = Field(
+        None, ge=1,
+        description="actors; None = what the cluster's CPUs allow (either way no more than the stage's Ray calls)",
+    )
     batch_size: int = Field(16, ge=1, description="images per model call inside a task")
     prepare_cpus: float = Field(
         1.0, gt=0, description="CPUs per worker decoding images ahead of a model stage's GPU actors (num_gpus > 0)"
