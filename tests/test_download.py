@@ -6,7 +6,8 @@ import gzip
 import ipaddress
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -126,6 +127,51 @@ def test_unreachable_port_is_a_transient_connection_error(downloader: Downloader
         port = sock.getsockname()[1]  # bound, never listening: the connection is refused
         fetched = downloader.fetch_image(f"http://127.0.0.1:{port}/img.jpg")
     assert (fetched.status, fetched.reason) == (FAILED, "connection_error")
+
+
+# -- a connection back in the pool -----------------------------------------------------------------
+def another_download_once_read(
+    monkeypatch: pytest.MonkeyPatch, size: int, download: Callable[[], object]
+) -> list[Future[object]]:
+    """Forces an ordering that only load makes happen: once the last byte of a `size`-byte body is read,
+    urllib3 has put its connection back in the pool while that download still goes on (decoding the body);
+    here `download` runs in another thread, on that same connection, to its end before the first goes on."""
+    ran: list[Future[object]] = []
+
+    class Paused(CappedBody):
+        def feed(self, chunk: bytes) -> None:
+            super().feed(chunk)
+            if self.wire_size == size and not ran:
+                with ThreadPoolExecutor(1) as other:
+                    ran.append(other.submit(download))
+
+    monkeypatch.setattr("stages.sources.http.CappedBody", Paused)
+    return ran
+
+
+def test_a_connection_back_in_the_pool_is_not_used_again(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read loop kept the socket of a connection urllib3 had put back: once the next download on it
+    closed it (a 404 does), the good photo failed as connection_error "[Errno 9] Bad file descriptor"."""
+    downloader = Downloader(crawl_settings(download={"retries": 0}))
+    missing = server.url("/status/404")
+    ran = another_download_once_read(monkeypatch, len(PHOTO), lambda: downloader.fetch_image(missing).reason)
+    fetched = downloader.fetch_image(server.url("/img/img2.jpg"))
+    assert [other.result() for other in ran] == ["http_404"]
+    assert (fetched.status, fetched.reason, fetched.data == PHOTO) == (OK, None, True), fetched.detail
+
+
+def test_a_late_deadline_spares_the_next_download_on_its_connection(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadline watched its connection until its download ended, after urllib3 had put it back: firing
+    then, it shut the socket of the next download on that connection, which failed."""
+    downloader = Downloader(crawl_settings(download={"retries": 0, "deadline": 1.0, "read_timeout": 3.0}))
+    slow = server.url("/slow-headers/1.5/img12.jpg")  # answered after the first download's deadline
+    ran = another_download_once_read(
+        monkeypatch, len(PHOTO), lambda: downloader.fetch(slow, ends_at=time.monotonic() + 5).status
+    )
+    downloader.fetch_image(server.url("/img/img2.jpg"))  # held past its own deadline by the other download
+    assert [other.result() for other in ran] == [200]
 
 
 def test_tls_certificates_are_verified() -> None:

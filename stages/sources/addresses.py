@@ -9,6 +9,7 @@ of the connected socket is checked again before the request is written.
 
 The connection also holds a download to its deadline (`Deadline`), where a socket timeout cannot:
 a host that drips its status line and headers a byte at a time resets the timeout of every read.
+The deadline lets go of a connection as it goes back to the pool, where another download may take it.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ class Deadline:
         self.settle()
 
     def settle(self) -> bool:
-        """Stop watching: the timer can no longer shut these sockets. True when it already had, so the caller
-        must not give the connection back to the pool (a late timer would otherwise shut a pooled socket)."""
+        """Stop watching: the timer can no longer shut these sockets. True when it already had, so the connection
+        must not go back to the pool as it is. Called as the connection goes back (`_SettlingPool`), before any
+        other download can take it, and again when the download ends."""
         with self._lock:
             self._open = False
             for copy in self._copies:
@@ -183,11 +185,23 @@ class GuardedHTTPSConnection(_Guarded, HTTPSConnection):
     pass  # TLS wraps the checked socket; SNI and certificate checks still use the host name
 
 
-class _GuardedHTTPPool(HTTPConnectionPool):
+class _SettlingPool(HTTPConnectionPool):
+    """Settles the download's deadline as its connection comes back. urllib3 puts a connection back by itself
+    once the last byte of the body is read, before the download is done: another download may take it at once,
+    and a late timer would shut that one's socket."""
+
+    def _put_conn(self, conn: Any) -> None:
+        deadline = _DEADLINE.get()
+        if deadline is not None and deadline.settle() and conn is not None:
+            conn.close()  # the timer shut its socket: pooled, it would fail the next request
+        super()._put_conn(conn)
+
+
+class _GuardedHTTPPool(_SettlingPool):
     ConnectionCls = GuardedHTTPConnection
 
 
-class _GuardedHTTPSPool(HTTPSConnectionPool):
+class _GuardedHTTPSPool(_SettlingPool, HTTPSConnectionPool):
     ConnectionCls = GuardedHTTPSConnection
 
 

@@ -346,17 +346,19 @@ class Downloader:
         if declared.isdigit() and int(declared) > limit and not wanted.truncate:
             raise DownloadError(TOO_LARGE, f"Content-Length {declared} > {limit}")
         body = CappedBody(raw.headers.get("Content-Encoding", ""), limit, wanted.truncate)
-        sock = getattr(raw.connection, "sock", None)
-        while not body.full and (chunk := self._read_chunk(raw, sock, ends_at)):
+        while not body.full and (chunk := self._read_chunk(raw, ends_at)):
             body.feed(chunk)
         return body.finish(), body.full
 
-    def _read_chunk(self, raw: BaseHTTPResponse, sock: object, ends_at: float) -> bytes:
+    def _read_chunk(self, raw: BaseHTTPResponse, ends_at: float) -> bytes:
         left = ends_at - time.monotonic()
         if left <= 0:
             raise DownloadError(TIMEOUT, "the download's deadline passed while reading", transient=True)
+        # Asked anew each time: once the body's last byte is read, urllib3 puts the connection back in the pool
+        # (`connection` is None), and another download may already be using, or have closed, its socket.
+        sock = getattr(raw.connection, "sock", None)
         if sock is not None:  # a slow drip of bytes must not outlive the deadline
-            sock.settimeout(min(self.options.read_timeout, left))  # type: ignore[attr-defined]
+            sock.settimeout(min(self.options.read_timeout, left))
         return raw.read1(CHUNK, decode_content=False)
 
     def _timeout(self, ends_at: float) -> Timeout:
