@@ -81,7 +81,7 @@ NOT_TARGET_IDENTITY = _reason("not_target_identity", "verify",
                               "no face is close enough to the identity's centroid (verify.threshold)")
 IDENTITY_IS_OTHER_NAME = _reason("identity_is_other_name", "verify",
                                  "the folder's person is another name's identity (better supported there) and no "
-                                 "other cluster of verify.min_images photos is left")
+                                 "other cluster of verify.min_images photos, alone in at least one, is left")
 TOO_FEW_IMAGES = _reason("too_few_images", "verify, hygiene", "the identity keeps fewer than verify.min_images photos")
 EXTREME_POSE = _reason("extreme_pose", "verify", "the target face turns beyond verify.quality.max_yaw or max_pitch")
 BLURRY_FACE = _reason("blurry_face", "verify", "the target face's sharpness is below verify.quality.min_sharpness")
