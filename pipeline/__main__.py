@@ -344,12 +344,12 @@ def command_models(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     config, profile = _settings(args)
     _ray_environment(config)
-    from pipeline.export.run import FORMATS, default_dest, export_dataset
+    from pipeline.export.run import default_dest, export_dataset, export_format
 
     run = _run_dir(config, profile)
     dest = RunDir(args.dest or default_dest(run, args.format))
     with _logged(run, args):
-        done = export_dataset(run, dest, FORMATS[args.format], config.run.address)
+        done = export_dataset(run, dest, export_format(args.format, config), config.run.address)
     print(f"{done.dest}: {done.samples} samples; {done.written} shards written, {done.unchanged} unchanged, "
           f"{done.removed} removed")
     return 0

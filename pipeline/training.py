@@ -364,10 +364,13 @@ class MultiIdentityDataset(Dataset):
 
     One item per sample of its train.jsonl: the whole photo (uint8 3xHxW, its long side at `image_size` when
     given) and, per labelled person left to right, `boxes` (float Nx4, in the item's pixels), `masks` (bool
-    NxHxW), `identities`, and `references`: a list of N uint8 Kx3xSxS stacks (S = `reference_size`) drawn
-    from that person's pool, whose other photos already leave out this photo's near-duplicate group. As in
-    IdentityDataset, no reference whose face is more alike than `copy_paste_max` to the person's face in
-    this photo; a sample where a person has fewer than num_refs[0] such references is skipped.
+    NxHxW), `identities`, their class words in `caption` (the caption of the crop the sample came from, not of the
+    whole photo): `class_word_spans` ([start, end) characters, None where the caption does not mark that person)
+    and `class_word_tokens` (a list of N int64 tensors, empty where unmarked), and `references`: a list of N uint8
+    Kx3xSxS stacks (S = `reference_size`) drawn from that person's pool, which already leaves out this photo's
+    near-duplicates. `other_boxes` (float Mx4) are the faces no identity was given (a bystander, a face too
+    uncertain to name). As in IdentityDataset, no reference whose face is more alike than `copy_paste_max` to the
+    person's face in this photo; a sample where a person has fewer than num_refs[0] such references is skipped.
     """
 
     def __init__(self, export_dir: str | Path, num_refs: tuple[int, int] = (1, 2), image_size: int | None = None,
@@ -378,45 +381,58 @@ class MultiIdentityDataset(Dataset):
         self.samples, self.skipped = [], 0
         for line in (self.root / "train.jsonl").read_text().splitlines():
             sample = json.loads(line)
-            allowed = [self._allowed(sample, k, rules.resolved(sample.get("copy_paste_max")))
-                       for k in range(len(sample["name"]))]
+            people = [k for k, who in enumerate(sample["name"]) if who]
+            allowed = [self._allowed(sample, k, rules.resolved(sample.get("copy_paste_max"))) for k in people]
             if min(len(pool) for pool in allowed) >= num_refs[0]:
-                self.samples.append({**sample, "allowed": allowed})
+                self.samples.append({**sample, "people": people, "allowed": allowed})
             else:
                 self.skipped += 1
 
-    def _allowed(self, sample: dict, person: int, limit: float) -> list[str]:
-        """The person's pool less the photos whose face is too alike to theirs here (copy-paste)."""
-        pool = sample["references"][sample["name"][person]]
+    def _allowed(self, sample: dict, box: int, limit: float) -> list[str]:
+        """The pool of the person in box `box` less the photos whose face is too alike to theirs here (copy-paste)."""
+        pool = sample["references"][sample["name"][box]]
         if not pool:
             return []
         vectors = np.stack([np.load(self.root / Path(path).with_suffix(".npy")) for path in pool])
-        return [pool[k] for k in np.flatnonzero(~copy_pasted(np.asarray(sample["embeddings"][person]), vectors, limit))]
+        return [pool[k] for k in np.flatnonzero(~copy_pasted(np.asarray(sample["embeddings"][box]), vectors, limit))]
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> Item:
+    def reference_files(self, index: int) -> list[list[str]]:
+        """Item `index`'s references, per labelled person left to right: drawn from their allowed pool, seeded."""
         sample = self.samples[range(len(self))[index]]
+        rng = random.Random(f"{self.seed}:{index}")
+        return [draw_references(pool, self.num_refs, rng) for pool in sample["allowed"]]
+
+    def __getitem__(self, index: int) -> Item:
+        index = range(len(self))[index]
+        sample = self.samples[index]
         image = decode_upright((self.root / sample["image_file"]).read_bytes(), PILLOW_MAX_PIXELS)
         scale = self.image_size / max(image.size) if self.image_size else 1.0
         size = (round(image.width * scale), round(image.height * scale))
+        people = sample["people"]
         masks = [decode_whole_mask(self.root / path, size) if path else torch.zeros(size[::-1], dtype=torch.bool)
-                 for path in sample["mask_files"]]
-        rng = random.Random(f"{self.seed}:{index}")
-        files = [draw_references(pool, self.num_refs, rng) for pool in sample["allowed"]]
+                 for path in (sample["mask_files"][k] for k in people)]
+        words = {person["box"]: person for person in sample["caption_people"]}
+        files = self.reference_files(index)
+        boxes = torch.tensor(sample["bboxes"], dtype=torch.float32).reshape(-1, 4) * scale
+        others = [k for k in range(len(sample["name"])) if k not in people]
         return {
             "image": torch.from_numpy(np.array(image.resize(size, Image.Resampling.BICUBIC))).permute(2, 0, 1),
-            "boxes": torch.tensor(sample["bboxes"], dtype=torch.float32) * scale,
+            "boxes": boxes[people],
             "masks": torch.stack(masks),
-            "identities": sample["name"],
+            "identities": [sample["name"][k] for k in people],
             "caption": sample["caption"],
+            "class_word_spans": [words.get(k, {}).get("class_word_span") for k in people],
+            "class_word_tokens": [torch.tensor(words.get(k, {}).get("class_word_tokens") or [], dtype=torch.int64)
+                                  for k in people],
+            "other_boxes": boxes[others],
             "image_id": sample["image_id"],
             "reference_files": files,
             "references": [torch.stack([decode_image((self.root / path).read_bytes(), self.reference_size)
                                         for path in chosen]) for chosen in files],
         }
-
 
 
 def draw_references(allowed: list[str], num_refs: tuple[int, int], rng: random.Random) -> list[str]:

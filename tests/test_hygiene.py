@@ -30,6 +30,7 @@ from pipeline.core.markers import Marker, part_path, write_marker
 from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
 from stages.cross_identity import DECISION_SCHEMA, SAME_PERSON, close_pairs, merge_groups, shared_keys
 from stages.hygiene import DECISIONS, HygieneStage
+from stages.class_words import mentions
 from stages.run_step import ByIdentity
 from stages.segmenters import face_coverage
 from stages.verify import VerifyStage
@@ -169,7 +170,13 @@ def test_the_multiid_export_holds_the_group_photo_once_with_both_people(first: P
     assert result.returncode == 0, result.stderr[-3000:]
     (sample,) = [json.loads(line) for line in (dest / "train.jsonl").read_text().splitlines()]
     group = image_id(tree / "photos" / "katy_perry" / GROUP)
-    assert (sample["image_id"], sample["name"]) == (group, ["katy_perry", "scarlett_johansson"])
+    assert (sample["image_id"], sample["name"]) == (group, ["katy_perry", "scarlett_johansson"])  # both faces named
+    # each person's class word in the caption (the crop's, which shows both), by box: whose "woman" is whose
+    people = sample["caption_people"]
+    assert [(person["identity"], person["box"]) for person in people] == [("katy_perry", 0), ("scarlett_johansson", 1)]
+    words = [[mention.start, mention.end] for mention in mentions(sample["caption"])]
+    assert [person["class_word_span"] for person in people] == words and all(p["class_word_tokens"] for p in people)
+    assert sample["class_word_span"] in [person["class_word_span"] for person in people]
     with Image.open(dest / sample["image_file"]) as photo:
         assert photo.size == (sample["width"], sample["height"]) and max(photo.size) <= 1024
     left, right = sample["bboxes"]
@@ -185,6 +192,8 @@ def test_the_multiid_export_holds_the_group_photo_once_with_both_people(first: P
         others = {row["image_id"] for row in kept if row["identity"] == who and row["image_id"] != group}
         assert {Path(path).stem for path in sample["references"][who]} == others
         assert all((dest / path).is_file() for path in sample["references"][who])
+    refs = [json.loads(line) for path in dest.glob("*.refs.jsonl") for line in path.read_text().splitlines()]
+    assert sample["phash"] and all(ref["phash"] for ref in refs)  # what leaves a resized copy out of the pools
     from pipeline.training import MultiIdentityDataset  # torch: imported by this test only
 
     dataset = MultiIdentityDataset(dest, num_refs=(1, 2), image_size=256, reference_size=64)
@@ -192,6 +201,9 @@ def test_the_multiid_export_holds_the_group_photo_once_with_both_people(first: P
     assert len(dataset) == 1 and item["identities"] == ["katy_perry", "scarlett_johansson"]
     assert item["image"].shape[0] == 3 and max(item["image"].shape[1:]) == 256
     assert item["masks"].shape == (2, *item["image"].shape[1:]) and item["masks"].any(dim=(1, 2)).all()
+    assert item["class_word_spans"] == [person["class_word_span"] for person in people]
+    assert [tokens.tolist() for tokens in item["class_word_tokens"]] == [p["class_word_tokens"] for p in people]
+    assert item["other_boxes"].shape == (0, 4)  # two faces, both labelled
     for who, files, stack in zip(item["identities"], item["reference_files"], item["references"], strict=True):
         assert 1 <= len(files) <= 2 and stack.shape == (len(files), 3, 64, 64)
         assert set(files) <= set(sample["references"][who])

@@ -201,7 +201,7 @@ CAPTION = pa.schema(
     [
         pa.field("caption", pa.string()),  # the training caption; always holds `class_word` once
         pa.field("caption_raw", pa.string()),  # the captioner's first (beam search) text, before class-word edits
-        pa.field("caption_source", pa.string()),  # "blip:<model>" | "template" (no model wrote it)
+        pa.field("caption_source", pa.string()),  # "blip:<model>" | "smolvlm:<model>" | "template" (no model wrote it)
         pa.field("class_word", pa.string()),  # the identity's class word: man | woman | boy | girl | person
         pa.field("class_word_source", pa.string()),  # caption | resampled | rewritten | template
         pa.field("class_word_span", pa.list_(pa.int32(), 2)),  # [start, end) characters of the class word in caption

@@ -4,18 +4,19 @@ Layout under the destination (paths in a line are relative to the destination):
 
     train.jsonl                                  every sample, each with its reference pools: give this to a trainer
     train-<k>-of-<n>.jsonl                       one source shard's samples, without pools
-    train-<k>-of-<n>.refs.jsonl                  one source shard's photos as references: identity, image_id, group
+    train-<k>-of-<n>.refs.jsonl                  one shard's photos as references: identity, image_id, group, phash
     train-<k>-of-<n>/images/<image_id>.jpg       the whole photo, upright, its long side at most PHOTO_SIDE
     train-<k>-of-<n>/masks/<image_id>/<identity>.png   each labelled person's mask in that photo's pixels (1-bit)
     train-<k>-of-<n>/ref/<identity>/<image_id>.<ext>, .npy   every kept photo's crop and ID embedding
 
-A sample's fields follow MultiID-2M (WithAnyone) where they mean the same: `bboxes` (the labelled faces,
-x0, y0, x1, y1 in the image's pixels, left to right), `name` (each box's identity, in the same order),
-`embeddings` (one unit vector per box; MultiID-2M keeps them in a `.npy` beside the image), `caption_en`,
-`url`. Ours besides: `landmarks` (5 points per box), `mask_files`, `image_file`, and `references`:
-identity -> the crops of that identity's other photos, this photo's near-duplicate group left out (a
-trainer draws its references from them, never the photo it reconstructs; MultiID-2M keeps its references
-in `ref/<name>/`, as ours are in `<shard>/ref/<identity>/`).
+A sample's fields follow MultiID-2M (WithAnyone) where they mean the same: `bboxes` (every detected face, x0, y0,
+x1, y1 in the image's pixels, left to right), `name` (each box's identity, null for a face no identity was given,
+where MultiID-2M writes "none"), `embeddings` (one unit vector per box; MultiID-2M keeps them in a `.npy` beside
+the image), `caption_en`, `url`. Ours besides: `landmarks` (5 points per box), `mask_files` (labelled people only),
+`caption_people` (each labelled person's class word, `box` an index into `bboxes`), `image_file`, and
+`references`: identity -> the crops of that identity's other photos, less this photo's near-duplicates (a trainer
+draws its references from them, never the photo it reconstructs; MultiID-2M keeps its references in
+`ref/<name>/`, as ours are in `<shard>/ref/<identity>/`).
 """
 
 from __future__ import annotations
@@ -24,19 +25,24 @@ import io
 import json
 from collections import defaultdict
 from collections.abc import Iterator
+from functools import partial
 
+import numpy as np
 from PIL import Image
 
 from pipeline.core.rundir import RunDir
 from pipeline.export import rows
 from pipeline.export.format import Format, Sample, stem
+from stages.cross_identity import hex_keys
 from stages.imaging import decode_upright, shrink
 from stages.segmenters import decode_mask
 
 COMBINED = "train.jsonl"
 PHOTO_SIDE = 1024  # the exported photo's long side at most (a trainer crops and resizes further)
 MAX_PIXELS = 178_956_970  # what a raw photo may decode to (Pillow's own bomb limit, twice)
-COLUMNS = [*rows.COLUMNS, "raw_path", "crop_box", "identities", "num_identities", "person_masks", "calibration"]
+COLUMNS = [*rows.COLUMNS, "raw_path", "crop_box", "identities", "num_identities", "person_masks", "calibration",
+           "phash", "caption_people"]
+LAYOUT = 2  # 2: every detected face, the people's class words, references' phash
 
 
 def outputs(shard_stem: str) -> list[str]:
@@ -75,19 +81,21 @@ def write_reference(dest: RunDir, folder: str, row: rows.Row) -> dict:
     dest.write_bytes(f"{base}.{rows.image_ext(row)}", row["crop_image"])
     dest.write_bytes(f"{base}.npy", rows.npy(rows.embedding(row)))
     return {"identity": row["identity"], "image_id": row["image_id"], "dup_group": row["dup_group"] or row["image_id"],
-            "file": f"{base}.{rows.image_ext(row)}", "embedding_file": f"{base}.npy"}
+            "phash": row["phash"], "file": f"{base}.{rows.image_ext(row)}", "embedding_file": f"{base}.npy"}
 
 
 def write_sample(run: RunDir, dest: RunDir, folder: str, row: rows.Row) -> dict:
-    """The whole photo resized, and each labelled face's box, landmarks, identity, embedding and mask in it."""
+    """The whole photo resized, and each detected face's box, landmarks, identity (null: none), embedding and mask
+    (labelled people only) in it, left to right."""
     photo, scale = shrink(decode_upright(run.read_bytes(row["raw_path"]), MAX_PIXELS), PHOTO_SIDE)
     image_file = f"{folder}/images/{row['image_id']}.jpg"
     dest.write_bytes(image_file, jpeg(photo))
-    faces = sorted((face for face in row["faces"] if face["identity"]), key=lambda f: f["box"][0] + f["box"][2])
+    order = sorted(range(len(row["faces"])), key=lambda k: row["faces"][k]["box"][0] + row["faces"][k]["box"][2])
+    faces = [row["faces"][k] for k in order]
     masks = {person["identity"]: person["mask"] for person in row["person_masks"] or []}
     mask_files = []
     for face in faces:
-        mask = masks.get(face["identity"])
+        mask = masks.get(face["identity"]) if face["identity"] else None
         path = f"{folder}/masks/{row['image_id']}/{face['identity']}.png" if mask else None
         if path:
             dest.write_bytes(path, photo_mask(mask, row["crop_box"], scale, photo.size))
@@ -100,7 +108,16 @@ def write_sample(run: RunDir, dest: RunDir, folder: str, row: rows.Row) -> dict:
             "name": [face["identity"] for face in faces], "identity_scores": [face["identity_score"] for face in faces],
             "embeddings": [face["embedding"] for face in faces], "mask_files": mask_files,
             "caption_en": record["caption"], **{key: record[key] for key in (*rows.CAPTION, *rows.PROVENANCE)},
+            "caption_people": caption_people(row, order), "phash": row["phash"],
             "copy_paste_max": (row["calibration"] or {}).get("copy_paste_max")}  # the backend's (training reads it)
+
+
+def caption_people(row: rows.Row, order: list[int]) -> list[dict]:
+    """The row's labelled people, left to right, with their class word in its caption (null where unmarked), each
+    with `box`: its face's index in the sample's boxes (`order` lists the row's face indices in box order)."""
+    return [{"identity": person["identity"], "box": order.index(person["face"]),
+             "class_word_span": person["class_word_span"], "class_word_tokens": person["class_word_tokens"]}
+            for person in row["caption_people"] or []]
 
 
 def jpeg(image: Image.Image) -> bytes:
@@ -120,7 +137,7 @@ def photo_mask(png: bytes, crop_box: list[int], scale: float, size: tuple[int, i
     return buffer.getvalue()
 
 
-def finish(dest: RunDir, markers: list[dict]) -> None:
+def finish(dest: RunDir, markers: list[dict], dup_hamming: int) -> None:
     """train.jsonl: each group photo once, with its people's reference pools from every shard's references."""
     refs: dict[str, list[dict]] = defaultdict(list)
     for marker in markers:
@@ -133,7 +150,7 @@ def finish(dest: RunDir, markers: list[dict]) -> None:
     with dest.open_atomic(COMBINED) as stream:
         for found in photos.values():
             sample = {**found[0], "mask_files": best_masks(found)}
-            stream.write(json_line({**sample, "references": pools(sample, refs)}))
+            stream.write(json_line({**sample, "references": pools(sample, refs, dup_hamming)}))
 
 
 def best_masks(found: list[dict]) -> list[str | None]:
@@ -142,6 +159,9 @@ def best_masks(found: list[dict]) -> list[str | None]:
     own = {sample["identity"]: sample for sample in found}
     masks = []
     for who in found[0]["name"]:
+        if who is None:  # a face no identity was given has no mask
+            masks.append(None)
+            continue
         kept = own.get(who)
         candidates = [kept["mask_files"][kept["name"].index(who)]] if kept else []
         candidates += [sample["mask_files"][sample["name"].index(who)] for sample in found if who in sample["name"]]
@@ -153,15 +173,26 @@ def read_lines(dest: RunDir, path: str) -> Iterator[dict]:
     yield from (json.loads(line) for line in dest.read_bytes(path).decode().splitlines() if line)
 
 
-def pools(sample: dict, refs: dict[str, list[dict]]) -> dict[str, list[str]]:
-    """Per person of the photo, their photos' crops outside this photo's near-duplicate group (as it is drawn in that
-    person's own photos, where they hold it)."""
+def pools(sample: dict, refs: dict[str, list[dict]], dup_hamming: int) -> dict[str, list[str]]:
+    """Per labelled person of the photo, their photos' crops less this photo's near-duplicates: its duplicate group
+    in that person's own photos, where they hold it, and any photo whose phash is within `dup_hamming` bits of this
+    one's (a resized copy kept under one person is another image_id, and dup groups are made per identity)."""
     out = {}
-    for who in sample["name"]:
+    for who in filter(None, sample["name"]):
         held = {ref["dup_group"] for ref in refs[who] if ref["image_id"] == sample["image_id"]}
-        out[who] = [ref["file"] for ref in refs[who]
-                    if ref["image_id"] != sample["image_id"] and ref["dup_group"] not in held]
+        copies = near_copies(sample["phash"], [ref["phash"] for ref in refs[who]], dup_hamming)
+        out[who] = [ref["file"] for ref, copy in zip(refs[who], copies, strict=True)
+                    if ref["image_id"] != sample["image_id"] and ref["dup_group"] not in held and not copy]
     return out
 
 
-FORMAT = Format("multiid", layout=1, outputs=outputs, write_shard=write_shard, finish=finish)
+def near_copies(phash: str | None, others: list[str | None], dup_hamming: int) -> np.ndarray:
+    """Per other phash: within `dup_hamming` bits of `phash` (False where either is missing)."""
+    keys, present = hex_keys([phash, *others])
+    return present[0] & present[1:] & (np.bitwise_count(keys[1:] ^ keys[0]) <= dup_hamming)
+
+
+def export_format(dup_hamming: int) -> Format:
+    """The format under the run's near-duplicate rule (`verify.dup_hamming`): a new rule exports again."""
+    return Format("multiid", LAYOUT, outputs, write_shard, partial(finish, dup_hamming=dup_hamming),
+                  settings=json.dumps({"dup_hamming": dup_hamming}))

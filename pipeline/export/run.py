@@ -12,13 +12,19 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.core.config import PipelineConfig
 from pipeline.core.rundir import RunDir
 from pipeline.engine.driver import connect
 from pipeline.export import jsonl, multiid, webdataset
 from pipeline.export.format import Format, stem
 from pipeline.export.plan import DONE, ExportPlan, file_digest, finish_fingerprint, marker_path, plan_export
 
-FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (webdataset.FORMAT, jsonl.FORMAT, multiid.FORMAT)}
+FORMATS: dict[str, Format] = {fmt.name: fmt for fmt in (webdataset.FORMAT, jsonl.FORMAT)}  # no run settings
+
+
+def export_format(name: str, config: PipelineConfig) -> Format:
+    """The format `name`, under the run's settings where its files depend on them (multiid: near-duplicates)."""
+    return multiid.export_format(config.verify.dup_hamming) if name == "multiid" else FORMATS[name]
 
 
 @dataclass
