@@ -28,6 +28,7 @@ from pipeline.core.schema import FACE_EVIDENCE, NAMES, ROW_KEYS, VERIFICATION, e
 from stages.faces.sface_backend import SFaceBackend
 from pipeline.core.markers import Marker, part_path, write_marker
 from pipeline.engine.runner import TaskExecutor, content_digest, plan_stage
+from pipeline.export import multiid
 from stages.cross_identity import DECISION_SCHEMA, SAME_PERSON, close_pairs, merge_groups, shared_keys
 from stages.hygiene import DECISIONS, HygieneStage
 from stages.class_words import mentions
@@ -207,6 +208,18 @@ def test_the_multiid_export_holds_the_group_photo_once_with_both_people(first: P
     for who, files, stack in zip(item["identities"], item["reference_files"], item["references"], strict=True):
         assert 1 <= len(files) <= 2 and stack.shape == (len(files), 3, 64, 64)
         assert set(files) <= set(sample["references"][who])
+    # a face no identity was given stays in the sample (MultiID-2M's every face), unnamed, with no mask or class word
+    run = RunDir(str(first))
+    row = next(row for shard in run.list_files("shards") if shard.startswith("train-")
+               for row in multiid.read_rows(run, shard) if (row["image_id"], row["identity"]) == (group, "katy_perry"))
+    for face in row["faces"]:
+        if face["identity"] == "scarlett_johansson":
+            face["identity"] = face["identity_score"] = None  # her mask stays in person_masks: unused
+    row["caption_people"] = [person for person in row["caption_people"] if person["identity"] == "katy_perry"]
+    alone = multiid.write_sample(run, RunDir(str(tmp_path / "alone")), "train-alone", row)
+    assert (alone["name"], alone["identity_scores"][1], len(alone["bboxes"])) == (["katy_perry", None], None, 2)
+    assert alone["mask_files"][0] and multiid.best_masks([alone]) == [alone["mask_files"][0], None]
+    assert [(person["identity"], person["box"]) for person in alone["caption_people"]] == [("katy_perry", 0)]
 
 
 @pytest.mark.slow
