@@ -74,6 +74,9 @@ def test_identity_items_answer_with_one_key(shared_run: SharedRun, tmp_path: Pat
     client = create_app(run, TOKEN).test_client()
     shown = {key: item for page in range(load_queue(run).pages)
              for key, item in items(client.get(f"/?page={page}&token={TOKEN}").text).items()}
+    queue, captions = load_queue(run), pq.read_table(Path(run.root) / "stages" / "caption" / f"part-{DAMON}.parquet")
+    words = [item for page in range(queue.pages) for item in queue.page(page) if item["kind"] == WORD_ITEM]
+    assert len(words) == 1 < captions.num_rows  # his class word is one question, not one a photo
 
     word, competing, pair = shown[(DAMON, CLASS_WORD)], shown[(DAMON, CONFIRM)], shown[(CLOONEY, CONFIRM)]
     assert (word["a-value"], word["r-kind"], word["r-value"]) == ("woman", CLASS_WORD, "man")

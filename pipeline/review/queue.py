@@ -5,7 +5,8 @@ Every item gets a `doubt` in (0, 1], and the queue is sorted by it:
   from verify's threshold (kept at 0.41 and dropped at 0.39 around 0.40 are both near 1), so the kept photos
   with the lowest similarity and the dropped with the highest come first;
 - `target_face`: a kept group photo; doubt is 1 minus the gap between the target face and the runner-up;
-- `class_word`: a photo whose class word a confident gender estimate contradicts; doubt = its confidence;
+- `class_word`: an identity whose class word a confident gender estimate contradicts, once, on its most
+  confident photo; doubt = that confidence;
 - `competing`: an identity with a second large face cluster (namesakes, mixed results); doubt = 1 - purity;
 - `same_person`: two identities whose centroids are as close as one person's photos; doubt = that cosine.
 
@@ -35,7 +36,7 @@ from pipeline.review.tables import CAPTION, HYGIENE, VERIFY, Parts, list_parts, 
 
 QUEUE, QUEUE_KEY, IMAGES = "review/queue.parquet", "review/queue.json", "review/images.parquet"
 IMAGE_GROUP = 8192  # rows a row group of the image index
-VERSION = 3  # of the rules below: a cached queue built under other rules is built again
+VERSION = 4  # of the rules below: a cached queue built under other rules is built again
 PAGE = 25  # items a page
 GROUP = 100 * PAGE  # items a row group of the cached queue: a small footer, a page read is one group
 # The most doubtful items kept (2,000 pages): nobody triages a million photos one by one, and an update after an
@@ -186,11 +187,15 @@ def _target_face(verify: pa.Table) -> pa.Table | None:
 
 
 def _class_word(caption: pa.Table) -> pa.Table | None:
+    """One item an identity (its class word is one decision), shown on its most confidently contradicted photo."""
     if "class_word_disagrees" not in caption.column_names:
         return None
     confidence = pc.fill_null(pc.cast(caption["estimated_gender_confidence"], pa.float64()), 0.5)
-    return _items(CLASS_WORD, caption, caption["class_word_disagrees"], confidence, confidence,
-                  pa.nulls(len(caption), pa.float64()), other=caption["estimated_gender"])
+    disagreeing = caption.append_column("confidence", confidence).filter(pc.fill_null(caption["class_word_disagrees"],
+                                                                                      False))
+    firsts = _first_per_identity(disagreeing.sort_by([("confidence", "descending"), ("image_id", "ascending")]))
+    return _items(CLASS_WORD, firsts, pa.array([True] * len(firsts), pa.bool_()), firsts["confidence"],
+                  firsts["confidence"], pa.nulls(len(firsts), pa.float64()), other=firsts["estimated_gender"])
 
 
 def _competing(verify: pa.Table) -> pa.Table | None:
