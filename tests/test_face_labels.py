@@ -2,10 +2,11 @@
 guarantees as properties of random embeddings (strangers up to the threshold, faces within the margin of two
 identities), the exact search of the two closest centroids, and the targets on real group photos: the labelled
 photos pasted side by side (each face's person known by construction) and the two group photos the corpus
-carries, against centroids of the real SFace embeddings."""
+carries (each face labelled by hand), against centroids of the real SFace embeddings."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,8 +193,14 @@ PERSON = {
     "img9.jpg": "scarlett_johansson",
     "img58.jpg": "mark_zuckerberg", "img36.jpg": "leonardo_dicaprio", "img37.jpg": "leonardo_dicaprio",
     "img32.jpg": "matt_damon", "img61.jpg": "jack_dorsey", "img55.jpg": "jennifer_aniston",
+    "img1.jpg": "angelina_jolie", "img2.jpg": "angelina_jolie", "img4.jpg": "angelina_jolie",
+    "img7.jpg": "angelina_jolie", "img26.jpg": "katy_perry", "img43.jpg": "katy_perry", "img45.jpg": "katy_perry",
+    "img47.jpg": "scarlett_johansson", "img48.jpg": "scarlett_johansson", "img49.jpg": "scarlett_johansson",
+    "img3.jpg": "jennifer_aniston", "img13.jpg": "mark_zuckerberg", "img33.jpg": "matt_damon",
     # not in the run
     "img18.jpg": "elon_musk", "img20.jpg": "jeff_bezos", "img25.jpg": "sundar_pichai", "img22.jpg": "unnamed_a",
+    "img19.jpg": "elon_musk", "img67.jpg": "elon_musk", "img21.jpg": "jeff_bezos", "img24.jpg": "sundar_pichai",
+    "img23.jpg": "unnamed_a", "img38.jpg": "george_clooney", "img39.jpg": "george_clooney",
 }
 # the first photo's person is the identity the group photo is kept under (its target face)
 GROUPS = [
@@ -202,7 +209,22 @@ GROUPS = [
     ("img58.jpg", "img11.jpg", "img25.jpg"), ("img36.jpg", "img22.jpg", "img61.jpg"), ("img46.jpg", "img18.jpg"),
     ("img37.jpg", "img44.jpg", "img9.jpg"), ("img11.jpg", "img20.jpg", "img25.jpg"),
     ("img55.jpg", "img36.jpg", "img58.jpg"), ("img61.jpg", "img32.jpg", "img11.jpg"),
+    ("img2.jpg", "img47.jpg", "img19.jpg"), ("img48.jpg", "img1.jpg", "img26.jpg"),
+    ("img13.jpg", "img4.jpg", "img43.jpg"), ("img3.jpg", "img45.jpg", "img21.jpg"),
+    ("img33.jpg", "img49.jpg", "img67.jpg"), ("img7.jpg", "img13.jpg", "img24.jpg"),
+    ("img45.jpg", "img33.jpg", "img36.jpg"), ("img26.jpg", "img23.jpg", "img3.jpg"),
+    ("img43.jpg", "img39.jpg", "img7.jpg"), ("img49.jpg", "img38.jpg", "img2.jpg"),
 ]
+# every face of the corpus's group photos, labelled by hand: a point inside it (x, y as fractions of the photo).
+# Angelina Jolie is in the run (the photos are kept under her name); Brad Pitt and the others are not, and the
+# corpus holds no labelled photo of them
+BY_HAND = {
+    "couple.jpg": {"angelina_jolie": (0.28, 0.57), "brad_pitt": (0.74, 0.44)},
+    "selfie-many-people.jpg": {
+        "angelina_jolie": (0.25, 0.61), "brad_pitt": (0.70, 0.34), "bearded_man": (0.43, 0.32),
+        "woman_at_the_left_edge": (0.06, 0.50), "man_taking_the_selfie": (0.89, 0.70), "man_in_glasses": (0.94, 0.23),
+    },
+}
 SIDE = 1280  # the filter's face.max_side: photos are analysed at this size at most
 
 
@@ -214,83 +236,128 @@ def upright(name: str, side: int = SIDE) -> Image.Image:
     return image
 
 
+@functools.cache
+def panel(name: str, height: int) -> Image.Image:
+    """A photo at the height it is pasted at (decoded at about that size: fast; once, though pasted in several)."""
+    image = upright(name, 2 * height)
+    return image.resize((round(image.width * height / image.height), height))
+
+
 def side_by_side(names: tuple[str, ...], height: int = 480) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """The photos pasted left to right at one height, and each one's span of x."""
-    panels = [upright(name) for name in names]
-    panels = [panel.resize((round(panel.width * height / panel.height), height)) for panel in panels]
+    panels = [panel(name, height) for name in names]
     canvas = Image.new("RGB", (sum(panel.width for panel in panels), height))
     spans, x = [], 0
-    for panel in panels:
-        canvas.paste(panel, (x, 0))
-        spans.append((x, x + panel.width))
-        x += panel.width
+    for image in panels:
+        canvas.paste(image, (x, 0))
+        spans.append((x, x + image.width))
+        x += image.width
     return np.asarray(canvas), spans
 
 
 @dataclass(frozen=True)
 class Found:
-    """One group photo's detected faces: their unit embeddings, and the person each shows (None: unknown)."""
+    """One group photo's detected faces: their unit embeddings, the person each shows (by construction or by
+    hand), and the person the photo is kept under (its target face's)."""
 
     vectors: np.ndarray
-    people: list[str | None]
-    boxes: list[tuple[float, ...]]
+    people: list[str]
+    kept: str
 
 
 @pytest.fixture(scope="module")
-def labelling() -> tuple[CentroidIndex, list[str], list[Found]]:
+def labelling() -> tuple[dict[str, np.ndarray], list[Found]]:
+    """The run's centroids (by person) and the group photos: the pasted ones, then the corpus's."""
     backend = FACE_BACKENDS.get("sface").load(PipelineConfig.model_validate({"face": {"backend": "sface"}}))
 
     def largest(name: str) -> np.ndarray:
         faces = backend.analyze([np.asarray(upright(name, 640))])[0]
         return np.asarray(max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])).embedding)
 
-    centroids = np.array([np.sum([largest(name) for name in photos], axis=0) for photos in RUN.values()])
-    index = CentroidIndex(centroids / np.linalg.norm(centroids, axis=1, keepdims=True))
+    centroids = {person: unit(np.sum([largest(name) for name in photos], axis=0)[None])[0]
+                 for person, photos in RUN.items()}
     found = []
     for names in GROUPS:
         image, spans = side_by_side(names)
         faces = backend.analyze([image])[0]
         centres = [(face.box[0] + face.box[2]) / 2 for face in faces]
         people = [next(PERSON[n] for n, (a, b) in zip(names, spans, strict=True) if a <= c < b) for c in centres]
-        found.append(Found(np.array([face.embedding for face in faces]), people, [face.box for face in faces]))
-    for name in ("couple.jpg", "selfie-many-people.jpg"):
-        faces = backend.analyze([np.asarray(upright(name))])[0]
-        found.append(Found(np.array([face.embedding for face in faces]), [None] * len(faces), [f.box for f in faces]))
-    return index, list(RUN), found
+        found.append(Found(unit(np.array([face.embedding for face in faces])), people, PERSON[names[0]]))
+    for name, points in BY_HAND.items():
+        image = upright(name)
+        faces = backend.analyze([np.asarray(image)])[0]
+        people = [[person for person, (x, y) in points.items()
+                   if face.box[0] <= x * image.width < face.box[2] and face.box[1] <= y * image.height < face.box[3]]
+                  for face in faces]
+        assert sorted(sum(people, [])) == sorted(points) and all(len(one) == 1 for one in people)  # each face once
+        found.append(Found(unit(np.array([face.embedding for face in faces])), [one[0] for one in people],
+                           "angelina_jolie"))
+    return centroids, found
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-@pytest.mark.slow
-def test_pasted_group_photos_meet_the_precision_and_recall_targets(labelling) -> None:
-    """Precision >= 0.98 and recall >= 0.90 of the faces (other than the target) whose person is in the run."""
-    index, names, found = labelling
-    right = wrong = missed = 0
-    for photo, group in zip(found, GROUPS):  # the pasted ones
-        assert sorted(p for p in photo.people) == sorted(PERSON[n] for n in group)  # each pasted face found once
-        target = photo.people.index(PERSON[group[0]])
-        labels, _ = label_photo(search(index, unit(photo.vectors), target, names.index(PERSON[group[0]])), RULES)
+@dataclass
+class Tally:
+    """The faces other than the targets: labelled with their person, with another, or left unlabelled though
+    their person is in the run; and how many show no one in the run."""
+
+    right: int = 0
+    wrong: int = 0
+    missed: int = 0
+    strangers: int = 0
+
+
+def tally(centroids: dict[str, np.ndarray], found: list[Found]) -> Tally:
+    """Each photo kept under a person of the run labelled against the run's centroids, its faces counted."""
+    names, index, counts = list(centroids), CentroidIndex(np.array(list(centroids.values()))), Tally()
+    for photo in (photo for photo in found if photo.kept in centroids):
+        target = photo.people.index(photo.kept)
+        labels, _ = label_photo(search(index, photo.vectors, target, names.index(photo.kept)), RULES)
         for k, (person, label) in enumerate(zip(photo.people, labels, strict=True)):
             if k == target:
                 continue
+            counts.strangers += person not in centroids
             if label != NO_IDENTITY:
-                right, wrong = right + (names[label] == person), wrong + (names[label] != person)
-            elif person in names:
-                missed += 1
-    assert right / (right + wrong) >= 0.98 and right / (right + missed) >= 0.90, (right, wrong, missed)
-    assert right >= 15  # the run's people in the groups, other than the targets: enough to measure
+                counts.right += names[label] == person
+                counts.wrong += names[label] != person
+            elif person in centroids:
+                counts.missed += 1
+    return counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("left_out", "members", "strangers"),
+    [
+        (None, 28, 20),
+        # his faces are then the strangers closest to another centroid, Leonardo DiCaprio's (up to 0.43: the
+        # corpus holds no closer look-alike), one beside DiCaprio himself
+        ("matt_damon", 23, 22),
+    ],
+)
+def test_group_photos_meet_the_precision_and_recall_targets(labelling, left_out, members, strangers) -> None:
+    """Precision >= 0.98 and recall >= 0.90 of the faces (other than the target) whose person is in the run, with
+    every stranger's face counted: those pasted, and the corpus's own group photos' faces labelled by hand."""
+    centroids, found = labelling
+    for photo, group in zip(found, GROUPS):  # the pasted ones: each pasted face found once
+        assert sorted(photo.people) == sorted(PERSON[name] for name in group)
+    counts = tally({person: c for person, c in centroids.items() if person != left_out}, found)
+    assert counts.right / (counts.right + counts.wrong) >= 0.98, counts
+    assert counts.right / (counts.right + counts.missed) >= 0.90, counts
+    assert counts.right + counts.missed >= members and counts.strangers >= strangers, counts  # enough to measure
 
 
 @pytest.mark.slow
 def test_the_corpus_group_photos_label_no_one_but_angelina_jolie(labelling) -> None:
     """couple.jpg and the selfie hold Angelina Jolie (in the run) beside Brad Pitt and others (not): kept under
     her name, her face is the target and no other face takes anyone's identity."""
-    index, names, found = labelling
+    centroids, found = labelling
+    names, index = list(centroids), CentroidIndex(np.array(list(centroids.values())))
     jolie = names.index("angelina_jolie")
     for photo in found[len(GROUPS) :]:
-        vectors = unit(photo.vectors)
-        target = int(np.argmax(vectors @ index.index.reconstruct(jolie)))  # verify's choice: closest to the centroid
-        labels, _ = label_photo(search(index, vectors, target, jolie), RULES)
+        target = photo.people.index("angelina_jolie")
+        labels, _ = label_photo(search(index, photo.vectors, target, jolie), RULES)
         assert labels.tolist() == [jolie if k == target else NO_IDENTITY for k in range(len(labels))]
