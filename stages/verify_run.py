@@ -54,8 +54,10 @@ def refresh(upstream: str, config: PipelineConfig, run: RunDir, identities: list
 
 
 def run_fingerprint(config: PipelineConfig, inputs: dict[str, Marker]) -> str:
-    """Hygiene's section too: its merge groups never compete, and its same-person cut is the rule's."""
-    stage = config.fingerprint(("verify", "hygiene"), VerifyStage.version, VerifyStage.constants())
+    """Two of hygiene's settings too: its merge groups never compete, and its same-person cut is the rule's (its
+    label margin is none of this step's business: a new one re-labels faces without a new choice)."""
+    hygiene = {"merge": config.hygiene.merge, "same_person_similarity": config.hygiene.same_person_similarity}
+    stage = config.fingerprint(("verify",), VerifyStage.version, {**VerifyStage.constants(), "hygiene": hygiene})
     return run_step.fingerprint(stage, inputs)
 
 
