@@ -115,7 +115,7 @@ def tiny_sam(side: int = 128):  # -> segment_anything.modeling.Sam
     return Sam(encoder, prompts, decoder, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
 
 
-def segmenter(sizes: Sizes, device: str, sam_model: str | None = None):  # -> YoloSamSegmenter
+def segmenter(sizes: Sizes, device: str, sam_model: str | None = None, compile_batch: int = 0):  # -> YoloSamSegmenter
     """The yolo_sam backend around random YOLO and SAM (`sam_model`, else the profile's) built on `device`."""
     import torch
     from segment_anything import sam_model_registry
@@ -129,7 +129,8 @@ def segmenter(sizes: Sizes, device: str, sam_model: str | None = None):  # -> Yo
     name = sam_model or sizes.sam
     with torch.device(device):  # random init where the model runs: seconds on a GPU, not minutes on a CPU
         sam = tiny_sam() if name == "tiny" else sam_model_registry[name]()
-    return YoloSamSegmenter(YOLO(sizes.yolo, task="detect"), sam, device, person_conf=0.0, source=f"random:{name}")
+    return YoloSamSegmenter(YOLO(sizes.yolo, task="detect"), sam, device, person_conf=0.0, source=f"random:{name}",
+                            compile_batch=compile_batch)
 
 
 def segment_inputs(sizes: Sizes) -> tuple[list[np.ndarray], list[np.ndarray], list[list[tuple]]]:
@@ -140,7 +141,8 @@ def segment_inputs(sizes: Sizes) -> tuple[list[np.ndarray], list[np.ndarray], li
 
 
 def time_segment(sizes: Sizes, device: str) -> dict[str, dict]:
-    """YOLO's person boxes, and SAM's masks in fp32 and under bf16 autocast, at the profile's batch size."""
+    """YOLO's person boxes, and SAM's masks in fp32, under bf16 autocast, and compiled as the gpu profile runs it
+    (`segment.sam_compile`), at the profile's batch size."""
     model = segmenter(sizes, device)
     images, boxes, others = segment_inputs(sizes)
     out = {}
@@ -152,12 +154,25 @@ def time_segment(sizes: Sizes, device: str) -> dict[str, dict]:
         with Memory(device) as memory:
             seconds = timed(lambda: model.sam_masks(images, boxes, others), sizes.repeats, device)
         out[name] = rate(len(images), seconds, memory, sizes.sam)
+    out["sam_bf16_compiled"] = time_compiled_sam(sizes, device)
     other = segmenter(sizes, device, sizes.sam_other)
     other.autocast = True
     with Memory(device) as memory:
         seconds = timed(lambda: other.sam_masks(images, boxes, others), sizes.repeats, device)
     out["sam_other_bf16"] = rate(len(images), seconds, memory, sizes.sam_other)
     return {**out, **time_segment_choice(model, other, sizes, device)}
+
+
+def time_compiled_sam(sizes: Sizes, device: str) -> dict:
+    """SAM compiled for the profile's batch size (bf16 autocast on CUDA), and how long making the backend took:
+    a worker's setup, mostly the compiling (random weights are made on the device in seconds)."""
+    start = time.perf_counter()
+    model = segmenter(sizes, device, compile_batch=sizes.sam_batch)
+    compile_s = time.perf_counter() - start
+    images, boxes, others = segment_inputs(sizes)
+    with Memory(device) as memory:
+        seconds = timed(lambda: model.sam_masks(images, boxes, others), sizes.repeats, device)
+    return {**rate(len(images), seconds, memory, f"{sizes.sam}, torch.compile"), "compile_s": round(compile_s, 1)}
 
 
 def time_segment_choice(model: Any, other: Any, sizes: Sizes, device: str) -> dict[str, dict]:

@@ -4,7 +4,7 @@ Under 10 minutes on one GPU, with no network and no real weights (speed does not
 values). It prints and saves as JSON:
 - onnxruntime's build and providers, torch's CUDA;
 - per model, images/s and peak memory at the gpu profile's batch sizes (benchmarks/gpu_models.py): SAM vit_h in
-  fp32 and under bf16 autocast, vit_l in bf16, YOLOv8x, BLIP-large (fp16 on CUDA) on crops resized as the caption
+  fp32, under bf16 autocast, and compiled as the profile runs it (with its compile time), vit_l in bf16, YOLOv8x, BLIP-large (fp16 on CUDA) on crops resized as the caption
   stage's CPU workers resize them, and that resize on one CPU thread, a ResNet in ONNX at the padded batch sizes;
 - segment's choice: YOLO + SAM as two vit_h actors at once (the profile's two actors a GPU) against one vit_l actor,
   and which is faster (`segment_choice`; on the CPU's tiny sizes it decides nothing, and equal mask quality needs
@@ -35,6 +35,9 @@ TARGET = 50.0  # crawled images/s per H100 (issue 27)
 PUBLISHED = {
     "sam_bf16": (30.0, "SAM vit_h, bf16 autocast: ~15 images/s on an A100 (PyTorch's 'Segment Anything, Fast'), x2"),
     "sam_fp32": (5.6, "SAM vit_h, fp32: ~2.8 images/s on an A100 (same source), x2"),
+    "sam_compiled": (43.8, "SAM vit_h, bf16, torch.compile max-autotune, SDPA attention, batch 8 padded: 21.9 "
+                           "images/s on an A100 at mIoU 0.581 (bf16 alone: 14.9 at 0.581; segment-anything-fast's "
+                           "experiments/p4d_results/results_bs8_vit_h.csv, row SDPA), x2"),
     "yolo": (150.0, "YOLOv8x at 640 px: 3.5 ms an image on an A100 with TensorRT fp16 (ultralytics' table); "
                     "PyTorch TF32 at batch 8 taken at half that rate, x2 -> ~150"),
     "blip": (40.0, "BLIP-large fp16, 3 beams, 30 tokens, batch 16: an estimate (ViT-L/16 at 384 px ~60 GFLOPs an "
@@ -49,6 +52,16 @@ PUBLISHED = {
 # funnel (the 2-identity run's own funnel is printed beside it: the shipped photos mostly pass).
 WEB_FUNNEL = {"filter": 1.0, "safety_scores": 0.25, "segment": 0.25, "caption": 0.25}
 FACES_PER_IMAGE = 1.5  # ArcFace embeds every face filter finds
+
+
+def sam_padding(funnel: dict[str, float]) -> float:
+    """SAM's work per crop over its crops, compiled for one batch shape: a task (one name) fills its last batch
+    with copies, (batch - 1) / 2 of them on average, over the crops a name's crawl sends to segment."""
+    from pipeline.core.config import load_config, resolve_profile
+
+    gpu = load_config(resolve_profile("gpu"))
+    crops_per_name = gpu.crawl.max_per_name * funnel["segment"]
+    return 1 + (gpu.segment.resources.batch_size - 1) / 2 / max(crops_per_name, 1)
 # configs/gpu.yaml's GPU shares for the example run's stages whose models can use CUDA: MODNet, open_nsfw and the
 # age model (onnxruntime); the example's faces (sface) run on OpenCV's CPU engine, its captions are templates.
 GPU_SHARES = {"segment": 0.5, "governance": 0.25}
@@ -110,7 +123,8 @@ def segment_choice(models: dict[str, dict], decides: bool) -> dict[str, Any]:
 
 def rates_used(measured: dict[str, dict], on_gpu: bool) -> dict[str, dict]:
     """Each rate the estimate rests on: measured on this GPU, or published (and not yet confirmed)."""
-    mine = {"sam_bf16": "sam_bf16", "sam_fp32": "sam_fp32", "yolo": "yolo", "blip": "blip",
+    mine = {"sam_bf16": "sam_bf16", "sam_fp32": "sam_fp32", "sam_compiled": "sam_bf16_compiled", "yolo": "yolo",
+            "blip": "blip",
             "resnet_onnx": "resnet_onnx_b128"}
     out = {}
     for name, (value, source) in PUBLISHED.items():
@@ -122,18 +136,21 @@ def rates_used(measured: dict[str, dict], on_gpu: bool) -> dict[str, dict]:
     return out
 
 
-def estimate(rates: dict[str, dict], funnel: dict[str, float]) -> dict[str, Any]:
+def estimate(rates: dict[str, dict], funnel: dict[str, float], sam: str = "sam_compiled") -> dict[str, Any]:
     """Crawled images/s per GPU: the stages share the GPU one after another, so their seconds per crawled image
-    add up (decoding runs on CPU workers, outside this sum)."""
+    add up (decoding runs on CPU workers, outside this sum). `sam`: the rate SAM runs at (the profile compiles
+    it)."""
     per = {name: 1 / rate["images_per_s"] for name, rate in rates.items()}
+    padding = sam_padding(WEB_FUNNEL) if sam == "sam_compiled" else 1.0  # a web crawl's names, in either funnel
     seconds = {"filter": per["scrfd"] + FACES_PER_IMAGE * per["resnet_onnx"], "safety_scores": 2 * per["resnet_onnx"],
-               "segment": per["yolo"] + per["sam_bf16"],
+               "segment": per["yolo"] + padding * per[sam],
                # BLIP, and the gender/age model (insightface's genderage, a small CNN at 96 px) on each crop, charged
                # as a ResNet-50-class image: an upper bound
                "caption": per["blip"] + per["resnet_onnx"]}
     weighted = {stage: funnel[stage] * seconds[stage] for stage in seconds}
     total = sum(weighted.values())
-    return {"funnel": funnel, "gpu_seconds_per_crawled_image": {k: round(v, 5) for k, v in weighted.items()},
+    return {"funnel": funnel, "sam_padding": round(padding, 3),
+            "gpu_seconds_per_crawled_image": {k: round(v, 5) for k, v in weighted.items()},
             "crawled_images_per_s_per_gpu": round(1 / total, 1), "bounding_stage": max(weighted, key=weighted.get),
             "target": TARGET, "met": 1 / total >= TARGET}
 
@@ -150,6 +167,7 @@ def smoke(sizes: Sizes, device: str, root: Path, run_dir: Path | None = None) ->
             "models": measured, "segment_choice": segment_choice(measured, on_gpu and sizes is PROFILE),
             "run": {"devices": stage_devices(run_dir), "error": error},
             "estimate_web_funnel": estimate(rates, WEB_FUNNEL),
+            "estimate_web_funnel_sam_not_compiled": estimate(rates, WEB_FUNNEL, sam="sam_bf16"),
             "estimate_this_run_funnel": estimate(rates, run_funnel(run_dir)), "rates": rates}
 
 
