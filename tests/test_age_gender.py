@@ -35,11 +35,13 @@ def estimator() -> AgeGenderEstimator:
 def test_estimates_equal_the_packages_predictions(estimator: AgeGenderEstimator) -> None:
     found = estimator.estimate([photo(face["photo"]) for face in GOLDEN], [face["box"] for face in GOLDEN])
     assert {face["gender"] for face in GOLDEN} == {"female", "male"}
+    years = 0 if estimator.versions()["providers"].startswith("CPU") else 1
     for face, estimate in zip(GOLDEN, found, strict=True):
         assert estimate.gender == face["gender"], face
-        # whole percents and years: equal on the CPU; CUDA may move a probability across a percent
+        # whole percents and years: equal on the CPU; CUDA (TF32) may move a probability across a percent, and
+        # the expected age, rounded, across a year
         assert estimate.confidence == pytest.approx(face["confidence"], abs=0.0101), face
-        assert estimate.age == face["age"], face
+        assert estimate.age == pytest.approx(face["age"], abs=years), face
     assert estimator.estimate([], []) == []
 
 

@@ -47,6 +47,9 @@ from benchmarks.fixtures.tiny_onnx import write_pack
 PEOPLE = {"angelina_jolie": "woman", "mark_zuckerberg": "man"}
 TINY = {"width": 32, "height": 32, "steps": 4, "start_merge_step": 2}
 TOKENS = {"v1": 1, "v2": 2}  # ID tokens per reference
+# the tiny SDXL on the CPU in float32 on any machine: tests compare its tensors with ones made on the CPU
+# (`auto` picks CUDA in float16 on a GPU machine)
+CPU = "generate.device=cpu"
 DET_SIZE = 128  # the tiny insightface pack's detector input: small, so firing everywhere stays cheap
 
 DLIB_RUN = ["--config", "cpu", "--set", "face.backend=dlib"]  # the test shards are embedded with dlib
@@ -92,7 +95,7 @@ def arcface_run_dir(tmp_path_factory, faces, models) -> Path:
 @pytest.fixture(scope="module")
 def gens(models) -> dict[str, gp.Generator]:
     """A generator per adapter version, both on the same tiny SDXL."""
-    settings = load_config(resolve_profile("cpu")).generate
+    settings = load_config(resolve_profile("cpu"), [CPU]).generate
     adapters = {version: checkpoint.load_adapter(models[f"{version}_st"]) for version in TOKENS}
     return {version: gp.load_generator(models["base"], adapter, checkpoint.build_encoder(adapter), settings)
             for version, adapter in adapters.items()}
@@ -110,7 +113,7 @@ def shard_runs(run_dir: Path, arcface_run_dir: Path) -> dict[str, RunDir]:
 
 
 def tiny_settings(**changes):
-    return load_config(resolve_profile("cpu")).generate.model_copy(update={**TINY, **changes})
+    return load_config(resolve_profile("cpu"), [CPU]).generate.model_copy(update={**TINY, **changes})
 
 
 @pytest.mark.parametrize("refs", [1, 2, 4])

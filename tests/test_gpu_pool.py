@@ -95,7 +95,9 @@ def test_a_gpu_stage_on_a_machine_without_one_is_a_clear_error(faces, tmp_path) 
     common = cpu_run_args(names, tmp_path / "run", tmp_path / "photos")
     assert run_cli("run", "--stage", "crawl", *common).returncode == 0
 
-    result = run_cli("run", "--stage", "filter", *common, "--set", "filter.resources.num_gpus=1")
+    # on a machine with a GPU, hide it: what Ray then counts is what a machine without one shows
+    result = run_cli("run", "--stage", "filter", *common, "--set", "filter.resources.num_gpus=1",
+                     env={"CUDA_VISIBLE_DEVICES": ""})
 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
