@@ -21,9 +21,10 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
 
     environment, models = result["environment"], result["models"]
     assert environment["onnxruntime_build"] in ("cpu", "gpu") and environment["onnxruntime_providers"]
-    assert models["sam_bf16_compiled"]["compile_s"] > 0  # compiled when made, timed apart from its calls
-    for name in ("yolo", "sam_fp32", "sam_bf16", "sam_bf16_compiled", "sam_other_bf16", "segment_other_one_actor", "blip",
-                 "blip_resize_cpu", "caption_actor_cpu_before", "caption_actor_cpu_normalise", "caption_actor_cpu_decode"):
+    assert models["sam_bf16_compiled"]["compiled"] and models["sam_bf16_compiled"]["compile_s"] > 0
+    for name in ("yolo", "sam_fp32", "sam_bf16", "sam_bf16_compiled", "sam_other_bf16", "segment_other_one_actor",
+                 "blip", "blip_resize_cpu", "caption_actor_cpu_before", "caption_actor_cpu_normalise",
+                 "caption_actor_cpu_decode"):
         assert models[name]["images_per_s"] > 0 and models[name]["batch"] in (TINY.sam_batch, TINY.blip_batch)
     both = models["segment_two_actors"]
     assert both["batch"] == 2 * TINY.sam_batch and both["images_per_s"] > 0
@@ -49,8 +50,7 @@ def test_the_gpu_smoke_test_times_every_model_and_reads_the_run(shared_run, tmp_
         used = {name: rate["images_per_s"] for name, rate in result["rates"].items()}
         assert used == {name: value for name, (value, _) in PUBLISHED.items()}
         assert not any(rate["confirmed"] for rate in result["rates"].values())
-        assert web["crawled_images_per_s_per_gpu"] >= TARGET and web["met"]  # the profile compiles SAM
-        eager = result["estimate_web_funnel_sam_not_compiled"]  # without it, segment's share grows
+        eager = result["estimate_web_funnel_sam_not_compiled"]  # the profile compiles SAM; without it, segment grows
         assert 1 < web["sam_padding"] < 1.3 and eager["sam_padding"] == 1  # only a compiled SAM pads its batches
         segment = web["gpu_seconds_per_crawled_image"]["segment"]
         assert eager["gpu_seconds_per_crawled_image"]["segment"] > segment

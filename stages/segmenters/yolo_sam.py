@@ -29,9 +29,11 @@ PERSON = 0  # COCO class id
 MIN_FACE_HELD = 0.5  # a person box holds at least half of the face box, or it is someone else's
 HELD_TOLERANCE = 0.1  # person boxes holding the face about equally: the one centred on the face wins
 COVERAGE_TOLERANCE = 0.05  # masks covering the face about equally: SAM's own quality estimate decides
-# torch.compile's mode per device type: CUDA autotunes its matrix products (segment-anything-fast's published
-# setting); the CPU (tests, CPU machines) compiles plainly, as autotuning there costs minutes for little
-COMPILE_MODES = {"cuda": "max-autotune", "cpu": "default"}
+# torch.compile's mode per device type. CUDA autotunes its matrix products, without CUDA graphs: those are kept per
+# thread, and Ray calls an actor on another thread than its setup's, which would record them twice and hold the
+# first pool for nothing (at batch 8 the encoder's kernels are long, so launches cost little). The CPU (tests, CPU
+# machines) compiles plainly, as autotuning there costs minutes for little.
+COMPILE_MODES = {"cuda": "max-autotune-no-cudagraphs", "cpu": "default"}
 
 
 def held_share(face: Box, boxes: np.ndarray) -> np.ndarray:
@@ -135,12 +137,14 @@ class YoloSamSegmenter(Segmenter, Backend):
         self.sam = checked_module(sam.eval(), device, "SAM")
         use_sdpa(self.sam.image_encoder)
         self.autocast = device.startswith("cuda")  # bf16 on CUDA (~5x SAM's fp32 speed); fp32 on the CPU
-        self.fixed_batch = compile_batch or 1
-        if compile_batch:
-            self.sam.image_encoder = compiled(self.sam.image_encoder, device, compile_batch, self.autocast)
         self.transform = ResizeLongestSide(self.sam.image_encoder.img_size)
         self.person_conf = person_conf
         self.source = source
+        self.fixed_batch = compile_batch
+        if compile_batch:
+            # ultralytics sets torch's CPU thread count on its first call, a state compiled code is guarded on
+            self.person_boxes([np.zeros((32, 32, 3), np.uint8)])
+            self.sam.image_encoder = compiled(self.sam.image_encoder, device, compile_batch, self.autocast)
 
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Prompt]) -> list[PersonMask | None]:
         found = self.person_boxes(images)
@@ -170,10 +174,13 @@ class YoloSamSegmenter(Segmenter, Backend):
         import torch
 
         batch = [self._prompt(*args) for args in zip(images, boxes, others, strict=True)]
-        filler = [batch[0]] * (-len(batch) % self.fixed_batch)  # a compiled encoder meets one batch shape only
+        size = self.fixed_batch or len(batch)  # a compiled encoder meets one batch shape only
         device = torch.device(self.device).type
+        outputs = []
         with torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=self.autocast):
-            outputs = self.sam(batch + filler, multimask_output=True)[: len(batch)]
+            for start in range(0, len(batch), size):
+                part = batch[start : start + size]
+                outputs += self.sam(part + [part[0]] * (size - len(part)), multimask_output=True)[: len(part)]
         return [(out["masks"][0].cpu().numpy(), out["iou_predictions"][0].float().cpu().numpy()) for out in outputs]
 
     def _prompt(self, image: np.ndarray, box: np.ndarray, others: Sequence[Box]) -> dict:
@@ -226,32 +233,36 @@ def use_sdpa(encoder: Any) -> None:
 
 
 def sdpa_attention(self: Any, x: Any) -> Any:
-    """segment_anything's `Attention.forward` with softmax(q·kᵀ/√d + relative positions)·v in one fused kernel
-    (`scaled_dot_product_attention`, the positions its additive mask, made by the package's own function) instead
-    of three steps that each write out the tokens × tokens scores: the same arithmetic, less memory traffic.
-    segment-anything-fast measured vit_h in bf16 on an A100, compiled either way: 19.7 images/s with SAM's own
-    attention, 21.9 with this one, at an equal mIoU (0.581)."""
+    """segment_anything's `Attention.forward`, softmax(q·kᵀ/√d + relative positions)·v, in one fused kernel
+    (`scaled_dot_product_attention`, the positions its additive mask) where SAM's own takes three with the scores'
+    softmax written out in fp32 between them (8.6 GB for a global block of vit_h at batch 8): the same arithmetic.
+    Queries, keys and values go in as (batch, heads, tokens, head dim), the layout CUDA's fused kernels take."""
     import torch
-    from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
 
     batch, height, width, _ = x.shape
-    tokens = height * width
-    qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, batch * self.num_heads, tokens, -1).unbind(0)
-    positions = None
-    if self.use_rel_pos:
-        zeros = q.new_zeros(q.shape[0], tokens, tokens)
-        positions = add_decomposed_rel_pos(zeros, q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width))
+    q, k, v = self.qkv(x).reshape(batch, height * width, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    positions = relative_positions(self, q, height, width) if self.use_rel_pos else None
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=positions, scale=self.scale)
-    out = out.view(batch, self.num_heads, height, width, -1).permute(0, 2, 3, 1, 4).reshape(batch, height, width, -1)
-    return self.proj(out)
+    return self.proj(out.permute(0, 2, 1, 3).reshape(batch, height, width, -1))
+
+
+def relative_positions(attention: Any, q: Any, height: int, width: int) -> Any:
+    """SAM's decomposed relative-position term (its `add_decomposed_rel_pos`, for (batch, heads, tokens, dim)
+    queries) as a (batch, heads, tokens, tokens) additive mask, summed by broadcasting."""
+    import torch
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    grid = q.reshape(*q.shape[:2], height, width, -1)
+    rows = torch.einsum("bnhwc,hkc->bnhwk", grid, get_rel_pos(height, height, attention.rel_pos_h))
+    cols = torch.einsum("bnhwc,wkc->bnhwk", grid, get_rel_pos(width, width, attention.rel_pos_w))
+    tokens = height * width
+    return (rows[..., :, None] + cols[..., None, :]).reshape(*q.shape[:2], tokens, tokens)
 
 
 def compiled(encoder: Any, device: str, batch: int, autocast: bool) -> Any:
     """`torch.compile` of SAM's image encoder for batches of `batch`, compiled now (the worker's setup) by one call
-    as `sam_masks` makes it: minutes of autotuning on CUDA, then vit_h in bf16 at 19.7 images/s on an A100 where
-    eager runs 14.9 (segment-anything-fast's figures, mIoU 0.581 either way). A compiler that fails (no C compiler,
-    no Triton for this GPU) fails the setup in one line."""
+    as `sam_masks` makes it: minutes of autotuning on CUDA. A compiler that fails (no C compiler, no Triton for this
+    GPU) fails the setup in one line; running out of GPU memory stays what it is."""
     import torch
 
     kind = torch.device(device).type
@@ -259,6 +270,8 @@ def compiled(encoder: Any, device: str, batch: int, autocast: bool) -> Any:
     try:
         with torch.inference_mode(), torch.autocast(kind, torch.bfloat16, enabled=autocast):
             fast(torch.zeros(batch, 3, encoder.img_size, encoder.img_size, device=device))  # an inference tensor
+    except torch.cuda.OutOfMemoryError:
+        raise
     except Exception as error:  # inductor's failures share no base class: any means no compiled SAM here
         problem = f"torch.compile of SAM's image encoder failed: {type(error).__name__}: {str(error).strip()[:300]}"
         raise UserError(problem.splitlines()[0], "set segment.sam_compile=false to run SAM uncompiled "
