@@ -24,6 +24,7 @@ import argparse
 import json
 import tempfile
 from collections import Counter
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +54,20 @@ PUBLISHED = {
 # funnel (the 2-identity run's own funnel is printed beside it: the shipped photos mostly pass).
 WEB_FUNNEL = {"filter": 1.0, "safety_scores": 0.25, "segment": 0.25, "caption": 0.25}
 FACES_PER_IMAGE = 1.5  # ArcFace embeds every face filter finds
-
-
-def sam_padding(funnel: dict[str, float]) -> float:
-    """SAM's work per crop over its crops, compiled for one batch shape: a task (one name) fills its last batch
-    with copies, (batch - 1) / 2 of them on average, over the crops a name's crawl sends to segment."""
-    from pipeline.core.config import load_config, resolve_profile
-
-    gpu = load_config(resolve_profile("gpu"))
-    crops_per_name = gpu.crawl.max_per_name * funnel["segment"]
-    return 1 + (gpu.segment.resources.batch_size - 1) / 2 / max(crops_per_name, 1)
 # configs/gpu.yaml's GPU shares for the example run's stages whose models can use CUDA: MODNet, open_nsfw and the
 # age model (onnxruntime); the example's faces (sface) run on OpenCV's CPU engine, its captions are templates.
 GPU_SHARES = {"segment": 0.5, "governance": 0.25}
+
+
+@cache
+def sam_padding() -> float:
+    """SAM's work per crop over its crops, compiled for one batch shape: a task (one name) fills its last batch
+    with copies, (batch - 1) / 2 of them on average, over the crops a web crawl of a name sends to segment."""
+    from pipeline.core.config import load_config, resolve_profile
+
+    gpu = load_config(resolve_profile("gpu"))
+    crops_per_name = gpu.crawl.max_per_name * WEB_FUNNEL["segment"]
+    return 1 + (gpu.segment.resources.batch_size - 1) / 2 / max(crops_per_name, 1)
 
 
 def environment() -> dict[str, Any]:
@@ -143,7 +145,7 @@ def estimate(rates: dict[str, dict], funnel: dict[str, float], compiled: bool = 
     (its batches' padding counted), or not."""
     per = {name: 1 / rate["images_per_s"] for name, rate in rates.items()}
     sam = "sam_compiled" if compiled else "sam_bf16"
-    padding = sam_padding(WEB_FUNNEL) if compiled else 1.0  # a web crawl's names, in either funnel
+    padding = sam_padding() if compiled else 1.0  # a web crawl's names, in either funnel
     seconds = {"filter": per["scrfd"] + FACES_PER_IMAGE * per["resnet_onnx"], "safety_scores": 2 * per["resnet_onnx"],
                "segment": per["yolo"] + padding * per[sam],
                # BLIP, and the gender/age model (insightface's genderage, a small CNN at 96 px) on each crop, charged
